@@ -1,0 +1,336 @@
+"""The residual unit of *Identity Mappings in Deep Residual Networks*, every variant in one layer.
+
+``y = h(x) + F(x)``, ``x_next = f(y)`` (paper Eqn 1-2). One class, :class:`ResidualUnit`, covers
+all the units the paper builds or ablates, as three independent options:
+
+``kind`` -- the weight layers of the residual function F:
+    ``"basic"``       two 3x3 convs (c, c);
+    ``"bottleneck"``  1x1 (c), 3x3 (c), 1x1 (4c);
+    ``"single"``      one 3x3 conv (the "1-layer" unit of ResNet-110(1layer)).
+
+``order`` -- where BN and ReLU sit (paper Fig. 4, SPEC section 2):
+    ``"original"``             F = W-BN-ReLU-...-W-BN,       f = ReLU after the addition
+    ``"bn_after_addition"``    F = W-BN-ReLU-...-W,          f = BN, ReLU after the addition
+    ``"relu_before_addition"`` F = W-BN-ReLU-...-W-BN-ReLU,  f = identity
+    ``"relu_only_preact"``     F = ReLU-W-BN-...-ReLU-W-BN,  f = identity
+    ``"full_preact"``          F = BN-ReLU-W-...-BN-ReLU-W,  f = identity   (the proposed unit)
+
+``shortcut`` -- the mapping h and how it is combined with F (paper Fig. 2, Table 1):
+    ``"identity"``             y = x + F
+    ``"constant_scaling"``     y = lam*x + F, or lam*x + (1-lam)*F with ``scale_residual=True``
+    ``"exclusive_gating"``     y = (1-g(x))*x + g(x)*F,  g = sigmoid(1x1 conv + b_g)
+    ``"shortcut_only_gating"`` y = (1-g(x))*x + F
+    ``"conv1x1"``              y = conv1x1(x) + F
+    ``"dropout"``              y = dropout(x, rate) + F
+
+When a unit changes the number of channels or the resolution, ``x`` on the shortcut first goes
+through the dimension-matching mapping chosen by ``downsample``: ``"projection"`` (1x1 conv,
+strided; followed by BN in the post-activation orders as in [1]) or ``"zero_pad"`` (the
+parameter-free subsample + zero channels of the CIFAR nets of [1]). The shortcut variant then
+applies on top (for example a constant-scaling unit scales the projected shortcut).
+
+``preactivation`` (pre-activation orders only) says where the unit's leading BN-ReLU (or ReLU)
+is applied:
+    ``"branch"``  on the residual branch only; the shortcut carries the raw ``x`` (Eqn 4 holds);
+    ``"shared"``  before the split, so the shortcut sees the activated input (the paper's
+                  appendix: dimension-changing units with projection shortcuts);
+    ``"none"``    not at all: the caller already applied it (the network's first unit, whose
+                  activation comes right after the stem conv).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from keras_preact import norm
+from keras_preact.shortcuts import PACKAGE, ShortcutGate, ZeroPadShortcut
+
+KINDS = ("basic", "bottleneck", "single")
+ORDERS = (
+    "original",
+    "bn_after_addition",
+    "relu_before_addition",
+    "relu_only_preact",
+    "full_preact",
+)
+PREACT_ORDERS = ("relu_only_preact", "full_preact")
+SHORTCUTS = (
+    "identity",
+    "constant_scaling",
+    "exclusive_gating",
+    "shortcut_only_gating",
+    "conv1x1",
+    "dropout",
+)
+DOWNSAMPLES = ("projection", "zero_pad")
+STRIDE_AT = ("first", "3x3")
+PREACTIVATIONS = ("branch", "shared", "none")
+
+EXPANSION = {"basic": 1, "bottleneck": 4, "single": 1}
+
+
+def check_choice(name: str, value, choices) -> None:
+    """Raise a ValueError naming the valid choices when ``value`` is not one of them."""
+    if value not in choices:
+        raise ValueError(
+            f"Unknown {name} {value!r}. Valid choices: {', '.join(map(repr, choices))}."
+        )
+
+
+def _short_name(layer) -> str:
+    """The paper's name for a layer: W<k>x<k>, BN, ReLU, ... (used by ``layer_sequence``)."""
+    if isinstance(layer, keras.layers.Conv2D):
+        k = layer.kernel_size[0]
+        return f"W{k}x{k}"
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return "BN"
+    if isinstance(layer, keras.layers.ReLU):
+        return "ReLU"
+    if isinstance(layer, keras.layers.Dropout):
+        return "Dropout"
+    if isinstance(layer, ZeroPadShortcut):
+        return "ZeroPad"
+    return type(layer).__name__
+
+
+def _apply(layers, x):
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ResidualUnit(keras.layers.Layer):
+    """One residual unit; see the module docstring for the meaning of each option.
+
+    Args:
+      filters: width ``c`` of the unit's 3x3 conv. The unit outputs ``c`` channels (basic,
+        single) or ``4c`` (bottleneck).
+      kind, order, shortcut, downsample, stride_at, preactivation: see the module docstring.
+      strides: spatial stride of the unit (1, or 2 at the start of a stage).
+      stride_at: which conv carries the stride: ``"first"`` (the paper's CIFAR code puts it on
+        the first 1x1 of a bottleneck) or ``"3x3"`` (fb.resnet.torch, for ImageNet). The same
+        for basic and single units, whose first conv is the 3x3.
+      shortcut_scale: lambda of ``constant_scaling``.
+      scale_residual: with ``constant_scaling``, also scale F by ``1 - lambda``.
+      gate_bias_init: initial gate bias b_g of the gating shortcuts.
+      dropout_rate: rate of the ``dropout`` shortcut.
+      bn_momentum, bn_epsilon: BatchNorm settings (paper code: 0.9 / 1e-5 in Keras terms).
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kind: str = "basic",
+        order: str = "full_preact",
+        shortcut: str = "identity",
+        strides: int = 1,
+        downsample: str = "projection",
+        stride_at: str = "first",
+        preactivation: str = "branch",
+        shortcut_scale: float = 0.5,
+        scale_residual: bool = False,
+        gate_bias_init: float = -6.0,
+        dropout_rate: float = 0.5,
+        bn_momentum: float = norm.BN_MOMENTUM,
+        bn_epsilon: float = norm.BN_EPSILON,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_choice("unit kind", kind, KINDS)
+        check_choice("order", order, ORDERS)
+        check_choice("shortcut", shortcut, SHORTCUTS)
+        check_choice("downsample", downsample, DOWNSAMPLES)
+        check_choice("stride_at", stride_at, STRIDE_AT)
+        check_choice("preactivation", preactivation, PREACTIVATIONS)
+        if int(filters) < 1:
+            raise ValueError(f"filters must be a positive integer, got {filters!r}.")
+        if int(strides) not in (1, 2):
+            raise ValueError(f"strides must be 1 or 2, got {strides!r}.")
+        if not 0.0 <= float(dropout_rate) < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}.")
+        self.filters = int(filters)
+        self.kind = kind
+        self.order = order
+        self.shortcut = shortcut
+        self.strides = int(strides)
+        self.downsample = downsample
+        self.stride_at = stride_at
+        self.preactivation = preactivation
+        self.shortcut_scale = float(shortcut_scale)
+        self.scale_residual = bool(scale_residual)
+        self.gate_bias_init = float(gate_bias_init)
+        self.dropout_rate = float(dropout_rate)
+        self.bn_momentum = float(bn_momentum)
+        self.bn_epsilon = float(bn_epsilon)
+        self.out_channels = self.filters * EXPANSION[kind]
+
+    # -- structure -------------------------------------------------------------------------
+    def _bn(self, name):
+        return norm.batch_norm(self.bn_momentum, self.bn_epsilon, name=name)
+
+    def _conv_specs(self):
+        """(kernel, filters, strides) of each weight layer of F, in order."""
+        c, s = self.filters, self.strides
+        if self.kind == "basic":
+            specs = [[3, c, 1], [3, c, 1]]
+        elif self.kind == "bottleneck":
+            specs = [[1, c, 1], [3, c, 1], [1, 4 * c, 1]]
+        else:
+            specs = [[3, c, 1]]
+        at = 0 if self.stride_at == "first" else [k for k, _, _ in specs].index(3)
+        specs[at][2] = s
+        return specs
+
+    def build(self, input_shape):
+        in_channels = input_shape[-1]
+        if in_channels is None:
+            raise ValueError("ResidualUnit needs a known number of input channels.")
+        order = self.order
+        post_act = order not in PREACT_ORDERS
+
+        # Leading pre-activation of the pre-activation orders (its placement: `preactivation`).
+        self.preact_layers = []
+        if self.preactivation == "none":
+            pass  # the caller applied it (network's first unit: the stem's BN-ReLU)
+        elif order == "full_preact":
+            self.preact_layers = [self._bn("preact_bn"), keras.layers.ReLU(name="preact_relu")]
+        elif order == "relu_only_preact":
+            self.preact_layers = [keras.layers.ReLU(name="preact_relu")]
+
+        # Residual function F.
+        specs = self._conv_specs()
+        self.branch_layers = []
+        for i, (k, c, s) in enumerate(specs, start=1):
+            last = i == len(specs)
+            if order == "full_preact" and i > 1:
+                self.branch_layers += [self._bn(f"bn{i}"), keras.layers.ReLU(name=f"relu{i}")]
+            if order == "relu_only_preact" and i > 1:
+                self.branch_layers.append(keras.layers.ReLU(name=f"relu{i}"))
+            self.branch_layers.append(norm.conv(c, k, s, name=f"conv{i}"))
+            if order in ("original", "relu_before_addition", "relu_only_preact") or (
+                order == "bn_after_addition" and not last
+            ):
+                self.branch_layers.append(self._bn(f"bn{i}"))
+            if post_act and (not last or order == "relu_before_addition"):
+                self.branch_layers.append(keras.layers.ReLU(name=f"relu{i}"))
+
+        # Shortcut mapping h.
+        self.shortcut_layers = []
+        changes_dims = self.strides != 1 or in_channels != self.out_channels
+        if (changes_dims and self.downsample == "projection") or self.shortcut == "conv1x1":
+            self.shortcut_layers.append(
+                norm.conv(self.out_channels, 1, self.strides, name="shortcut_conv")
+            )
+            if post_act:  # [1]'s projection shortcut is conv + BN
+                self.shortcut_layers.append(self._bn("shortcut_bn"))
+        elif changes_dims:
+            self.shortcut_layers.append(
+                ZeroPadShortcut(self.out_channels, self.strides, name="shortcut_zero_pad")
+            )
+        if self.shortcut == "dropout":
+            self.shortcut_layers.append(
+                keras.layers.Dropout(self.dropout_rate, name="shortcut_dropout")
+            )
+        self.gate = None
+        if self.shortcut in ("exclusive_gating", "shortcut_only_gating"):
+            self.gate = ShortcutGate(
+                self.out_channels, self.strides, self.gate_bias_init, name="gate"
+            )
+
+        # After the addition: f.
+        self.post_layers = []
+        if order == "original":
+            self.post_layers = [keras.layers.ReLU(name="post_relu")]
+        elif order == "bn_after_addition":
+            self.post_layers = [self._bn("post_bn"), keras.layers.ReLU(name="post_relu")]
+
+        # Build every sublayer now so that weights exist before a saved model is loaded.
+        shape = tuple(input_shape)
+        for layer in self.preact_layers:
+            layer.build(shape)
+        for layer in self.branch_layers:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+        out_shape = shape
+        shape = tuple(input_shape)
+        for layer in self.shortcut_layers:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+        if self.gate is not None:
+            self.gate.build(tuple(input_shape))
+        for layer in self.post_layers:
+            layer.build(out_shape)
+
+    # -- forward ---------------------------------------------------------------------------
+    def call(self, inputs, training=None):
+        x = inputs
+        if self.preactivation == "shared":
+            x = _apply(self.preact_layers, x)
+            branch_in = x
+        elif self.preactivation == "branch":
+            branch_in = _apply(self.preact_layers, x)
+        else:
+            branch_in = x
+        residual = _apply(self.branch_layers, branch_in)
+        shortcut = _apply(self.shortcut_layers, x)
+
+        if self.shortcut == "constant_scaling":
+            lam = self.shortcut_scale
+            y = lam * shortcut + ((1.0 - lam) * residual if self.scale_residual else residual)
+        elif self.gate is not None:
+            g = self.gate(x)
+            gated_residual = g * residual if self.shortcut == "exclusive_gating" else residual
+            y = (1.0 - g) * shortcut + gated_residual
+        else:
+            y = ops.add(shortcut, residual)
+        return _apply(self.post_layers, y)
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, _ = input_shape
+        s = self.strides
+        h = None if h is None else -(-h // s)
+        w = None if w is None else -(-w // s)
+        return (n, h, w, self.out_channels)
+
+    # -- introspection ---------------------------------------------------------------------
+    def layer_sequence(self) -> dict:
+        """The unit's layers by the paper's names, read from the built sublayers.
+
+        Returns a dict with ``"shared"`` (applied before the split), ``"residual"`` (F, in
+        order), ``"shortcut"`` (h) and ``"after_addition"`` (f).
+        """
+        if not self.built:
+            raise ValueError("layer_sequence() needs a built unit; call it on an input first.")
+        names = lambda layers: [_short_name(layer) for layer in layers]  # noqa: E731
+        shared = self.preact_layers if self.preactivation == "shared" else []
+        branch_pre = self.preact_layers if self.preactivation == "branch" else []
+        shortcut = names(self.shortcut_layers)
+        if self.gate is not None:
+            shortcut.append("Gate")
+        return {
+            "shared": names(shared),
+            "residual": names(branch_pre) + names(self.branch_layers),
+            "shortcut": shortcut,
+            "after_addition": names(self.post_layers),
+        }
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kind": self.kind,
+            "order": self.order,
+            "shortcut": self.shortcut,
+            "strides": self.strides,
+            "downsample": self.downsample,
+            "stride_at": self.stride_at,
+            "preactivation": self.preactivation,
+            "shortcut_scale": self.shortcut_scale,
+            "scale_residual": self.scale_residual,
+            "gate_bias_init": self.gate_bias_init,
+            "dropout_rate": self.dropout_rate,
+            "bn_momentum": self.bn_momentum,
+            "bn_epsilon": self.bn_epsilon,
+        }
