@@ -1,0 +1,256 @@
+"""Networks: parameter counts (SPEC section 5), first/last unit rules, propagation (section 1),
+input shapes, validation, serialization."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_preact
+from keras_preact import ResidualUnit, build_resnet
+from keras_preact.diagnostics import propagation_norms
+
+RNG = np.random.RandomState(0)
+
+
+def trainable_params(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+def units_of(model):
+    return [layer for layer in model.layers if isinstance(layer, ResidualUnit)]
+
+
+def zero_residual_branches(model):
+    """Zero the last weight layer of every F: with pre-activation, F then outputs exactly 0."""
+    for unit in units_of(model):
+        last = [l for l in unit.branch_layers if isinstance(l, keras.layers.Conv2D)][-1]
+        last.kernel.assign(np.zeros(last.kernel.shape, "float32"))
+
+
+# --- parameter counts -----------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "constructor,kwargs,expected",
+    [
+        (keras_preact.ResNet164, {}, 1_703_258),
+        (keras_preact.ResNet164, {"num_classes": 100}, 1_726_388),
+        (keras_preact.ResNet1001, {"preact": True}, 10_327_706),
+        (keras_preact.ResNet1001, {"num_classes": 100}, 10_350_836),
+        (keras_preact.ResNet50, {}, 25_549_352),
+        (keras_preact.ResNet101, {}, 44_541_480),
+        (keras_preact.ResNet152, {}, 60_185_128),
+        (keras_preact.ResNet200, {}, 64_666_152),
+    ],
+)
+def test_parameter_counts_equal_spec(constructor, kwargs, expected):
+    assert trainable_params(constructor(**kwargs)) == expected
+
+
+@pytest.mark.parametrize(
+    "constructor,kwargs,paper",
+    [
+        (keras_preact.ResNet110, {}, 1.7e6),
+        (keras_preact.ResNet110, {"preact": False}, 1.7e6),
+        (keras_preact.ResNet1202, {}, 19.4e6),
+    ],
+)
+def test_parameter_counts_within_two_percent_of_paper(constructor, kwargs, paper):
+    assert abs(trainable_params(constructor(**kwargs)) / paper - 1) < 0.02
+
+
+def test_resnet110_one_layer_units():
+    model = keras_preact.ResNet110(unit="single")
+    units = units_of(model)
+    assert len(units) == 108 and all(u.kind == "single" for u in units)
+    assert sum(u.name.startswith("stage1_") for u in units) == 36
+
+
+@pytest.mark.parametrize(
+    "name,units,kind",
+    [("resnet20", 9, "basic"), ("resnet56", 27, "basic"), ("resnet164", 54, "bottleneck"),
+     ("resnet18", 8, "basic"), ("resnet34", 16, "basic"), ("resnet200", 66, "bottleneck")],
+)
+def test_model_table(name, units, kind):
+    model = keras_preact.get_model(name)
+    assert len(units_of(model)) == units
+    assert {u.kind for u in units_of(model)} == {kind}
+
+
+# --- first and last unit (paper appendix) ---------------------------------------------------
+
+def test_preact_cifar_structure_first_and_last_unit():
+    model = keras_preact.ResNet164()
+    names = [l.name for l in model.layers]
+    assert names[:4] == ["image", "stem_conv", "stem_bn", "stem_relu"]
+    assert names[-4:] == ["final_bn", "final_relu", "avg_pool", "predictions"]
+    units = units_of(model)
+    # First unit: the stem's BN-ReLU is its pre-activation, before the split.
+    assert units[0].preactivation == "none"
+    assert units[0].layer_sequence()["shortcut"] == ["W1x1"]
+    assert units[0].layer_sequence()["residual"][0] == "W1x1"
+    # Every later stage starts with a dimension-changing unit whose projection shortcut takes
+    # the pre-activated input; the rest pre-activate their branch only.
+    starts = [u for u in units if u.name.endswith("_unit1")]
+    assert [u.preactivation for u in starts] == ["none", "shared", "shared"]
+    assert {u.preactivation for u in units if u not in starts} == {"branch"}
+    assert all(u.layer_sequence()["shared"] == ["BN", "ReLU"] for u in starts[1:])
+    # The paper's CIFAR code strides the first 1x1 of the bottleneck.
+    assert starts[1].branch_layers[0].strides == (2, 2)
+
+
+def test_first_unit_shortcut_sees_the_activated_stem_output():
+    model = build_resnet((2,), widths=(8,), input_shape=(8, 8, 3))
+    zero_residual_branches(model)
+    x = RNG.randn(2, 8, 8, 3).astype("float32")
+    stem = keras.Model(model.input, model.get_layer("stem_relu").output)
+    last = keras.Model(model.input, model.get_layer("stage1_unit2").output)
+    np.testing.assert_allclose(last(x, training=False), stem(x, training=False), rtol=1e-6)
+
+
+def test_imagenet_stem_and_downsampling():
+    model = keras_preact.ResNet50()
+    names = [l.name for l in model.layers]
+    assert names[1:5] == ["stem_conv", "stem_bn", "stem_relu", "stem_pool"]
+    assert model.get_layer("stem_conv").kernel_size == (7, 7)
+    assert model.get_layer("stem_conv").strides == (2, 2)
+    # fb.resnet.torch: the stride sits on the 3x3 of the bottleneck.
+    convs = [l for l in model.get_layer("stage2_unit1").branch_layers
+             if isinstance(l, keras.layers.Conv2D)]
+    assert [c.strides for c in convs] == [(1, 1), (2, 2), (1, 1)]
+
+
+def test_original_order_has_post_activation_stem_and_no_final_bn():
+    model = keras_preact.ResNet20(preact=False)
+    names = [l.name for l in model.layers]
+    assert "final_bn" not in names and "final_relu" not in names
+    assert names[1:4] == ["stem_conv", "stem_bn", "stem_relu"]
+    assert {u.order for u in units_of(model)} == {"original"}
+    # CIFAR basic nets of [1]: parameter-free zero-pad shortcuts where dimensions change.
+    assert units_of(model)[3].layer_sequence()["shortcut"] == ["ZeroPad"]
+
+
+def test_order_and_shortcut_options_reach_every_unit():
+    model = keras_preact.ResNet20(order="relu_only_preact", shortcut="shortcut_only_gating",
+                                  gate_bias_init=-3.0)
+    assert {(u.order, u.shortcut, u.gate_bias_init) for u in units_of(model)} == {
+        ("relu_only_preact", "shortcut_only_gating", -3.0)
+    }
+    assert "stem_bn" not in [l.name for l in model.layers]  # its pre-activation is ReLU only
+    assert model.layers[-3].name == "final_relu"
+
+
+# --- propagation (SPEC section 1) -----------------------------------------------------------
+
+def test_zero_residual_preact_net_is_identity_between_first_and_last_unit():
+    model = build_resnet((60,), widths=(8,), input_shape=(8, 8, 3))
+    zero_residual_branches(model)
+    first_in = keras.Model(model.input, model.get_layer("stage1_unit1").input)
+    last_out = keras.Model(model.input, model.get_layer("stage1_unit60").output)
+    x = RNG.randn(3, 8, 8, 3).astype("float32")
+    for training in (False, True):
+        np.testing.assert_array_equal(last_out(x, training=training),
+                                      first_in(x, training=training))
+
+
+@pytest.mark.parametrize("shortcut,expected_ratio", [("identity", 1.0),
+                                                    ("constant_scaling", 0.5 ** 99)])
+def test_shortcut_term_of_the_gradient_follows_eqn5_and_eqn8(shortcut, expected_ratio):
+    """With F = 0 only the shortcut term of Eqn 5 / Eqn 8 is left: dE/dx_l = dE/dx_L * prod h'."""
+    model = build_resnet((100,), widths=(8,), shortcut=shortcut, input_shape=(8, 8, 3))
+    zero_residual_branches(model)
+    x = RNG.rand(8, 8, 8, 3).astype("float32")
+    norms = propagation_norms(model, x, np.arange(8) % 10)
+    ratio = norms["backward"][0] / norms["backward"][-1]
+    assert ratio == pytest.approx(expected_ratio, rel=1e-3)
+
+
+def test_gradient_at_initialisation_identity_vs_constant_scaling():
+    """Real initialisation (He init, BN on batch statistics), 150 units = 300 weight layers.
+
+    Identity shortcuts: the first unit's gradient does not vanish, and the scale-free product
+    ||x_l|| * ||dE/dx_l|| (BN makes the net invariant to the scale of x_l) stays within a small
+    factor across all units. A 0.5-scaled shortcut breaks this by many orders of magnitude: the
+    shortcut term 0.5^l vanishes, and the BN-normalised branches, no longer diluted by a
+    growing identity path, multiply the gradient at every unit instead (measured: ~1e17).
+    """
+    x = RNG.rand(16, 8, 8, 3).astype("float32")
+    y = np.arange(16) % 10
+    spread = {}
+    for shortcut in ("identity", "constant_scaling"):
+        keras.utils.set_random_seed(0)
+        model = build_resnet((150,), widths=(8,), shortcut=shortcut, input_shape=(8, 8, 3))
+        norms = propagation_norms(model, x, y)
+        product = norms["forward"] * norms["backward"]
+        spread[shortcut] = product.max() / product.min()
+        if shortcut == "identity":
+            assert norms["backward"][0] >= norms["backward"][-1]
+    assert spread["identity"] < 50
+    assert spread["constant_scaling"] > 1e6 * spread["identity"]
+
+
+# --- inputs, heads, validation --------------------------------------------------------------
+
+def test_imagenet_nets_are_fully_convolutional():
+    model = keras_preact.ResNet18()
+    for side in (224, 320):
+        assert tuple(model(np.zeros((1, side, side, 3), "float32")).shape) == (1, 1000)
+
+
+@pytest.mark.parametrize(
+    "kwargs,shape",
+    [(dict(include_top=False, pooling=None), (2, 8, 8, 64)),
+     (dict(include_top=False, pooling="avg"), (2, 64)),
+     (dict(include_top=False, pooling="max"), (2, 64)),
+     (dict(num_classes=100), (2, 100))],
+)
+def test_heads(kwargs, shape):
+    model = keras_preact.ResNet20(**kwargs)
+    assert tuple(model(np.zeros((2, 32, 32, 3), "float32")).shape) == shape
+
+
+def test_softmax_head_option():
+    model = keras_preact.ResNet20(classifier_activation="softmax")
+    p = np.asarray(model(RNG.rand(2, 32, 32, 3).astype("float32")))
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: keras_preact.cifar_resnet(100), "6n\\+2"),
+        (lambda: keras_preact.cifar_resnet(100, unit="bottleneck"), "9n\\+2"),
+        (lambda: keras_preact.get_model("resnet1000"), "resnet1001"),
+        (lambda: keras_preact.ResNet20(order="preact"), "full_preact"),
+        (lambda: keras_preact.ResNet20(shortcut="gate"), "exclusive_gating"),
+        (lambda: keras_preact.ResNet20(input_shape=(32, 32)), "height, width, channels"),
+        (lambda: keras_preact.ResNet20(input_shape=(4, 4, 3)), ">= 8"),
+        (lambda: keras_preact.ResNet50(input_shape=(16, 16, 3)), ">= 32"),
+        (lambda: keras_preact.ResNet20(input_shape=(32, 32, 0)), "channels"),
+        (lambda: keras_preact.ResNet20(preact=True, order="original"), "contradicts"),
+        (lambda: keras_preact.ResNet20(pooling="sum", include_top=False), "avg"),
+        (lambda: keras_preact.ResNet20(num_classes=0), "num_classes"),
+        (lambda: keras_preact.ResNet50(unit="basic"), "fixes its unit"),
+    ],
+)
+def test_bad_arguments_raise_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_preact_flag():
+    assert {u.order for u in units_of(keras_preact.ResNet20(preact=True))} == {"full_preact"}
+    assert {u.order for u in units_of(keras_preact.ResNet20(preact=False))} == {"original"}
+    assert {u.order for u in units_of(keras_preact.ResNet20())} == {"full_preact"}
+
+
+def test_named_model_round_trip_safe_mode(tmp_path):
+    model = keras_preact.ResNet20(shortcut="exclusive_gating")
+    x = RNG.rand(2, 32, 32, 3).astype("float32")
+    model(x, training=True)  # move the BN statistics away from their initial values
+    path = os.path.join(tmp_path, "resnet20.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(loaded(x, training=False), model(x, training=False))
+    assert loaded.name == "resnet20"
