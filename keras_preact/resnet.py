@@ -25,6 +25,7 @@ from typing import Sequence
 import keras
 
 from keras_preact import norm
+from keras_preact.stacked import StackedStage
 from keras_preact.units import (
     DOWNSAMPLES,
     KINDS,
@@ -100,6 +101,9 @@ def build_resnet(
     dropout_rate: float = 0.5,
     bn_momentum: float = norm.BN_MOMENTUM,
     bn_epsilon: float = norm.BN_EPSILON,
+    fused_bn: bool = True,
+    stacked_stages: bool = False,
+    recompute: bool = False,
     name: str | None = None,
 ) -> keras.Model:
     """Build a residual network from a stage table.
@@ -126,12 +130,20 @@ def build_resnet(
       shortcut_scale, scale_residual, gate_bias_init, dropout_rate: shortcut variant options
         (see ``ResidualUnit``).
       bn_momentum, bn_epsilon: BatchNorm settings, default the paper code's 0.9 / 1e-5.
+      fused_bn: TensorFlow's fused BatchNorm kernel (same numbers, faster on CPU).
+      stacked_stages: run the units after the first of each stage as one loop over stacked
+        weights (``keras_preact.stacked.StackedStage``): same parameters and results, a graph
+        whose size does not grow with depth. For very deep nets (ResNet-1001).
+      recompute: with ``stacked_stages``, recompute each unit in the backward pass instead of
+        storing its intermediates (gradient checkpointing): far less memory, a little slower.
     """
     check_choice("family", family, FAMILIES)
     check_choice("unit kind", unit, KINDS)
     check_choice("shortcut", shortcut, SHORTCUTS)
     check_choice("pooling", pooling, POOLINGS)
     order = resolve_order(preact, order)
+    if recompute and not stacked_stages:
+        raise ValueError("recompute=True needs stacked_stages=True.")
     if downsample is None:
         downsample = "zero_pad" if family == "cifar" and unit != "bottleneck" else "projection"
     check_choice("downsample", downsample, DOWNSAMPLES)
@@ -170,7 +182,7 @@ def build_resnet(
     )
 
     def bn(layer_name):
-        return norm.batch_norm(bn_momentum, bn_epsilon, name=layer_name)
+        return norm.batch_norm(bn_momentum, bn_epsilon, name=layer_name, fused=fused_bn)
 
     inputs = keras.Input(shape=input_shape, name="image")
     # Stem. With pre-activation, its BN-ReLU is the first unit's pre-activation (appendix).
@@ -185,6 +197,25 @@ def build_resnet(
         x = keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
 
     for s, (n, width) in enumerate(zip(units_per_stage, widths), start=1):
+        if stacked_stages:
+            x = ResidualUnit(
+                width,
+                strides=1 if s == 1 else 2,
+                preactivation="branch" if not is_preact else ("none" if s == 1 else "shared"),
+                fused_bn=fused_bn,
+                name=f"stage{s}_unit1",
+                **unit_options,
+            )(x)
+            if n > 1:
+                stack_options = {
+                    k: v for k, v in unit_options.items()
+                    if k not in ("downsample", "stride_at", "dropout_rate")
+                }
+                x = StackedStage(
+                    n - 1, width, recompute=recompute, name=f"stage{s}_units2to{n}",
+                    **stack_options,
+                )(x)
+            continue
         for u in range(1, n + 1):
             if not is_preact:
                 preactivation = "branch"  # unused by post-activation units
@@ -198,6 +229,7 @@ def build_resnet(
                 width,
                 strides=2 if (u == 1 and s > 1) else 1,
                 preactivation=preactivation,
+                fused_bn=fused_bn,
                 name=f"stage{s}_unit{u}",
                 **unit_options,
             )(x)

@@ -94,6 +94,18 @@ def _short_name(layer) -> str:
     return type(layer).__name__
 
 
+def combine(shortcut_kind, shortcut, residual, gate, shortcut_scale, scale_residual):
+    """y = h(x) (+) F(x) for each shortcut variant (the one place this formula lives)."""
+    if shortcut_kind == "constant_scaling":
+        lam = shortcut_scale
+        return lam * shortcut + ((1.0 - lam) * residual if scale_residual else residual)
+    if shortcut_kind == "exclusive_gating":
+        return (1.0 - gate) * shortcut + gate * residual
+    if shortcut_kind == "shortcut_only_gating":
+        return (1.0 - gate) * shortcut + residual
+    return ops.add(shortcut, residual)
+
+
 def _apply(layers, x):
     for layer in layers:
         x = layer(x)
@@ -117,6 +129,8 @@ class ResidualUnit(keras.layers.Layer):
       gate_bias_init: initial gate bias b_g of the gating shortcuts.
       dropout_rate: rate of the ``dropout`` shortcut.
       bn_momentum, bn_epsilon: BatchNorm settings (paper code: 0.9 / 1e-5 in Keras terms).
+      fused_bn: compute BatchNorm with TensorFlow's fused kernel (same results, faster; see
+        ``keras_preact.norm.FusedBatchNormalization``). ``False`` uses Keras' own layer.
     """
 
     def __init__(
@@ -135,6 +149,7 @@ class ResidualUnit(keras.layers.Layer):
         dropout_rate: float = 0.5,
         bn_momentum: float = norm.BN_MOMENTUM,
         bn_epsilon: float = norm.BN_EPSILON,
+        fused_bn: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -164,12 +179,10 @@ class ResidualUnit(keras.layers.Layer):
         self.dropout_rate = float(dropout_rate)
         self.bn_momentum = float(bn_momentum)
         self.bn_epsilon = float(bn_epsilon)
+        self.fused_bn = bool(fused_bn)
         self.out_channels = self.filters * EXPANSION[kind]
 
     # -- structure -------------------------------------------------------------------------
-    def _bn(self, name):
-        return norm.batch_norm(self.bn_momentum, self.bn_epsilon, name=name)
-
     def _conv_specs(self):
         """(kernel, filters, strides) of each weight layer of F, in order."""
         c, s = self.filters, self.strides
@@ -183,68 +196,88 @@ class ResidualUnit(keras.layers.Layer):
         specs[at][2] = s
         return specs
 
+    def plan(self, in_channels: int) -> dict:
+        """The unit as data: which ops run where, in order.
+
+        Each op is a tuple ``(op, name, *args)`` with op one of ``"bn"``, ``"relu"``,
+        ``("conv", name, kernel, filters, strides)``, ``("zero_pad", name, filters, strides)``,
+        ``("dropout", name, rate)``. Keys: ``"preact"`` (placed by ``preactivation``),
+        ``"branch"`` (F), ``"shortcut"`` (h), ``"gate"`` (``(filters, strides)`` or None) and
+        ``"post"`` (f). ``build`` turns it into Keras layers; ``keras_preact.stacked`` runs the
+        same plan over stacked weights, so both implementations share one definition.
+        """
+        order = self.order
+        post_act = order not in PREACT_ORDERS
+        preact = []
+        if self.preactivation == "none":
+            pass  # the caller applied it (network's first unit: the stem's BN-ReLU)
+        elif order == "full_preact":
+            preact = [("bn", "preact_bn"), ("relu", "preact_relu")]
+        elif order == "relu_only_preact":
+            preact = [("relu", "preact_relu")]
+
+        branch = []
+        specs = self._conv_specs()
+        for i, (k, c, s) in enumerate(specs, start=1):
+            last = i == len(specs)
+            if order == "full_preact" and i > 1:
+                branch += [("bn", f"bn{i}"), ("relu", f"relu{i}")]
+            if order == "relu_only_preact" and i > 1:
+                branch.append(("relu", f"relu{i}"))
+            branch.append(("conv", f"conv{i}", k, c, s))
+            if order in ("original", "relu_before_addition", "relu_only_preact") or (
+                order == "bn_after_addition" and not last
+            ):
+                branch.append(("bn", f"bn{i}"))
+            if post_act and (not last or order == "relu_before_addition"):
+                branch.append(("relu", f"relu{i}"))
+
+        shortcut = []
+        changes_dims = self.strides != 1 or in_channels != self.out_channels
+        if (changes_dims and self.downsample == "projection") or self.shortcut == "conv1x1":
+            shortcut.append(("conv", "shortcut_conv", 1, self.out_channels, self.strides))
+            if post_act:  # [1]'s projection shortcut is conv + BN
+                shortcut.append(("bn", "shortcut_bn"))
+        elif changes_dims:
+            shortcut.append(("zero_pad", "shortcut_zero_pad", self.out_channels, self.strides))
+        if self.shortcut == "dropout":
+            shortcut.append(("dropout", "shortcut_dropout", self.dropout_rate))
+
+        gate = None
+        if self.shortcut in ("exclusive_gating", "shortcut_only_gating"):
+            gate = (self.out_channels, self.strides)
+
+        post = []
+        if order == "original":
+            post = [("relu", "post_relu")]
+        elif order == "bn_after_addition":
+            post = [("bn", "post_bn"), ("relu", "post_relu")]
+        return dict(preact=preact, branch=branch, shortcut=shortcut, gate=gate, post=post)
+
+    def _make_layer(self, op):
+        kind, name, *args = op
+        if kind == "bn":
+            return norm.batch_norm(self.bn_momentum, self.bn_epsilon, name, fused=self.fused_bn)
+        if kind == "relu":
+            return keras.layers.ReLU(name=name)
+        if kind == "conv":
+            return norm.conv(args[1], args[0], args[2], name=name)
+        if kind == "zero_pad":
+            return ZeroPadShortcut(args[0], args[1], name=name)
+        return keras.layers.Dropout(args[0], name=name)
+
     def build(self, input_shape):
         in_channels = input_shape[-1]
         if in_channels is None:
             raise ValueError("ResidualUnit needs a known number of input channels.")
-        order = self.order
-        post_act = order not in PREACT_ORDERS
-
-        # Leading pre-activation of the pre-activation orders (its placement: `preactivation`).
-        self.preact_layers = []
-        if self.preactivation == "none":
-            pass  # the caller applied it (network's first unit: the stem's BN-ReLU)
-        elif order == "full_preact":
-            self.preact_layers = [self._bn("preact_bn"), keras.layers.ReLU(name="preact_relu")]
-        elif order == "relu_only_preact":
-            self.preact_layers = [keras.layers.ReLU(name="preact_relu")]
-
-        # Residual function F.
-        specs = self._conv_specs()
-        self.branch_layers = []
-        for i, (k, c, s) in enumerate(specs, start=1):
-            last = i == len(specs)
-            if order == "full_preact" and i > 1:
-                self.branch_layers += [self._bn(f"bn{i}"), keras.layers.ReLU(name=f"relu{i}")]
-            if order == "relu_only_preact" and i > 1:
-                self.branch_layers.append(keras.layers.ReLU(name=f"relu{i}"))
-            self.branch_layers.append(norm.conv(c, k, s, name=f"conv{i}"))
-            if order in ("original", "relu_before_addition", "relu_only_preact") or (
-                order == "bn_after_addition" and not last
-            ):
-                self.branch_layers.append(self._bn(f"bn{i}"))
-            if post_act and (not last or order == "relu_before_addition"):
-                self.branch_layers.append(keras.layers.ReLU(name=f"relu{i}"))
-
-        # Shortcut mapping h.
-        self.shortcut_layers = []
-        changes_dims = self.strides != 1 or in_channels != self.out_channels
-        if (changes_dims and self.downsample == "projection") or self.shortcut == "conv1x1":
-            self.shortcut_layers.append(
-                norm.conv(self.out_channels, 1, self.strides, name="shortcut_conv")
-            )
-            if post_act:  # [1]'s projection shortcut is conv + BN
-                self.shortcut_layers.append(self._bn("shortcut_bn"))
-        elif changes_dims:
-            self.shortcut_layers.append(
-                ZeroPadShortcut(self.out_channels, self.strides, name="shortcut_zero_pad")
-            )
-        if self.shortcut == "dropout":
-            self.shortcut_layers.append(
-                keras.layers.Dropout(self.dropout_rate, name="shortcut_dropout")
-            )
+        plan = self.plan(in_channels)
+        self.preact_layers = [self._make_layer(op) for op in plan["preact"]]
+        self.branch_layers = [self._make_layer(op) for op in plan["branch"]]
+        self.shortcut_layers = [self._make_layer(op) for op in plan["shortcut"]]
+        self.post_layers = [self._make_layer(op) for op in plan["post"]]
         self.gate = None
-        if self.shortcut in ("exclusive_gating", "shortcut_only_gating"):
-            self.gate = ShortcutGate(
-                self.out_channels, self.strides, self.gate_bias_init, name="gate"
-            )
-
-        # After the addition: f.
-        self.post_layers = []
-        if order == "original":
-            self.post_layers = [keras.layers.ReLU(name="post_relu")]
-        elif order == "bn_after_addition":
-            self.post_layers = [self._bn("post_bn"), keras.layers.ReLU(name="post_relu")]
+        if plan["gate"] is not None:
+            self.gate = ShortcutGate(*plan["gate"], self.gate_bias_init, name="gate")
 
         # Build every sublayer now so that weights exist before a saved model is loaded.
         shape = tuple(input_shape)
@@ -276,15 +309,9 @@ class ResidualUnit(keras.layers.Layer):
         residual = _apply(self.branch_layers, branch_in)
         shortcut = _apply(self.shortcut_layers, x)
 
-        if self.shortcut == "constant_scaling":
-            lam = self.shortcut_scale
-            y = lam * shortcut + ((1.0 - lam) * residual if self.scale_residual else residual)
-        elif self.gate is not None:
-            g = self.gate(x)
-            gated_residual = g * residual if self.shortcut == "exclusive_gating" else residual
-            y = (1.0 - g) * shortcut + gated_residual
-        else:
-            y = ops.add(shortcut, residual)
+        gate = self.gate(x) if self.gate is not None else None
+        y = combine(self.shortcut, shortcut, residual, gate,
+                    self.shortcut_scale, self.scale_residual)
         return _apply(self.post_layers, y)
 
     def compute_output_shape(self, input_shape):
@@ -333,4 +360,5 @@ class ResidualUnit(keras.layers.Layer):
             "dropout_rate": self.dropout_rate,
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
+            "fused_bn": self.fused_bn,
         }

@@ -1,0 +1,169 @@
+"""Training and inference speed of the plain vs optimised builds of the deep CIFAR ResNets.
+
+Each case runs in its own process (so its peak resident memory is its own) and reports:
+time from process start of the model build to the end of the first training step (build +
+trace + one step), steady-state images/s (median over timed steps), and peak RSS. "plain" is a
+straightforward Keras functional build (Keras BatchNormalization, one layer per unit); the
+optimised variants are options of the same public models:
+
+    fused              fused_bn=True                   (the default build)
+    stacked            fused + stacked_stages=True
+    stacked_recompute  fused + stacked_stages=True + recompute=True
+
+Ratios are against the plain build measured in the same run. Usage:
+
+    python benchmarks/training_speed.py                      # the full table (~25 min)
+    python benchmarks/training_speed.py --cases=resnet110    # one model
+    python benchmarks/training_speed.py --quick              # tiny smoke run
+
+Writes benchmarks/results/training_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VARIANTS = {
+    "plain": dict(fused_bn=False),
+    "fused": dict(fused_bn=True),
+    "stacked": dict(fused_bn=True, stacked_stages=True),
+    "stacked_recompute": dict(fused_bn=True, stacked_stages=True, recompute=True),
+}
+# (model, mode, batch, variants, timed steps)
+CASES = [
+    ("resnet110", "train", 128, ("plain", "fused", "stacked"), 8),
+    ("resnet164", "train", 128, ("plain", "fused", "stacked", "stacked_recompute"), 6),
+    ("resnet164", "infer", 128, ("plain", "fused", "stacked"), 10),
+    ("resnet1001", "train", 64, ("plain", "stacked_recompute", "stacked"), 3),
+    ("resnet1001", "train", 128, ("stacked_recompute",), 2),
+]
+QUICK_CASES = [("resnet20", "train", 32, ("plain", "fused", "stacked_recompute"), 3)]
+
+
+def worker(spec: dict) -> dict:
+    """Build, trace and time one case in this process."""
+    t0 = time.perf_counter()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import keras_preact
+
+    keras.utils.set_random_seed(0)
+    model = keras_preact.get_model(spec["model"], **VARIANTS[spec["variant"]])
+    batch = spec["batch"]
+    rng = np.random.RandomState(0)
+    x = tf.constant(rng.rand(batch, 32, 32, 3).astype("float32"))
+    y = tf.constant(rng.randint(0, 10, batch).astype("int32"))
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+
+    if spec["mode"] == "train":
+        @tf.function
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                logits = model(x, training=True)
+                loss = tf.reduce_mean(
+                    tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+                )
+            grads = tape.gradient(loss, model.trainable_weights)
+            optimizer.apply(grads, model.trainable_weights)
+            return loss
+    else:
+        @tf.function
+        def step(x, y):
+            return tf.reduce_sum(model(x, training=False))
+
+    float(step(x, y))
+    first = time.perf_counter() - t0
+    float(step(x, y))  # one untimed warm step
+    times = []
+    for _ in range(spec["steps"]):
+        t = time.perf_counter()
+        float(step(x, y))
+        times.append(time.perf_counter() - t)
+    median = statistics.median(times)
+    return {
+        **spec,
+        "params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        "first_step_s": round(first, 2),
+        "step_s_median": round(median, 4),
+        "images_per_s": round(batch / median, 2),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+    }
+
+
+def run_case(spec: dict) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {**spec, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(lines[-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default="", help="comma-separated model names to keep")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--output", default=os.path.join(HERE, "results", "training_speed.json"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))), flush=True)
+        return
+
+    cases = QUICK_CASES if args.quick else CASES
+    if args.cases:
+        keep = set(args.cases.split(","))
+        cases = [c for c in cases if c[0] in keep]
+    rows = []
+    header = (f"{'model':<11}{'mode':<6}{'batch':>6} {'variant':<18}{'params':>11}"
+              f"{'first step s':>13}{'img/s':>9}{'x plain':>8}{'peak GB':>9}")
+    print(header)
+    print("-" * len(header))
+    for model, mode, batch, variants, steps in cases:
+        base = None
+        for variant in variants:
+            r = run_case(dict(model=model, mode=mode, batch=batch, variant=variant, steps=steps))
+            if "error" in r:
+                print(f"{model:<11}{mode:<6}{batch:>6} {variant:<18} ERROR: {r['error']}")
+                rows.append(r)
+                continue
+            if variant == "plain":
+                base = r
+            r["speedup_vs_plain"] = (
+                round(r["images_per_s"] / base["images_per_s"], 3) if base else None
+            )
+            r["first_step_ratio_vs_plain"] = (
+                round(r["first_step_s"] / base["first_step_s"], 3) if base else None
+            )
+            rows.append(r)
+            ratio = f"{r['speedup_vs_plain']:.2f}" if base else "-"
+            print(f"{model:<11}{mode:<6}{batch:>6} {variant:<18}{r['params']:>11,}"
+                  f"{r['first_step_s']:>13.1f}{r['images_per_s']:>9.1f}{ratio:>8}"
+                  f"{r['peak_rss_gb']:>9.2f}", flush=True)
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    import tensorflow as tf
+
+    with open(args.output, "w") as f:
+        json.dump({
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                        "python": platform.python_version(), "tensorflow": tf.__version__},
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "results": rows,
+        }, f, indent=1)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Fused BatchNorm and stacked stages: the same network, the same numbers, faster."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_preact
+from keras_preact import build_resnet
+from keras_preact.norm import FusedBatchNormalization, batch_norm
+from keras_preact.stacked import StackedStage, canonical_unit_weights, transfer_weights
+
+RNG = np.random.RandomState(0)
+
+
+def test_fused_batch_norm_matches_keras():
+    x = (RNG.randn(8, 6, 6, 5) * 3 + 1).astype("float32")
+    fused, plain = batch_norm(fused=True), batch_norm(fused=False)
+    assert isinstance(fused, FusedBatchNormalization)
+    assert type(plain) is keras.layers.BatchNormalization
+    for layer in (fused, plain):
+        layer.build(x.shape)
+        layer.gamma.assign(np.linspace(0.5, 2, 5).astype("float32"))
+        layer.beta.assign(np.linspace(-1, 1, 5).astype("float32"))
+    for training in (True, True, False):
+        with tf.GradientTape(persistent=True) as tape:
+            xt = tf.constant(x)
+            tape.watch(xt)
+            out_f, out_p = fused(xt, training=training), plain(xt, training=training)
+            loss_f, loss_p = tf.reduce_sum(out_f ** 3), tf.reduce_sum(out_p ** 3)
+        np.testing.assert_allclose(out_f, out_p, atol=2e-6)
+        np.testing.assert_allclose(fused.moving_mean, plain.moving_mean, atol=1e-6)
+        np.testing.assert_allclose(fused.moving_variance, plain.moving_variance, rtol=1e-6)
+        np.testing.assert_allclose(tape.gradient(loss_f, xt), tape.gradient(loss_p, xt),
+                                   rtol=1e-4, atol=1e-4)
+    assert not np.allclose(fused.moving_mean, 0.0)  # the updates did happen
+
+
+def test_fused_batch_norm_falls_back_for_other_ranks():
+    layer = FusedBatchNormalization()
+    x = RNG.randn(4, 3).astype("float32")
+    ref = keras.layers.BatchNormalization()
+    np.testing.assert_allclose(layer(x, training=True), ref(x, training=True), atol=1e-5)
+
+
+VARIANTS = [
+    dict(),
+    dict(unit="bottleneck"),
+    dict(unit="single", order="original"),
+    dict(order="bn_after_addition", shortcut="conv1x1"),
+    dict(order="relu_only_preact", shortcut="exclusive_gating"),
+    dict(order="relu_before_addition", shortcut="shortcut_only_gating"),
+    dict(shortcut="constant_scaling", scale_residual=True),
+]
+
+
+@pytest.mark.parametrize("options", VARIANTS, ids=lambda o: "-".join(map(str, o.values())))
+def test_stacked_build_equals_unrolled_build(options):
+    """Same parameters, same outputs, same gradients and BN statistics, with recompute."""
+    plain = build_resnet((3, 3), widths=(8, 16), input_shape=(16, 16, 3), fused_bn=False,
+                         **options)
+    fast = build_resnet((3, 3), widths=(8, 16), input_shape=(16, 16, 3),
+                        stacked_stages=True, recompute=True, **options)
+    assert any(isinstance(l, StackedStage) for l in fast.layers)
+    assert plain.count_params() == fast.count_params()
+    transfer_weights(plain, fast)
+    x = RNG.rand(4, 16, 16, 3).astype("float32")
+    np.testing.assert_allclose(fast(x, training=False), plain(x, training=False),
+                               rtol=1e-4, atol=1e-5)
+    with tf.GradientTape(persistent=True) as tape:
+        loss_p = tf.reduce_sum(plain(x, training=True) ** 2)
+        loss_f = tf.reduce_sum(fast(x, training=True) ** 2)
+    np.testing.assert_allclose(float(loss_f), float(loss_p), rtol=1e-4)
+    grads_p = tape.gradient(loss_p, plain.trainable_weights)
+    grads_f = tape.gradient(loss_f, fast.trainable_weights)
+    assert all(g is not None for g in grads_f)
+    np.testing.assert_allclose(float(tf.linalg.global_norm(grads_f)),
+                               float(tf.linalg.global_norm(grads_p)), rtol=1e-3)
+    # One training call updated every BN moving statistic exactly once, in both builds.
+    for a, b in zip(canonical_unit_weights(plain), canonical_unit_weights(fast)):
+        for wa, wb in zip(a, b):
+            np.testing.assert_allclose(wa, wb, rtol=1e-4, atol=1e-5)
+
+
+def test_optimised_build_has_the_same_loss_trajectory():
+    """SGD from the same initial weights: the plain and the optimised build follow one curve."""
+    x = RNG.rand(16, 16, 16, 3).astype("float32")
+    y = RNG.randint(0, 10, 16)
+    curves = []
+    plain = build_resnet((4, 4), widths=(8, 16), input_shape=(16, 16, 3), fused_bn=False)
+    fast = build_resnet((4, 4), widths=(8, 16), input_shape=(16, 16, 3),
+                        stacked_stages=True, recompute=True)
+    transfer_weights(plain, fast)
+    for model in (plain, fast):
+        optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+        step_losses = []
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                    y, model(x, training=True), from_logits=True))
+            optimizer.apply(tape.gradient(loss, model.trainable_weights),
+                            model.trainable_weights)
+            return loss
+
+        for _ in range(8):
+            step_losses.append(float(step()))
+        curves.append(step_losses)
+    assert curves[0][-1] < curves[0][0]  # it trains
+    np.testing.assert_allclose(curves[1], curves[0], rtol=2e-3)
+
+
+def test_stacked_model_round_trip(tmp_path):
+    model = keras_preact.ResNet20(stacked_stages=True, recompute=True,
+                                  shortcut="exclusive_gating")
+    x = RNG.rand(2, 32, 32, 3).astype("float32")
+    model(x, training=True)
+    path = os.path.join(tmp_path, "stacked.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(loaded(x, training=False), model(x, training=False))
+    stage = loaded.get_layer("stage2_units2to3")
+    assert isinstance(stage, StackedStage) and stage.recompute and stage.num_units == 2
+
+
+def test_resnet1001_stacked_keeps_the_parameter_count():
+    model = keras_preact.ResNet1001(preact=True, stacked_stages=True, recompute=True)
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 10_327_706
+    assert len(model.layers) < 20  # the graph no longer grows with depth
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: keras_preact.ResNet20(recompute=True), "stacked_stages"),
+        (lambda: StackedStage(2, 8, shortcut="dropout"), "dropout"),
+        (lambda: StackedStage(0, 8), "num_units"),
+        (lambda: StackedStage(2, 8, order="nope"), "full_preact"),
+        (lambda: StackedStage(2, 8)(np.zeros((1, 4, 4, 3), "float32")), "keep their shape"),
+    ],
+)
+def test_stacked_stage_validation(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_transfer_weights_rejects_different_networks():
+    with pytest.raises(ValueError, match="not builds of the same network|more layers"):
+        transfer_weights(build_resnet((2, 2), widths=(8, 16), input_shape=(16, 16, 3)),
+                         build_resnet((3, 3), widths=(8, 16), input_shape=(16, 16, 3),
+                                      stacked_stages=True))
