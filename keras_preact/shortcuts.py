@@ -14,6 +14,14 @@ from keras_preact.norm import conv_initializer
 PACKAGE = "keras_preact"
 
 
+def strided_shape(input_shape, strides: int, channels: int) -> tuple:
+    """NHWC shape after a 'same'-padded op of the given stride and output channels."""
+    n, h, w, _ = input_shape
+    h = None if h is None else -(-h // strides)
+    w = None if w is None else -(-w // strides)
+    return (n, h, w, channels)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ZeroPadShortcut(keras.layers.Layer):
     """Option-A shortcut of [1]: subsample spatially, then append zero channels.
@@ -41,11 +49,7 @@ class ZeroPadShortcut(keras.layers.Layer):
         return ops.pad(x, [[0, 0], [0, 0], [0, 0], [0, extra]])
 
     def compute_output_shape(self, input_shape):
-        n, h, w, _ = input_shape
-        s = self.strides
-        h = None if h is None else -(-h // s)
-        w = None if w is None else -(-w // s)
-        return (n, h, w, self.filters)
+        return strided_shape(input_shape, self.strides, self.filters)
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "strides": self.strides}

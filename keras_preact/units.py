@@ -44,7 +44,7 @@ import keras
 from keras import ops
 
 from keras_preact import norm
-from keras_preact.shortcuts import PACKAGE, ShortcutGate, ZeroPadShortcut
+from keras_preact.shortcuts import PACKAGE, ShortcutGate, ZeroPadShortcut, strided_shape
 
 KINDS = ("basic", "bottleneck", "single")
 ORDERS = (
@@ -315,11 +315,7 @@ class ResidualUnit(keras.layers.Layer):
         return _apply(self.post_layers, y)
 
     def compute_output_shape(self, input_shape):
-        n, h, w, _ = input_shape
-        s = self.strides
-        h = None if h is None else -(-h // s)
-        w = None if w is None else -(-w // s)
-        return (n, h, w, self.out_channels)
+        return strided_shape(input_shape, self.strides, self.out_channels)
 
     # -- introspection ---------------------------------------------------------------------
     def layer_sequence(self) -> dict:
