@@ -102,13 +102,17 @@ class StackedStage(keras.layers.Layer):
         self._params = {}
 
         def add(key, shape, initializer, trainable=True):
-            self._params[key] = self.add_weight(
+            variable = self.add_weight(
                 name=f"{key[0]}_{key[1]}",
                 shape=(n, *shape),
                 initializer=initializer,
                 trainable=trainable,
                 autocast=False,
             )
+            self._params[key] = variable
+            # tf.train.Checkpoint (the trainers' checkpoints) finds variables through
+            # attributes, not through this tuple-keyed dict.
+            setattr(self, f"{key[0]}_{key[1]}", variable)
 
         for part in ("preact", "branch", "shortcut", "post"):
             c = channels if part != "post" else template.out_channels

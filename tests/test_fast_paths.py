@@ -152,3 +152,15 @@ def test_transfer_weights_rejects_different_networks():
         transfer_weights(build_resnet((2, 2), widths=(8, 16), input_shape=(16, 16, 3)),
                          build_resnet((3, 3), widths=(8, 16), input_shape=(16, 16, 3),
                                       stacked_stages=True))
+
+
+def test_stacked_model_tf_checkpoint_holds_every_variable(tmp_path):
+    """The trainers checkpoint with tf.train.Checkpoint: no stacked variable may be missed."""
+    model = build_resnet((3, 3), widths=(8, 16), input_shape=(16, 16, 3), stacked_stages=True)
+    x = RNG.rand(2, 16, 16, 3).astype("float32")
+    model(x, training=True)
+    path = tf.train.Checkpoint(model=model).save(os.path.join(tmp_path, "ckpt"))
+    restored = build_resnet((3, 3), widths=(8, 16), input_shape=(16, 16, 3),
+                            stacked_stages=True)
+    tf.train.Checkpoint(model=restored).restore(path).assert_existing_objects_matched()
+    np.testing.assert_array_equal(restored(x, training=False), model(x, training=False))
