@@ -1,0 +1,191 @@
+"""build_dataset on image folders and the packaged sample: batches, determinism, bad input."""
+
+import logging
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from keras_preact.data import build_dataset, cifar10_sample_dir, read_label_map, write_label_map
+from keras_preact.data import sample as sample_lib
+
+CLASSES = ("cat", "dog", "emu")
+
+
+def write_folder(root, split="train", per_class=6, size=(32, 32), fmt="jpg"):
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(CLASSES):
+        os.makedirs(root / split / name, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            pixels[..., c] = 250  # a class colour, so labels can be checked from pixels
+            Image.fromarray(pixels).save(root / split / name / f"{i:03d}.{fmt}", quality=95)
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return write_folder(tmp_path / "data")
+
+
+def batches(ds):
+    return [(x.numpy(), y.numpy()) for x, y in ds]
+
+
+def test_folder_training_batches(folder):
+    ds, info = build_dataset(f"folder:{folder}", "train", batch_size=4, training=True, seed=1)
+    assert info.class_names == list(CLASSES) and info.num_classes == 3 and info.num_examples == 18
+    assert info.recipe == "cifar" and info.augment == "cifar" and info.image_size == (32, 32)
+    out = batches(ds)
+    assert len(out) == 4  # 18 // 4, remainder dropped when training
+    for x, y in out:
+        assert x.shape == (4, 32, 32, 3) and x.dtype == np.float32
+        assert y.shape == (4,) and y.dtype == np.int32
+        assert np.abs(x).max() < 3.0
+    assert set(np.concatenate([y for _, y in out]).tolist()) <= {0, 1, 2}
+
+
+def test_same_seed_same_batches_other_seed_other_batches(folder):
+    def run(seed):
+        return batches(build_dataset(str(folder), "train", batch_size=6, training=True, seed=seed)[0])
+
+    a, b, c = run(3), run(3), run(4)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    assert not all(np.array_equal(xa, xc) for (xa, _), (xc, _) in zip(a, c))
+
+
+def test_epochs_differ_but_are_reproducible(folder):
+    def two_epochs():
+        ds = build_dataset(folder, "train", batch_size=18, training=True, seed=0)[0]
+        return [next(iter(ds))[0].numpy() for _ in range(2)]
+
+    first, second = two_epochs(), two_epochs()
+    assert not np.array_equal(first[0], first[1])
+    np.testing.assert_array_equal(first[1], second[1])
+
+
+def test_eval_is_in_file_order_with_exact_labels(folder):
+    ds, info = build_dataset(folder, "train", batch_size=5, training=False)
+    out = batches(ds)
+    assert [len(y) for _, y in out] == [5, 5, 5, 3]  # remainder kept for evaluation
+    labels = np.concatenate([y for _, y in out])
+    np.testing.assert_array_equal(labels, np.repeat([0, 1, 2], 6))
+    images = np.concatenate([x for x, _ in out])
+    # The class colour channel is the brightest on average: labels match images.
+    np.testing.assert_array_equal(images.mean(axis=(1, 2)).argmax(axis=1), labels)
+    again = np.concatenate([x for x, _ in build_dataset(folder, "train", batch_size=5, training=False)[0]])
+    np.testing.assert_array_equal(images, again)
+
+
+def test_imagenet_style_folder_with_png_and_inception_crops(tmp_path):
+    root = write_folder(tmp_path / "big", per_class=2, size=(90, 120), fmt="png")
+    ds, info = build_dataset(root, "train", batch_size=3, training=True, augment="inception", seed=0)
+    assert info.recipe == "imagenet_224" and info.image_size == (224, 224)
+    x, y = next(iter(ds))
+    assert x.shape == (3, 224, 224, 3)
+    ds, info = build_dataset(root, "train", batch_size=6, training=False, recipe="imagenet_320")
+    assert next(iter(ds))[0].shape == (6, 320, 320, 3) and info.augment == "none"
+
+
+def add_bad_files(folder):
+    (folder / "train" / "dog" / "notes.jpg").write_text("not an image at all")
+    good = (folder / "train" / "cat" / "000.jpg").read_bytes()
+    (folder / "train" / "cat" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (folder / "train" / "emu" / "README.txt").write_text("ignored: no image extension")
+
+
+def test_bad_files_are_skipped_counted_and_logged_once(folder, caplog):
+    add_bad_files(folder)
+    ds, info = build_dataset(folder, "train", batch_size=4, training=True, seed=0, drop_remainder=False)
+    assert info.num_examples == 20  # listed; README.txt is not an image file
+    with caplog.at_level(logging.WARNING, logger="keras_preact.data"):
+        for _ in range(2):  # two epochs: each bad file is met twice but logged once
+            assert sum(len(y) for _, y in batches(ds)) == 18
+    assert info.bad_files.count == 2 and info.bad_files.skips == 4
+    assert sorted(os.path.basename(f) for f in info.bad_files.files) == ["notes.jpg", "truncated.jpg"]
+    logged = [r.getMessage() for r in caplog.records if "undecodable" in r.getMessage()]
+    assert len(logged) == 2 and any("notes.jpg" in m for m in logged)
+
+
+def test_bad_files_at_either_end_and_in_long_runs_are_caught(folder, monkeypatch):
+    import keras_preact.data.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "_HISTORY", 2)  # so a run of 3 bad files overflows the history
+    (folder / "train" / "cat" / "0_first.jpg").write_bytes(b"bad")  # first file in order
+    for i in range(3):
+        (folder / "train" / "emu" / f"zz{i}.jpg").write_bytes(b"bad")  # the last three files
+    ds, info = build_dataset(folder, "train", batch_size=32, training=False)
+    labels = np.concatenate([y for _, y in batches(ds)])
+    np.testing.assert_array_equal(labels, np.repeat([0, 1, 2], 6))
+    assert sorted(os.path.basename(f) for f in info.bad_files.files) == ["0_first.jpg", "zz1.jpg", "zz2.jpg"]
+    assert info.bad_files.unnamed == 1 and info.bad_files.skips == 4
+
+
+def test_strict_mode_fails_with_the_file_name(folder):
+    add_bad_files(folder)
+    ds, _ = build_dataset(folder, "train", batch_size=4, training=False, strict=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"notes\.jpg|truncated\.jpg"):
+        batches(ds)
+
+
+def test_missing_root_split_and_empty_inputs_fail_fast(tmp_path, folder):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_dataset(tmp_path / "nowhere", "train", batch_size=2, training=True)
+    with pytest.raises(FileNotFoundError, match="Splits found under .*: train"):
+        build_dataset(folder, "validation", batch_size=2, training=True)
+    (folder / "empty_split").mkdir()
+    with pytest.raises(ValueError, match="Split 'empty_split' is empty"):
+        build_dataset(folder, "empty_split", batch_size=2, training=True)
+    (folder / "train" / "yak").mkdir()
+    (folder / "train" / "yak" / "list.csv").write_text("a,b")
+    with pytest.raises(ValueError, match="Empty class folder.*yak"):
+        build_dataset(folder, "train", batch_size=2, training=True)
+
+
+def test_bad_arguments_name_the_choices(folder):
+    with pytest.raises(ValueError, match="Valid choices: 'cifar10'"):
+        build_dataset("cifar11", "train", batch_size=2, training=True)
+    with pytest.raises(ValueError, match="Valid choices"):
+        build_dataset(folder, "train", batch_size=2, training=True, recipe="imagenet")
+    with pytest.raises(ValueError, match="batch_size"):
+        build_dataset(folder, "train", batch_size=0, training=True)
+
+
+def test_label_map_round_trip(tmp_path):
+    path = write_label_map(["cat", "dog", "hot dog"], tmp_path / "ckpt")
+    assert open(path).read() == "cat\ndog\nhot dog\n"
+    assert read_label_map(tmp_path / "ckpt") == ["cat", "dog", "hot dog"]
+    with pytest.raises(FileNotFoundError, match="labels.txt"):
+        read_label_map(tmp_path)
+    with pytest.raises(ValueError):
+        write_label_map(["a\nb"], tmp_path)
+
+
+def test_packaged_sample_is_checked_extracted_once_and_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_PREACT_CACHE", str(tmp_path / "cache"))
+    assert sample_lib.sha256_of(sample_lib.SAMPLE_ARCHIVE) == sample_lib.SAMPLE_SHA256
+    root = cifar10_sample_dir()
+    assert cifar10_sample_dir() == root
+    for split, count in sample_lib.SAMPLE_SPLITS.items():
+        classes = sorted(os.listdir(os.path.join(root, split)))
+        assert len(classes) == 10
+        sizes = {len(os.listdir(os.path.join(root, split, c))) for c in classes}
+        assert sizes == {count // 10}  # class-balanced
+    assert [n for n in os.listdir(tmp_path / "cache") if n.startswith(".")] == []  # no staging left
+    ds, info = build_dataset("cifar10_sample", "test", batch_size=250, training=False)
+    assert info.num_examples == 1000 and info.class_names[0] == "airplane" and info.class_names[-1] == "truck"
+    x, y = next(iter(ds))
+    assert x.shape == (250, 32, 32, 3) and set(y.numpy().tolist()) <= set(range(10))
+
+
+def test_corrupt_sample_archive_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_PREACT_CACHE", str(tmp_path / "cache"))
+    fake = tmp_path / "sample.tar.gz"
+    fake.write_bytes(b"tampered")
+    monkeypatch.setattr(sample_lib, "SAMPLE_ARCHIVE", str(fake))
+    with pytest.raises(OSError, match="corrupt"):
+        cifar10_sample_dir()
