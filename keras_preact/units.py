@@ -279,6 +279,12 @@ class ResidualUnit(keras.layers.Layer):
         if plan["gate"] is not None:
             self.gate = ShortcutGate(*plan["gate"], self.gate_bias_init, name="gate")
 
+        # tf.train.Checkpoint follows attributes, not Keras' tracked lists: without these
+        # attributes a checkpoint misses the sublayers' variables (BN moving statistics
+        # included). The .keras format is unaffected (same weight paths).
+        for layer in (*self.preact_layers, *self.branch_layers, *self.shortcut_layers, *self.post_layers):
+            setattr(self, layer.name, layer)
+
         # Build every sublayer now so that weights exist before a saved model is loaded.
         shape = tuple(input_shape)
         for layer in self.preact_layers:

@@ -1,0 +1,219 @@
+"""Inference speed of every deployment form of one network, in one run.
+
+Backends, each with and without BN folding (``keras_preact.export.fold_batch_norm``):
+
+* ``keras``        the Keras model called in a ``tf.function`` (``training=False``);
+* ``saved_model``  the exported SavedModel's ``predict_images`` signature, loaded with
+                   ``tf.saved_model.load`` (includes the softmax/top-k outputs);
+* ``tflite_<v>``   the TFLite float32, float16 and int8 models (``tf.lite.Interpreter``).
+
+For each: batch-1 latency (median and 90th percentile over ``--runs`` calls, after warm-up)
+and batch throughput (images/s from the median time of ``--batch_runs`` calls at
+``--batch``), timed in ``--rounds`` interleaved rounds. TFLite op counts of the folded and unfolded graphs are recorded too, which shows
+how much of the folding the converter already does on its own. A timing probe (the folded
+TFLite float32 graph without the multiply-adds that remain of the unfoldable leading BNs; not
+the network's function) measures what those cost. Prints a Markdown table and
+writes everything to ``--out`` (JSON).
+
+    python benchmarks/inference.py --model resnet20 --threads 2 --out benchmarks/results/inference.json
+
+The machine is shared and noisy: only medians are reported, and numbers from one run are
+comparable with each other, not across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet20", help="keras_preact preset name (ignored with --model_file).")
+    parser.add_argument("--model_file", help="A trained .keras file instead of a fresh preset.")
+    parser.add_argument("--recipe", default="cifar", help="Evaluation recipe (input size).")
+    parser.add_argument("--batch", type=int, default=64, help="Batch size of the throughput test.")
+    parser.add_argument("--runs", type=int, default=200, help="Batch-1 calls timed per backend.")
+    parser.add_argument("--batch_runs", type=int, default=20, help="Batch calls timed per backend.")
+    parser.add_argument("--rounds", type=int, default=5, help="Interleaved timing rounds.")
+    parser.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads.")
+    parser.add_argument("--calibration", type=int, default=100, help="int8 calibration images.")
+    parser.add_argument("--out", default="benchmarks/results/inference.json", help="JSON output path.")
+    return parser.parse_args(argv)
+
+
+def timed(fn, x, runs: int, warmup: int = 5) -> np.ndarray:
+    """Seconds per call of ``fn(x)`` over ``runs`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn(x)
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter()
+        fn(x)
+        times[i] = time.perf_counter() - start
+    return times
+
+
+def without_affine(folded):
+    """The folded model minus its ChannelAffine layers (the BNs that cannot be folded).
+
+    Timing probe only: it does not compute the network's function. Its latency minus the
+    folded model's is what the remaining per-channel multiply-adds cost.
+    """
+    import keras
+
+    from keras_preact.export import ChannelAffine
+
+    def clone(layer):
+        if isinstance(layer, ChannelAffine):
+            return keras.layers.Identity(name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    probe = keras.models.clone_model(folded, clone_function=clone)
+    for layer in probe.layers:
+        if layer.weights:
+            layer.set_weights(folded.get_layer(layer.name).get_weights())
+    return probe
+
+
+def calibration_images(recipe: str, size: int, count: int) -> np.ndarray:
+    """Real images for int8 calibration (the packaged CIFAR-10 sample) or random ones."""
+    from keras_preact.export.exporter import image_folder_split
+    from keras_preact.export.parity import preprocess_encoded
+
+    if recipe == "cifar":
+        from keras_preact.data import cifar10_sample_dir
+
+        encoded, _ = image_folder_split(cifar10_sample_dir(), "train", count)
+        return preprocess_encoded(encoded, recipe)
+    return np.random.RandomState(0).normal(size=(count, size, size, 3)).astype(np.float32)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import keras
+    import tensorflow as tf
+
+    import keras_preact
+    from keras_preact.export import fold_batch_norm
+    from keras_preact.export.saved_model import eval_image_size, write_saved_model
+    from keras_preact.export.tflite import VARIANTS, TFLiteRunner, convert_model, op_counts
+
+    size = eval_image_size(args.recipe)
+    if args.model_file:
+        model = keras.saving.load_model(args.model_file, compile=False)
+    else:
+        family = keras_preact.presets.model_family(args.model)
+        shape = (size, size, 3) if family == "cifar" else (None, None, 3)
+        model = keras_preact.get_model(args.model, input_shape=shape)
+    num_classes = int(model.outputs[0].shape[-1])
+    folded = fold_batch_norm(model)
+    rng = np.random.RandomState(0)
+    one = rng.normal(size=(1, size, size, 3)).astype(np.float32)
+    batch = rng.normal(size=(args.batch, size, size, 3)).astype(np.float32)
+    calibration = calibration_images(args.recipe, size, args.calibration)
+
+    backends = {}  # name -> (callable, extra info)
+    tflite_info = {}
+    tmp = tempfile.mkdtemp(prefix="keras_preact_bench_")
+    names = [str(i) for i in range(num_classes)]
+    steps = [("unfolded", model), ("folded", folded)]
+    total = len(steps) * (2 + len(VARIANTS)) + 1
+    done = 0
+
+    def progress(what):
+        nonlocal done
+        done += 1
+        print(f"[{done}/{total}] prepared {what}", file=sys.stderr, flush=True)
+
+    for tag, net in steps:
+        keras_fn = tf.function(lambda x, net=net: net(x, training=False))
+        backends[f"keras/{tag}"] = keras_fn
+        progress(f"keras/{tag}")
+        path = write_saved_model(net, os.path.join(tmp, tag), recipe=args.recipe, class_names=names)
+        signature = tf.saved_model.load(path).signatures["predict_images"]
+        backends[f"saved_model/{tag}"] = lambda x, fn=signature: fn(images=tf.constant(x))
+        progress(f"saved_model/{tag}")
+        for variant in VARIANTS:
+            flatbuffer = convert_model(net, variant, size, calibration if variant == "int8" else None)
+            runner = TFLiteRunner(flatbuffer, num_threads=args.threads)
+            backends[f"tflite_{variant}/{tag}"] = runner
+            tflite_info[f"tflite_{variant}/{tag}"] = {"bytes": len(flatbuffer), "ops": op_counts(flatbuffer)}
+            progress(f"tflite_{variant}/{tag}")
+    probe = convert_model(without_affine(folded), "float32", size)
+    backends["tflite_float32/probe_no_affine"] = TFLiteRunner(probe, num_threads=args.threads)
+    tflite_info["tflite_float32/probe_no_affine"] = {"bytes": len(probe), "ops": op_counts(probe)}
+    progress("tflite_float32/probe_no_affine (timing probe: unfoldable BNs removed)")
+
+    # Interleaved rounds: every backend is timed a little in each round, so a burst of load
+    # from other processes on the shared machine hits all backends alike, not one of them.
+    latency = {name: [] for name in backends}
+    per_batch = {name: [] for name in backends}
+    for name, fn in backends.items():  # warm-up
+        timed(fn, one, 0, warmup=5)
+        timed(fn, batch, 0, warmup=2)
+    rounds = max(1, min(args.rounds, args.batch_runs))
+    for r in range(rounds):
+        for name, fn in backends.items():
+            latency[name].extend(timed(fn, one, max(1, args.runs // rounds), warmup=0))
+            per_batch[name].extend(timed(fn, batch, max(1, args.batch_runs // rounds), warmup=0))
+        print(f"[round {r + 1}/{rounds}] timed {len(backends)} backends", file=sys.stderr, flush=True)
+    results = {}
+    for name in backends:
+        results[name] = {
+            "latency_ms_median": 1000 * float(np.median(latency[name])),
+            "latency_ms_p90": 1000 * float(np.percentile(latency[name], 90)),
+            "throughput_img_s": args.batch / float(np.median(per_batch[name])),
+            **tflite_info.get(name, {}),
+        }
+
+    report = {
+        "model": args.model_file or args.model,
+        "parameters": int(model.count_params()),
+        "input": [size, size, 3],
+        "batch": args.batch,
+        "runs": args.runs,
+        "batch_runs": args.batch_runs,
+        "rounds": args.rounds,
+        "tflite_threads": args.threads,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "results": results,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+
+    print(f"\n{report['model']} ({report['parameters']:,} parameters), input {size}x{size}, "
+          f"TF {tf.__version__}, TFLite threads {args.threads}, {report['machine']}\n")
+    print("| backend | BN folded | batch-1 latency ms (median) | p90 ms | "
+          f"throughput img/s (batch {args.batch}) | size bytes |")
+    print("|---|---|---|---|---|---|")
+    for name, row in results.items():
+        backend, tag = name.split("/")
+        folded_column = {"folded": "yes", "unfolded": "no"}.get(tag, "probe: no leading BNs")
+        print(f"| {backend} | {folded_column} | {row['latency_ms_median']:.3f} | "
+              f"{row['latency_ms_p90']:.3f} | {row['throughput_img_s']:.0f} | {row.get('bytes', '-')} |")
+    for variant in VARIANTS:
+        a, b = tflite_info[f"tflite_{variant}/unfolded"]["ops"], tflite_info[f"tflite_{variant}/folded"]["ops"]
+        print(f"\nTFLite {variant} ops unfolded: {a}\nTFLite {variant} ops folded:   {b}"
+              + ("  (identical)" if a == b else ""))
+    probe_row, folded_row = results["tflite_float32/probe_no_affine"], results["tflite_float32/folded"]
+    print(f"\nCost of the BNs no converter can fold (TFLite float32, folded minus probe): "
+          f"{folded_row['latency_ms_median'] - probe_row['latency_ms_median']:+.3f} ms batch-1 latency, "
+          f"throughput {folded_row['throughput_img_s']:.0f} vs {probe_row['throughput_img_s']:.0f} img/s; "
+          f"probe ops {tflite_info['tflite_float32/probe_no_affine']['ops']}")
+    print(f"\nJSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

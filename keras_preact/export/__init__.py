@@ -1,0 +1,58 @@
+"""Export and deployment: SavedModel for TF Serving, TFLite, BN folding, verified parity.
+
+    >>> from keras_preact import export
+    >>> path = export.export_model(model, "saved_models", name="resnet20", recipe="cifar",
+    ...                            class_names=["airplane", ..., "truck"])
+
+The command line does the same from a ``.keras`` file or a training checkpoint::
+
+    python -m keras_preact.export --model_file model.keras --name resnet20 --recipe cifar
+
+See ``docs/serving.md`` for the TF Serving and TFLite usage.
+"""
+
+from keras_preact.export.exporter import (
+    ExportParityError,
+    existing_versions,
+    export_model,
+    load_model_file,
+)
+from keras_preact.export.fold import ChannelAffine, FoldReport, fold_batch_norm
+from keras_preact.export.parity import FLOAT_TOLERANCE, format_report, parity_report
+from keras_preact.export.request_guard import checked_image_bytes
+from keras_preact.export.saved_model import (
+    FLOAT_SIGNATURE,
+    SERVING_SIGNATURE,
+    serving_archive,
+    write_saved_model,
+)
+from keras_preact.export.tflite import (
+    VARIANTS as TFLITE_VARIANTS,
+    TFLiteRunner,
+    check_builtin_ops,
+    convert_model as convert_to_tflite,
+    op_counts,
+)
+
+__all__ = [
+    "ChannelAffine",
+    "ExportParityError",
+    "FLOAT_SIGNATURE",
+    "FLOAT_TOLERANCE",
+    "FoldReport",
+    "SERVING_SIGNATURE",
+    "TFLITE_VARIANTS",
+    "TFLiteRunner",
+    "check_builtin_ops",
+    "checked_image_bytes",
+    "convert_to_tflite",
+    "existing_versions",
+    "export_model",
+    "fold_batch_norm",
+    "format_report",
+    "load_model_file",
+    "op_counts",
+    "parity_report",
+    "serving_archive",
+    "write_saved_model",
+]

@@ -1,0 +1,223 @@
+"""``python -m keras_preact.export``: a ``.keras`` file or a training checkpoint -> saved_models/.
+
+    # a saved Keras model (labels.txt next to it, or --class_names / --labels_file)
+    python -m keras_preact.export --model_file runs/r20/model.keras --name resnet20 --recipe cifar
+
+    # a training run directory (its checkpoints/ and labels.txt): rebuild the architecture
+    python -m keras_preact.export --checkpoint runs/cifar10_resnet20 --model resnet20 \\
+        --recipe cifar --name resnet20
+
+Writes ``<base_dir>/<name>/<version>/`` (see ``keras_preact.export.exporter``) and prints the
+parity report. Exit status 2 on bad arguments, 1 if the float32 parity check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+CUSTOM_CIFAR_MODEL = re.compile(r"^resnet(\d+)$")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from keras_preact.data import RECIPES
+    from keras_preact.export.tflite import VARIANTS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_preact.export",
+        description="Export a trained keras_preact model for TF Serving and TFLite, with a parity report.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model_file", help="A .keras file.")
+    source.add_argument(
+        "--checkpoint",
+        help="A training run directory, its checkpoints/ directory, or one checkpoint prefix "
+        "(needs --model to rebuild the architecture).",
+    )
+    parser.add_argument("--model", help="Architecture of --checkpoint: a preset name (resnet20, ...) or resnet<depth>.")
+    parser.add_argument(
+        "--model_kwargs",
+        default="{}",
+        help='JSON keyword arguments of the architecture, as at training, e.g. \'{"order": "original"}\'.',
+    )
+    parser.add_argument("--num_classes", type=int, help="Outputs of --checkpoint's model (default: number of class names).")
+    parser.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="Evaluation preprocessing the serving signature applies.")
+    parser.add_argument("--name", help="Model name under --base_dir (default: from --model or the file name).")
+    parser.add_argument("--base_dir", default="saved_models", help="TF Serving model base directory.")
+    parser.add_argument("--version", type=int, help="Version number (default: the next free one).")
+    parser.add_argument("--class_names", help="Comma-separated class names in label order.")
+    parser.add_argument("--labels_file", help="labels.txt with one class name per line (default: next to the model).")
+    parser.add_argument("--eval_dir", help="Image folder <root>/<split>/<class>/<image> for parity and int8 calibration.")
+    parser.add_argument("--eval_split", default="test", help="Held-out split of --eval_dir.")
+    parser.add_argument("--calibration_split", default="train", help="Calibration split of --eval_dir.")
+    parser.add_argument("--eval_limit", type=int, default=1000, help="Held-out images in the parity report.")
+    parser.add_argument("--calibration_size", type=int, default=200, help="int8 calibration images.")
+    parser.add_argument(
+        "--tflite",
+        default=",".join(VARIANTS),
+        help=f"Comma-separated TFLite variants ({', '.join(VARIANTS)}), or 'none'.",
+    )
+    parser.add_argument("--no_fold", action="store_true", help="Convert the unfolded model to TFLite.")
+    parser.add_argument("--top_k", type=int, default=5, help="Classes returned per image.")
+    parser.add_argument("--max_image_pixels", type=int, help="Reject larger images at serving time.")
+    parser.add_argument(
+        "--allow_parity_failure", action="store_true", help="Publish even if float32 parity fails."
+    )
+    return parser
+
+
+def _label_file_near(path: str) -> str | None:
+    from keras_preact.data import LABEL_MAP_FILENAME
+
+    directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    for candidate in (directory, os.path.dirname(directory)):
+        file = os.path.join(candidate, LABEL_MAP_FILENAME)
+        if os.path.isfile(file):
+            return file
+    return None
+
+
+def resolve_class_names(args, source_path: str) -> list:
+    if args.class_names:
+        return [c.strip() for c in args.class_names.split(",") if c.strip()]
+    labels_file = args.labels_file or _label_file_near(source_path)
+    if labels_file is None:
+        raise ValueError(
+            "No class names: pass --class_names or --labels_file (no labels.txt next to the model)."
+        )
+    with open(labels_file, encoding="utf-8") as f:
+        names = [line.strip() for line in f if line.strip()]
+    if not names:
+        raise ValueError(f"Label file {labels_file} is empty.")
+    return names
+
+
+def checkpoint_prefix(path: str) -> str:
+    """The newest checkpoint under a run directory / checkpoint directory, or ``path`` itself."""
+    import tensorflow as tf
+
+    for directory in (os.path.join(path, "checkpoints"), path):
+        if os.path.isdir(directory):
+            latest = tf.train.latest_checkpoint(directory)
+            if latest:
+                return latest
+    if os.path.isfile(path + ".index"):
+        return path
+    raise FileNotFoundError(f"No checkpoint found at {path!r} (looked in {path}/checkpoints and {path}).")
+
+
+def build_architecture(name: str, kwargs: dict, num_classes: int, recipe: str):
+    from keras_preact import presets
+    from keras_preact.export.saved_model import eval_image_size
+
+    key = name.lower().replace("-", "").replace("_", "")
+    kwargs = dict(kwargs)
+    kwargs.setdefault("num_classes", num_classes)
+    if recipe == "cifar":
+        size = eval_image_size(recipe)
+        kwargs.setdefault("input_shape", (size, size, 3))
+    if key in presets.MODEL_NAMES:
+        return presets.get_model(key, **kwargs)
+    match = CUSTOM_CIFAR_MODEL.match(key)
+    if match:
+        return presets.cifar_resnet(int(match.group(1)), **kwargs)
+    raise ValueError(f"Unknown --model {name!r}. Valid: {', '.join(presets.MODEL_NAMES)}, or resnet<depth>.")
+
+
+def restore_checkpoint(model, path: str) -> str:
+    """Load a training checkpoint's model variables into ``model``; fail if any is missing.
+
+    ``assert_existing_objects_matched`` only vouches for objects the checkpoint's graph knows;
+    a variable the checkpoint never contained would keep its fresh value unnoticed. So every
+    float variable is first set to NaN, and any NaN left after the restore is an error.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    prefix = checkpoint_prefix(path)
+    floats = [v for v in model.variables if v.dtype.startswith("float")]
+    for variable in floats:
+        variable.assign(np.full(variable.shape, np.nan, variable.dtype))
+    status = tf.train.Checkpoint(model=model).restore(prefix)
+    status.expect_partial()  # the optimizer's slots are in the checkpoint too, unused here
+    status.assert_existing_objects_matched()
+    missing = [v.path for v in floats if np.isnan(np.asarray(v.numpy())).all()]
+    if missing:
+        raise ValueError(
+            f"Checkpoint {prefix} does not hold {len(missing)} of the model's variables "
+            f"(e.g. {', '.join(missing[:3])}): wrong --model/--model_kwargs, or a checkpoint "
+            "written before ResidualUnit sublayers were checkpoint-tracked."
+        )
+    return prefix
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from keras_preact.export.exporter import ExportParityError, export_model, image_folder_split, load_model_file
+    from keras_preact.export.tflite import VARIANTS
+
+    try:
+        variants = () if args.tflite.strip().lower() == "none" else tuple(
+            v.strip() for v in args.tflite.split(",") if v.strip()
+        )
+        bad = [v for v in variants if v not in VARIANTS]
+        if bad:
+            raise ValueError(f"Unknown --tflite variant(s) {bad}. Valid: {', '.join(VARIANTS)}, or none.")
+        source_path = args.model_file or args.checkpoint
+        class_names = resolve_class_names(args, source_path)
+        if args.model_file:
+            model = load_model_file(args.model_file)
+            name = args.name or os.path.splitext(os.path.basename(args.model_file))[0]
+        else:
+            if not args.model:
+                raise ValueError("--checkpoint needs --model (the architecture to restore into).")
+            kwargs = json.loads(args.model_kwargs)
+            if not isinstance(kwargs, dict):
+                raise ValueError("--model_kwargs must be a JSON object.")
+            model = build_architecture(args.model, kwargs, args.num_classes or len(class_names), args.recipe)
+            prefix = restore_checkpoint(model, args.checkpoint)
+            print(f"Restored {prefix}", file=sys.stderr)
+            name = args.name or args.model
+        data = {}
+        if args.eval_dir:
+            data["eval_images"], data["eval_labels"] = image_folder_split(
+                args.eval_dir, args.eval_split, args.eval_limit, class_names
+            )
+            data["calibration_images"], _ = image_folder_split(
+                args.eval_dir, args.calibration_split, args.calibration_size
+            )
+        if args.max_image_pixels:
+            data["max_image_pixels"] = args.max_image_pixels
+    except (ValueError, FileNotFoundError, json.JSONDecodeError, AssertionError) as error:
+        parser.error(str(error))
+    try:
+        path = export_model(
+            model,
+            args.base_dir,
+            name=name,
+            version=args.version,
+            recipe=args.recipe,
+            class_names=class_names,
+            top_k=args.top_k,
+            tflite_variants=variants,
+            fold=not args.no_fold,
+            eval_limit=args.eval_limit,
+            calibration_size=args.calibration_size,
+            strict=not args.allow_parity_failure,
+            **data,
+        )
+    except ExportParityError as error:
+        print(str(error), file=sys.stderr)
+        return 1
+    except ValueError as error:
+        parser.error(str(error))
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""``export_model``: one call from a trained model to every deployable artefact, verified.
+
+Layout written (``<version>`` is an integer, the next free one by default)::
+
+    <base_dir>/<name>/<version>/             the SavedModel TF Serving loads as is
+        saved_model.pb, variables/, fingerprint.pb
+        assets.extra/                        ignored by TF Serving
+            parity.json                      the parity report (keras_preact.export.parity)
+            labels.txt                       class names, one per line, in label order
+            tflite/float32.tflite, float16.tflite, int8.tflite
+
+The version directory is assembled in a hidden staging directory next to it and renamed into
+place only once everything is written and the float32 parity checks passed, so a TF Serving
+instance polling ``<base_dir>/<name>`` never loads a half-written or unverified version.
+
+Held-out images for the parity report and calibration images for int8 come from the caller;
+without them, recipe ``"cifar"`` uses the CIFAR-10 sample shipped in the package (test split
+for parity, train split for calibration: real images, no download). Other recipes fall back to
+random images, which checks parity but says nothing about accuracy; the report records which.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import keras
+import numpy as np
+
+from keras_preact.export import parity as parity_lib
+from keras_preact.export import request_guard
+from keras_preact.export import tflite as tflite_lib
+from keras_preact.export.fold import fold_batch_norm
+from keras_preact.export.saved_model import (
+    DEFAULT_TOP_K,
+    check_model_for_export,
+    write_saved_model,
+)
+
+EXTRA_DIR = "assets.extra"  # TF Serving ignores it (it only reads warm-up requests from it)
+PARITY_FILE = "parity.json"
+TFLITE_DIR = "tflite"
+DEFAULT_EVAL_LIMIT = 1000
+DEFAULT_CALIBRATION_SIZE = 200
+SYNTHETIC_IMAGES = 64
+
+
+class ExportParityError(RuntimeError):
+    """An exported float32 artefact does not reproduce the Keras model; nothing was published."""
+
+
+def existing_versions(model_dir: str) -> list:
+    """Integer version directories under ``model_dir``, sorted."""
+    if not os.path.isdir(model_dir):
+        return []
+    return sorted(int(d) for d in os.listdir(model_dir) if d.isdigit())
+
+
+def resolve_version(model_dir: str, version) -> int:
+    """``version`` as an int, or the next free one; an existing version is never overwritten."""
+    versions = existing_versions(model_dir)
+    if version is None:
+        return (versions[-1] + 1) if versions else 1
+    if isinstance(version, bool) or not str(version).isdigit() or int(version) < 1:
+        raise ValueError(f"version must be a positive integer (TF Serving's layout), got {version!r}.")
+    version = int(version)
+    if version in versions:
+        raise ValueError(
+            f"Version {version} already exists in {model_dir}; a served version is never "
+            f"overwritten. Pass version=None for the next one ({versions[-1] + 1})."
+        )
+    return version
+
+
+def load_model_file(path: str) -> keras.Model:
+    """Load a ``.keras`` file (importing keras_preact registers its layers)."""
+    import keras_preact  # noqa: F401  (registers the package's serializable layers)
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No model file at {path!r}.")
+    if not path.endswith(".keras"):
+        raise ValueError(f"Expected a .keras file, got {path!r}.")
+    return keras.saving.load_model(path, compile=False)
+
+
+def _read_files(paths) -> list:
+    out = []
+    for path in paths:
+        with open(path, "rb") as f:
+            out.append(f.read())
+    return out
+
+
+def _spread(items: list, limit: int) -> list:
+    """``limit`` items evenly spread over ``items`` (image folders are sorted by class)."""
+    if limit is None or len(items) <= limit:
+        return list(items)
+    index = np.linspace(0, len(items) - 1, limit).round().astype(int)
+    return [items[i] for i in index]
+
+
+def image_folder_split(root: str, split: str, limit: int, class_names=None):
+    """``(encoded images, labels or None)`` of ``root/<split>/<class>/*``, ``limit`` spread over classes.
+
+    Labels are kept only if the folder's classes are ``class_names`` (same names, same order).
+    """
+    from keras_preact.data import list_image_folder
+
+    paths, labels, folder_classes = list_image_folder(root, split)
+    pairs = _spread(list(zip(paths, labels)), limit)
+    images = _read_files(p for p, _ in pairs)
+    keep = class_names is not None and list(folder_classes) == [str(c) for c in class_names]
+    return images, (np.array([l for _, l in pairs], np.int64) if keep else None)
+
+
+def synthetic_images(size: int, count: int, seed: int = 0) -> list:
+    """Random RGB images as PNG bytes (lossless, so the two preprocessing paths see equal pixels)."""
+    import tensorflow as tf
+
+    rng = np.random.RandomState(seed)
+    pixels = rng.randint(0, 256, size=(count, size, size, 3), dtype=np.uint8)
+    return [tf.io.encode_png(p).numpy() for p in pixels]
+
+
+def default_data(recipe: str, class_names, eval_limit: int, calibration_size: int, size: int):
+    """Held-out and calibration data when the caller gives none (see the module docstring)."""
+    if recipe == "cifar":
+        from keras_preact.data import cifar10_sample_dir
+
+        root = cifar10_sample_dir()
+        eval_images, eval_labels = image_folder_split(root, "test", eval_limit, class_names)
+        calibration, _ = image_folder_split(root, "train", calibration_size)
+        return eval_images, eval_labels, calibration, "keras_preact CIFAR-10 sample (JPEG copy)"
+    images = synthetic_images(size, SYNTHETIC_IMAGES)
+    return images, None, images, "random images (no held-out set given: parity only, no accuracy)"
+
+
+class _Steps:
+    """One progress line per export stage, ``[k/N] elapsed what`` (an export takes a minute)."""
+
+    def __init__(self, total: int, verbose: bool):
+        self.total = total
+        self.verbose = verbose
+        self.count = 0
+        self.start = time.time()
+
+    def note(self, what: str):
+        """A line within the current stage (no step counted)."""
+        if self.verbose:
+            print(f"      {time.time() - self.start:6.1f}s  {what}", file=sys.stderr, flush=True)
+
+    def done(self, what: str):
+        self.count += 1
+        if self.verbose:
+            print(
+                f"[{self.count}/{self.total}] {time.time() - self.start:6.1f}s  {what}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def export_model(
+    model,
+    base_dir: str,
+    *,
+    name: str,
+    version=None,
+    recipe: str,
+    class_names,
+    top_k: int = DEFAULT_TOP_K,
+    tflite_variants=tflite_lib.VARIANTS,
+    fold: bool = True,
+    eval_images=None,
+    eval_labels=None,
+    calibration_images=None,
+    eval_limit: int = DEFAULT_EVAL_LIMIT,
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE,
+    max_image_pixels: int = request_guard.DEFAULT_MAX_PIXELS,
+    max_image_side: int = request_guard.DEFAULT_MAX_SIDE,
+    strict: bool = True,
+    verbose: bool = True,
+) -> str:
+    """Export ``model`` to ``base_dir/<name>/<version>/`` with TFLite variants and a parity report.
+
+    Args:
+      model: a Keras classifier that outputs logits, or the path of a ``.keras`` file.
+      base_dir: the TF Serving model base (e.g. ``"saved_models"``).
+      name: the model's name under ``base_dir`` (TF Serving's model name).
+      version: positive integer; None picks the next free one. Existing versions are never
+        overwritten.
+      recipe: the evaluation preprocessing of ``keras_preact.data`` (``"cifar"``,
+        ``"imagenet_224"``, ``"imagenet_320"``) the serving signature applies.
+      class_names: one name per output, in label order.
+      top_k: how many classes the signatures return (capped at the number of classes).
+      tflite_variants: which of ``"float32"``, ``"float16"``, ``"int8"`` to write (empty: none).
+      fold: convert the BN-folded model (``fold_batch_norm``) to TFLite; the SavedModel always
+        holds the original Keras model.
+      eval_images, eval_labels: held-out encoded images (JPEG/PNG bytes) and labels for the
+        parity report; calibration_images: encoded images for int8 calibration (training
+        images, ideally; default with ``eval_images`` given: the first of those). Defaults
+        without ``eval_images``: see the module docstring.
+      eval_limit, calibration_size: how many default images to use.
+      max_image_pixels, max_image_side: the serving signature's decompression-bomb limits.
+      strict: raise ``ExportParityError`` (and publish nothing) if a float32 artefact differs
+        from Keras by more than the tolerance.
+      verbose: print progress to stderr.
+
+    Returns:
+      The path of the new version directory.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model_file(os.fspath(model))
+    size, _ = check_model_for_export(model, recipe, class_names)
+    class_names = [str(c) for c in class_names]
+    tflite_variants = tuple(tflite_variants or ())
+    for variant in tflite_variants:
+        tflite_lib.check_variant(variant)
+    if not name or os.sep in name or name.startswith("."):
+        raise ValueError(f"name must be a plain directory name, got {name!r}.")
+
+    model_dir = os.path.join(base_dir, name)
+    version = resolve_version(model_dir, version)
+    if eval_images is None:
+        eval_images, eval_labels, default_calibration, data_source = default_data(
+            recipe, class_names, eval_limit, calibration_size, size
+        )
+        calibration_images = calibration_images or default_calibration
+    else:
+        data_source = "caller-provided held-out images"
+        eval_images = list(eval_images)
+        if calibration_images is None:
+            calibration_images = eval_images[:calibration_size]
+
+    steps = _Steps(3 + len(tflite_variants) + (1 if fold else 0), verbose)
+    os.makedirs(model_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir)
+    try:
+        write_saved_model(
+            model,
+            staging,
+            recipe=recipe,
+            class_names=class_names,
+            top_k=top_k,
+            max_image_pixels=max_image_pixels,
+            max_image_side=max_image_side,
+        )
+        steps.done(f"SavedModel written ({name}, version {version})")
+        extra = os.path.join(staging, EXTRA_DIR)
+        os.makedirs(os.path.join(extra, TFLITE_DIR), exist_ok=True)
+        from keras_preact.data import write_label_map
+
+        write_label_map(class_names, extra)
+
+        folded, fold_report = (fold_batch_norm(model, return_report=True) if fold else (None, None))
+        if fold:
+            steps.done(
+                f"BN folding: {len(fold_report.folded_into_conv)} folded into convs, "
+                f"{len(fold_report.kept_as_affine)} kept as multiply-adds"
+            )
+        tflite_models, tflite_info = {}, {}
+        calibration = None
+        if "int8" in tflite_variants:
+            calibration = parity_lib.preprocess_encoded(calibration_images[:calibration_size], recipe)
+        for variant in tflite_variants:
+            flatbuffer = tflite_lib.convert_model(
+                folded if fold else model, variant, size, calibration
+            )
+            tflite_lib.check_builtin_ops(flatbuffer)
+            with open(os.path.join(extra, TFLITE_DIR, f"{variant}.tflite"), "wb") as f:
+                f.write(flatbuffer)
+            tflite_models[variant] = flatbuffer
+            tflite_info[variant] = {
+                "file": f"{EXTRA_DIR}/{TFLITE_DIR}/{variant}.tflite",
+                "bytes": len(flatbuffer),
+                "ops": tflite_lib.op_counts(flatbuffer),
+                "non_builtin_ops": tflite_lib.non_builtin_ops(flatbuffer),
+            }
+            steps.done(f"TFLite {variant}: {len(flatbuffer)} bytes, builtin ops only")
+
+        report = parity_lib.parity_report(
+            model,
+            recipe=recipe,
+            encoded_images=eval_images,
+            labels=eval_labels,
+            saved_model_dir=staging,
+            folded_model=folded,
+            tflite_models=tflite_models,
+            progress=lambda artefact: steps.note(f"parity: {artefact} compared"),
+        )
+        report["data"] = data_source
+        report["export"] = {
+            "name": name,
+            "version": version,
+            "recipe": recipe,
+            "image_size": size,
+            "class_names": class_names,
+            "top_k": min(int(top_k), len(class_names)),
+            "tflite_from": "bn_folded_model" if fold else "keras_model",
+            "calibration_images": 0 if calibration is None else int(len(calibration)),
+            "max_image_pixels": int(max_image_pixels),
+            "max_image_side": int(max_image_side),
+        }
+        report["tflite"] = tflite_info
+        if fold:
+            report["fold"] = fold_report.as_dict()
+        with open(os.path.join(extra, PARITY_FILE), "w") as f:
+            json.dump(report, f, indent=2)
+        steps.done("parity report:\n" + parity_lib.format_report(report))
+        if strict and not report["float32_parity_passed"]:
+            raise ExportParityError(
+                "float32 artefacts differ from the Keras model beyond the tolerance:\n"
+                + parity_lib.format_report(report)
+            )
+        final = os.path.join(model_dir, str(version))
+        os.rename(staging, final)  # atomic publish; fails if another export took the version
+        staging = None
+        steps.done(f"published {final}")
+        return final
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)

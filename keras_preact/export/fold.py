@@ -1,0 +1,235 @@
+"""Batch-norm folding: an inference-only copy of a network with every foldable BN removed.
+
+In eval mode a BatchNormalization is the per-channel affine map ``y = a * x + b`` with
+``a = gamma / sqrt(moving_variance + eps)`` and ``b = beta - moving_mean * a``. Where it comes
+right after a convolution it can be folded *exactly* into that convolution:
+``conv(x, W) * a + b == conv(x, W * a) + b`` (scale the output channels of the kernel, add a
+bias). A pre-activation unit is BN-ReLU-conv: the BN that follows a conv inside the residual
+branch (conv -> BN -> ReLU -> conv) folds into the first conv, and so does the stem's
+conv -> BN. The unit's leading BN cannot fold into anything: its input is the sum that also
+feeds the shortcut, and the ReLU after it sits between it and the next conv. Those BNs (and
+``final_bn``) become a :class:`ChannelAffine` multiply-add, which is all a BN costs at
+inference anyway, without the rsqrt of the moving variance at run time.
+
+``fold_batch_norm(model)`` returns a new functional Keras model built from the network's own
+layers (read through ``ResidualUnit``'s ``preact_layers``, ``branch_layers``,
+``shortcut_layers``, ``gate`` and ``post_layers``); the original model is left untouched.
+``fold_report`` says how many BNs were folded and how many remain as multiply-adds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_preact.shortcuts import PACKAGE
+from keras_preact.units import ResidualUnit
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ChannelAffine(keras.layers.Layer):
+    """``y = x * scale + offset`` per channel (last axis): an eval-mode BN, precomputed."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError("ChannelAffine needs a known number of input channels.")
+        self.scale = self.add_weight(shape=(channels,), initializer="ones", name="scale")
+        self.offset = self.add_weight(shape=(channels,), initializer="zeros", name="offset")
+
+    def call(self, inputs):
+        return inputs * ops.cast(self.scale, inputs.dtype) + ops.cast(self.offset, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return super().get_config()
+
+
+@dataclasses.dataclass
+class FoldReport:
+    """What ``fold_batch_norm`` did: BNs folded into a conv, BNs kept as a multiply-add."""
+
+    folded_into_conv: list = dataclasses.field(default_factory=list)
+    kept_as_affine: list = dataclasses.field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "bn_folded_into_conv": len(self.folded_into_conv),
+            "bn_kept_as_multiply_add": len(self.kept_as_affine),
+            "folded": list(self.folded_into_conv),
+            "kept": list(self.kept_as_affine),
+        }
+
+
+def bn_affine(bn: keras.layers.BatchNormalization):
+    """The eval-mode BN as ``(scale, offset)`` in float64, so folding adds no rounding of its own."""
+    if bn.axis not in (-1, 3, [-1], [3]):
+        raise ValueError(f"Only channels-last BatchNormalization can be folded, got axis={bn.axis}.")
+    mean = np.asarray(bn.moving_mean.numpy(), np.float64)
+    var = np.asarray(bn.moving_variance.numpy(), np.float64)
+    gamma = np.asarray(bn.gamma.numpy(), np.float64) if bn.scale else np.ones_like(mean)
+    beta = np.asarray(bn.beta.numpy(), np.float64) if bn.center else np.zeros_like(mean)
+    scale = gamma / np.sqrt(var + bn.epsilon)
+    return scale, beta - mean * scale
+
+
+def _clone(layer, name: str):
+    """A fresh, unbuilt copy of ``layer`` with the same config (weights are set after building)."""
+    config = layer.get_config()
+    config["name"] = name
+    return type(layer).from_config(config)
+
+
+def _folded_conv(conv: keras.layers.Conv2D, bn: keras.layers.BatchNormalization, name: str):
+    """conv -> BN as one conv with bias: kernel * a (per output channel), bias * a + b."""
+    if conv.data_format != "channels_last" or conv.groups != 1:
+        raise ValueError(f"Cannot fold BN into {conv.name}: only channels-last, groups=1 convs.")
+    if conv.activation is not keras.activations.linear:
+        raise ValueError(f"Cannot fold BN into {conv.name}: it has an activation before the BN.")
+    scale, offset = bn_affine(bn)
+    kernel = np.asarray(conv.kernel.numpy(), np.float64) * scale
+    bias = np.asarray(conv.bias.numpy(), np.float64) if conv.use_bias else 0.0
+    bias = bias * scale + offset
+    folded = keras.layers.Conv2D(
+        conv.filters,
+        conv.kernel_size,
+        strides=conv.strides,
+        padding=conv.padding,
+        dilation_rate=conv.dilation_rate,
+        use_bias=True,
+        name=name,
+    )
+    return folded, [kernel.astype(np.float32), bias.astype(np.float32)]
+
+
+def _affine_layer(bn: keras.layers.BatchNormalization, name: str):
+    scale, offset = bn_affine(bn)
+    return ChannelAffine(name=name), [
+        scale.astype(np.float32),
+        offset.astype(np.float32),
+    ]
+
+
+class _Folder:
+    """Rebuilds a chain of layers as folded layers, applying them to a symbolic tensor."""
+
+    def __init__(self):
+        self.report = FoldReport()
+
+    def _call(self, layer, weights, x):
+        y = layer(x)
+        if weights is not None:
+            layer.set_weights(weights)
+        return y
+
+    def apply(self, layers, x, prefix: str):
+        """Apply ``layers`` (a sequential list) to ``x`` with every conv -> BN folded.
+
+        ``prefix`` (the unit's name) keeps layer names unique: every unit has a ``conv1``.
+        """
+        layers = list(layers)
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            if isinstance(layer, keras.layers.Conv2D) and isinstance(
+                nxt, keras.layers.BatchNormalization
+            ):
+                folded, weights = _folded_conv(
+                    layer, nxt, f"{prefix}{layer.name}_{nxt.name}_folded"
+                )
+                x = self._call(folded, weights, x)
+                self.report.folded_into_conv.append(f"{prefix}{nxt.name}")
+                i += 2
+                continue
+            if isinstance(layer, keras.layers.BatchNormalization):
+                affine, weights = _affine_layer(layer, f"{prefix}{layer.name}_affine")
+                x = self._call(affine, weights, x)
+                self.report.kept_as_affine.append(f"{prefix}{layer.name}")
+            elif isinstance(layer, keras.layers.Dropout):
+                pass  # identity at inference
+            elif isinstance(layer, ResidualUnit):
+                x = self.unit(layer, x)
+            elif isinstance(layer, keras.layers.InputLayer):
+                pass
+            else:
+                copy = _clone(layer, f"{prefix}{layer.name}")
+                x = self._call(copy, layer.get_weights() if layer.weights else None, x)
+            i += 1
+        return x
+
+    def unit(self, unit: ResidualUnit, x):
+        """The eval-mode computation of ``ResidualUnit.call``, with folded sublayers."""
+        prefix = unit.name + "_"
+        if unit.preactivation == "shared":
+            x = self.apply(unit.preact_layers, x, prefix)
+            branch_in = x
+        elif unit.preactivation == "branch":
+            branch_in = self.apply(unit.preact_layers, x, prefix)
+        else:
+            branch_in = x
+        residual = self.apply(unit.branch_layers, branch_in, prefix)
+        shortcut = self.apply(unit.shortcut_layers, x, prefix)
+        name = unit.name
+        if unit.shortcut == "constant_scaling":
+            lam = unit.shortcut_scale
+            shortcut = keras.layers.Rescaling(lam, name=f"{name}_shortcut_scale")(shortcut)
+            if unit.scale_residual:
+                residual = keras.layers.Rescaling(1.0 - lam, name=f"{name}_residual_scale")(
+                    residual
+                )
+            y = keras.layers.Add(name=f"{name}_add")([shortcut, residual])
+        elif unit.gate is not None:
+            gate = _clone(unit.gate, f"{prefix}{unit.gate.name}")
+            g = self._call(gate, unit.gate.get_weights(), x)
+            one_minus_g = keras.layers.Rescaling(-1.0, offset=1.0, name=f"{name}_one_minus_gate")(g)
+            shortcut = keras.layers.Multiply(name=f"{name}_gated_shortcut")([one_minus_g, shortcut])
+            if unit.shortcut == "exclusive_gating":
+                residual = keras.layers.Multiply(name=f"{name}_gated_residual")([g, residual])
+            y = keras.layers.Add(name=f"{name}_add")([shortcut, residual])
+        else:
+            y = keras.layers.Add(name=f"{name}_add")([shortcut, residual])
+        return self.apply(unit.post_layers, y, prefix)
+
+
+def _check_chain(model: keras.Model):
+    """Folding walks the top-level layers in order, so the model must be a single chain."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError("fold_batch_norm needs a model with one input and one output.")
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    previous = model.inputs[0]
+    for layer in layers:
+        if len(layer._inbound_nodes) != 1 or layer.input is not previous:
+            raise ValueError(
+                f"fold_batch_norm supports chain models (each layer feeds the next, as "
+                f"build_resnet makes them); layer {layer.name!r} breaks the chain."
+            )
+        previous = layer.output
+    return layers
+
+
+def fold_batch_norm(model: keras.Model, return_report: bool = False):
+    """An inference-only copy of ``model`` with conv -> BN folded and other BNs as multiply-adds.
+
+    The copy computes ``model(x, training=False)`` up to float rounding; it has no
+    BatchNormalization or Dropout layers left, so it cannot be trained as the original.
+
+    Args:
+      model: a chain model as ``keras_preact.build_resnet`` builds it (any order, unit kind or
+        shortcut variant).
+      return_report: also return a :class:`FoldReport`.
+    """
+    layers = _check_chain(model)
+    folder = _Folder()
+    inputs = keras.Input(batch_shape=model.inputs[0].shape, name="image")
+    outputs = folder.apply(layers, inputs, prefix="")
+    folded = keras.Model(inputs, outputs, name=f"{model.name}_folded")
+    return (folded, folder.report) if return_report else folded

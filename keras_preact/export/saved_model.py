@@ -1,0 +1,143 @@
+"""The SavedModel for TF Serving: Keras 3 ``ExportArchive`` with two signatures.
+
+``serving_default`` (input ``image_bytes``: ``tf.string [batch]``, JPEG or PNG, what TF Serving
+makes of a REST ``{"b64": "..."}`` value) checks each image's header
+(:mod:`keras_preact.export.request_guard`), decodes it with ``keras_preact.data.decode_image``
+and applies ``keras_preact.data.preprocess_for_eval`` with the training recipe: the very code
+the evaluation ran, traced into the graph.
+
+``predict_images`` (input ``images``: ``float32 [batch, H, W, 3]``, already preprocessed)
+skips decoding. Its declared shape is left open so that a wrong shape reaches the graph and is
+rejected there by ``tf.ensure_shape`` with ``InvalidArgumentError`` (a fixed shape would be
+rejected by the client library or by TF Serving's own feed check, with less clear messages).
+Non-finite values are rejected too.
+
+Both return ``logits`` and ``probabilities`` ``[batch, classes]``, ``classes`` (top-k ids,
+int32), ``scores`` (their probabilities) and ``class_names`` (their names) ``[batch, k]``.
+The archive depends on TensorFlow only: no Keras or keras_preact import is needed to serve it.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from keras_preact.export import request_guard
+
+SERVING_SIGNATURE = "serving_default"
+FLOAT_SIGNATURE = "predict_images"
+BYTES_INPUT = "image_bytes"
+FLOAT_INPUT = "images"
+OUTPUT_KEYS = ("logits", "probabilities", "classes", "scores", "class_names")
+DEFAULT_TOP_K = 5
+
+
+def eval_image_size(recipe: str) -> int:
+    """Side of the square image ``preprocess_for_eval(..., recipe)`` returns."""
+    from keras_preact.data import preprocess
+
+    return preprocess.get_recipe(recipe).crop
+
+
+def check_model_for_export(model: keras.Model, recipe: str, class_names) -> tuple:
+    """Validate the model against the recipe and the class names; return ``(size, classes)``."""
+    size = eval_image_size(recipe)
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError("Only single-input, single-output classifiers can be exported.")
+    in_shape = tuple(model.inputs[0].shape)
+    if len(in_shape) != 4 or in_shape[-1] != 3:
+        raise ValueError(f"The model must take [batch, H, W, 3] images, it takes {in_shape}.")
+    for side in in_shape[1:3]:
+        if side is not None and side != size:
+            raise ValueError(
+                f"Recipe {recipe!r} feeds {size}x{size} images but the model's input is "
+                f"{in_shape[1:3]}; pick the recipe the model was trained/evaluated with."
+            )
+    out_shape = tuple(model.outputs[0].shape)
+    if len(out_shape) != 2 or out_shape[-1] is None:
+        raise ValueError(f"The model must output [batch, classes] logits, it outputs {out_shape}.")
+    num_classes = int(out_shape[-1])
+    names = [str(n) for n in class_names]
+    if len(names) != num_classes:
+        raise ValueError(
+            f"{len(names)} class names for a model with {num_classes} outputs; give one name "
+            "per class, in label order."
+        )
+    return size, num_classes
+
+
+def classification_outputs(logits, class_names, top_k: int) -> dict:
+    """The signature outputs computed from logits (see the module docstring)."""
+    logits = tf.cast(logits, tf.float32)
+    probabilities = tf.nn.softmax(logits, axis=-1)
+    scores, classes = tf.math.top_k(probabilities, k=top_k)
+    names = tf.gather(tf.constant(list(class_names), tf.string), classes)
+    return {
+        "logits": logits,
+        "probabilities": probabilities,
+        "classes": classes,
+        "scores": scores,
+        "class_names": names,
+    }
+
+
+def serving_archive(
+    model: keras.Model,
+    *,
+    recipe: str,
+    class_names,
+    top_k: int = DEFAULT_TOP_K,
+    max_image_pixels: int = request_guard.DEFAULT_MAX_PIXELS,
+    max_image_side: int = request_guard.DEFAULT_MAX_SIDE,
+) -> keras.export.ExportArchive:
+    """An ``ExportArchive`` of ``model`` with the ``serving_default`` and ``predict_images`` signatures.
+
+    ``model`` must output logits. ``model`` may be the original network or its
+    ``fold_batch_norm`` copy; it is called with ``training=False``.
+    """
+    from keras_preact.data import decode_image, preprocess_for_eval
+
+    size, num_classes = check_model_for_export(model, recipe, class_names)
+    names = [str(n) for n in class_names]
+    k = max(1, min(int(top_k), num_classes))
+    image_spec = tf.TensorSpec([size, size, 3], tf.float32)
+
+    def classify(images):
+        return classification_outputs(model(images, training=False), names, k)
+
+    def decode_and_preprocess(one_image_bytes):
+        checked = request_guard.checked_image_bytes(
+            one_image_bytes, max_pixels=max_image_pixels, max_side=max_image_side
+        )
+        return preprocess_for_eval(decode_image(checked), recipe)
+
+    def serve_image_bytes(image_bytes):
+        images = tf.map_fn(
+            decode_and_preprocess, image_bytes, fn_output_signature=image_spec
+        )
+        return classify(images)
+
+    def serve_images(images):
+        images = tf.ensure_shape(images, [None, size, size, 3])
+        images = tf.debugging.assert_all_finite(images, "images contain NaN or Inf values.")
+        return classify(images)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name=SERVING_SIGNATURE,
+        fn=serve_image_bytes,
+        input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)],
+    )
+    archive.add_endpoint(
+        name=FLOAT_SIGNATURE,
+        fn=serve_images,
+        input_signature=[tf.TensorSpec(None, tf.float32, name=FLOAT_INPUT)],
+    )
+    return archive
+
+
+def write_saved_model(model: keras.Model, path: str, **kwargs) -> str:
+    """Write ``serving_archive(model, **kwargs)`` to ``path`` (a new directory); return ``path``."""
+    serving_archive(model, **kwargs).write_out(path, verbose=False)
+    return path

@@ -1,0 +1,92 @@
+"""``python -m keras_preact.export``: from a .keras file or a training checkpoint."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_preact
+from keras_preact.data import write_label_map
+from keras_preact.export.__main__ import main
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+FAST = ["--recipe", "cifar", "--tflite", "none", "--eval_limit", "20"]
+
+
+def trained_like(model):
+    """Non-default weights, so a restore that silently kept fresh weights would be caught."""
+    rng = np.random.RandomState(5)
+    model.set_weights([w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in model.get_weights()])
+    return model
+
+
+def saved_predictions(version_dir, images):
+    loaded = tf.saved_model.load(version_dir)
+    return loaded.signatures["predict_images"](images=tf.constant(images))["logits"].numpy()
+
+
+def test_from_keras_file_with_labels_next_to_it(tmp_path, capsys):
+    model = trained_like(keras_preact.build_resnet((1, 1, 1), widths=(8, 16, 16)))
+    path = str(tmp_path / "run" / "tiny.keras")
+    os.makedirs(os.path.dirname(path))
+    model.save(path)
+    write_label_map(CLASSES, os.path.dirname(path))
+    base = str(tmp_path / "saved_models")
+    assert main(["--model_file", path, "--base_dir", base, *FAST]) == 0
+    version_dir = os.path.join(base, "tiny", "1")
+    assert capsys.readouterr().out.strip() == version_dir
+    x = np.random.RandomState(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(saved_predictions(version_dir, x), model(x, training=False).numpy(), atol=1e-5)
+    with open(os.path.join(version_dir, "assets.extra", "parity.json")) as f:
+        report = json.load(f)
+    assert report["float32_parity_passed"] and report["export"]["class_names"] == CLASSES
+
+
+def _training_run(run_dir, model):
+    """A run directory as the trainer leaves it: checkpoints/ (model + optimizer) and labels.txt."""
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(model.trainable_variables)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "checkpoints"), 3, checkpoint_name="ckpt").save()
+    write_label_map(CLASSES, run_dir)
+
+
+def test_from_training_checkpoint(tmp_path):
+    run_dir = str(tmp_path / "run")
+    model = trained_like(keras_preact.cifar_resnet(8, order="original"))
+    _training_run(run_dir, model)
+    base = str(tmp_path / "saved_models")
+    args = ["--checkpoint", run_dir, "--model", "resnet8", "--model_kwargs", '{"order": "original"}',
+            "--base_dir", base, "--name", "r8", *FAST]
+    assert main(args) == 0
+    x = np.random.RandomState(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        saved_predictions(os.path.join(base, "r8", "1"), x), model(x, training=False).numpy(), atol=1e-5
+    )
+    # Restoring into the wrong architecture is an argument error, not a silent fresh model.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", run_dir, "--model", "resnet8", "--base_dir", base, "--name", "bad", *FAST])
+    assert exit_info.value.code == 2
+    assert not os.path.exists(os.path.join(base, "bad"))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--checkpoint", "nowhere", *FAST], "--model"),
+        (["--model_file", "missing.keras", "--class_names", "a,b", *FAST], "No model file"),
+        (["--model_file", "m.keras", "--recipe", "cifar"], "class names"),
+        (["--model_file", "m.keras", "--class_names", "a", "--recipe", "cifar", "--tflite", "int4"], "int4"),
+        (["--model_file", "m.keras", "--recipe", "jpeg"], "invalid choice"),
+    ],
+    ids=["checkpoint-without-model", "missing-file", "no-class-names", "bad-variant", "bad-recipe"],
+)
+def test_bad_arguments_exit_2_with_a_message(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
