@@ -13,20 +13,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_preact.resnet import chain_layers
+from keras_preact.stacked import unstack
 from keras_preact.units import ResidualUnit
-
-
-def _chain_layers(model: keras.Model):
-    """The model's layers in call order, checking that it is a plain chain (as built here)."""
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    for prev, layer in zip(layers, layers[1:]):
-        inbound = layer._inbound_nodes[0].parent_nodes if layer._inbound_nodes else []
-        if len(inbound) != 1 or inbound[0].operation is not prev:
-            raise ValueError(
-                "propagation_norms needs a chain-structured model (as keras_preact builds); "
-                f"layer {layer.name!r} does not take the output of {prev.name!r}."
-            )
-    return layers
 
 
 def propagation_norms(model: keras.Model, images, labels, training: bool = True) -> dict:
@@ -43,7 +32,7 @@ def propagation_norms(model: keras.Model, images, labels, training: bool = True)
       example, averaged over the batch) and ``"backward"`` (||dE/dx_l||, likewise), as numpy
       arrays, plus ``"loss"``.
     """
-    layers = _chain_layers(model)
+    layers = chain_layers(unstack(model), "propagation_norms")
     images = tf.convert_to_tensor(images, tf.float32)
     labels = tf.convert_to_tensor(labels)
     unit_inputs, names = [], []

@@ -251,3 +251,24 @@ def build_resnet(
         x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
     return keras.Model(inputs, x, name=name or "resnet")
 
+
+
+def chain_layers(model: keras.Model, purpose: str = "this tool") -> list:
+    """The model's layers in call order, checking that it is a single chain.
+
+    ``build_resnet`` makes chain models (each layer feeds the next), which is what the tools
+    that walk a network layer by layer (BN folding, propagation diagnostics, unstacking)
+    need; any other model gets a ValueError naming the layer that breaks the chain.
+    """
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(f"{purpose} needs a model with one input and one output.")
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    previous = model.inputs[0]
+    for layer in layers:
+        if len(layer._inbound_nodes) != 1 or layer.input is not previous:
+            raise ValueError(
+                f"{purpose} supports chain models (each layer feeds the next, as build_resnet "
+                f"makes them); layer {layer.name!r} breaks the chain."
+            )
+        previous = layer.output
+    return layers

@@ -278,3 +278,29 @@ def transfer_weights(source: keras.Model, target: keras.Model) -> None:
         ) from None
     if next(it, None) is not None:
         raise ValueError(f"Model {source.name!r} has more layers than {target.name!r}.")
+
+
+def unstack(model: keras.Model) -> keras.Model:
+    """The same network with every StackedStage expanded into ResidualUnits (weights copied).
+
+    Tools that read units one by one (BN folding for export, propagation diagnostics) call
+    this; a model without stacked stages is returned as is.
+    """
+    if not any(isinstance(layer, StackedStage) for layer in model.layers):
+        return model
+    inputs = keras.Input(batch_shape=model.inputs[0].shape, name=model.inputs[0].name)
+    x = inputs
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, StackedStage):
+            # Stage layers are named "stage<s>_units<a>to<b>" by build_resnet.
+            stage, _, span = layer.name.partition("_units")
+            first = int(span.split("to")[0]) if span else 2
+            for i in range(layer.num_units):
+                x = ResidualUnit(**layer.unit_options, name=f"{stage}_unit{first + i}")(x)
+        else:
+            x = layer.__class__.from_config(layer.get_config())(x)
+    flat = keras.Model(inputs, x, name=model.name)
+    transfer_weights(model, flat)
+    return flat

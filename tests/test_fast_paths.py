@@ -164,3 +164,23 @@ def test_stacked_model_tf_checkpoint_holds_every_variable(tmp_path):
                             stacked_stages=True)
     tf.train.Checkpoint(model=restored).restore(path).assert_existing_objects_matched()
     np.testing.assert_array_equal(restored(x, training=False), model(x, training=False))
+
+
+def test_unstack_gives_the_unit_by_unit_network():
+    from keras_preact.diagnostics import propagation_norms
+    from keras_preact.export import fold_batch_norm
+    from keras_preact.stacked import unstack
+
+    fast = keras_preact.ResNet20(stacked_stages=True, recompute=True)
+    x = RNG.rand(4, 32, 32, 3).astype("float32")
+    fast(x, training=True)  # non-trivial BN statistics
+    flat = unstack(fast)
+    assert not any(isinstance(l, StackedStage) for l in flat.layers)
+    assert [l.name for l in flat.layers if l.name.startswith("stage2")] == [
+        "stage2_unit1", "stage2_unit2", "stage2_unit3"]
+    np.testing.assert_allclose(flat(x, training=False), fast(x, training=False),
+                               rtol=1e-5, atol=1e-5)
+    # The tools that read units one by one accept stacked models.
+    np.testing.assert_allclose(fold_batch_norm(fast)(x), fast(x, training=False),
+                               rtol=1e-4, atol=1e-4)
+    assert len(propagation_norms(fast, x, np.arange(4))["units"]) == 9

@@ -26,6 +26,8 @@ import numpy as np
 from keras import ops
 
 from keras_preact.shortcuts import PACKAGE
+from keras_preact.resnet import chain_layers
+from keras_preact.stacked import unstack
 from keras_preact.units import ResidualUnit
 
 
@@ -200,22 +202,6 @@ class _Folder:
         return self.apply(unit.post_layers, y, prefix)
 
 
-def _check_chain(model: keras.Model):
-    """Folding walks the top-level layers in order, so the model must be a single chain."""
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ValueError("fold_batch_norm needs a model with one input and one output.")
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    previous = model.inputs[0]
-    for layer in layers:
-        if len(layer._inbound_nodes) != 1 or layer.input is not previous:
-            raise ValueError(
-                f"fold_batch_norm supports chain models (each layer feeds the next, as "
-                f"build_resnet makes them); layer {layer.name!r} breaks the chain."
-            )
-        previous = layer.output
-    return layers
-
-
 def fold_batch_norm(model: keras.Model, return_report: bool = False):
     """An inference-only copy of ``model`` with conv -> BN folded and other BNs as multiply-adds.
 
@@ -227,7 +213,8 @@ def fold_batch_norm(model: keras.Model, return_report: bool = False):
         shortcut variant).
       return_report: also return a :class:`FoldReport`.
     """
-    layers = _check_chain(model)
+    model = unstack(model)  # folding reads ResidualUnits; stacked stages become units again
+    layers = chain_layers(model, "fold_batch_norm")
     folder = _Folder()
     inputs = keras.Input(batch_shape=model.inputs[0].shape, name="image")
     outputs = folder.apply(layers, inputs, prefix="")
