@@ -1,0 +1,93 @@
+"""Learning-rate schedules and recipes: the paper's numbers and the short-run forms."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_preact.training import recipes, schedules
+
+
+def lr_at(schedule, step):
+    return float(schedule(step))
+
+
+def test_boundaries_as_iterations_fractions_and_epochs():
+    assert schedules.resolve_boundaries(["32000", 48000], 64000) == (32000, 48000)
+    assert schedules.resolve_boundaries(["0.5", "0.75"], 2000) == (1000, 1500)
+    assert schedules.resolve_boundaries(["30ep", "60ep"], 90 * 5005, 5005) == (150150, 300300)
+
+
+@pytest.mark.parametrize(
+    "specs, match",
+    [(["1.5"], "strictly between 0 and 1"), (["abc"], "Bad learning-rate boundary"),
+     (["48000", "32000"], "must increase"), (["30ep"], "steps_per_epoch"), (["0"], ">= 1"), (["-0.5"], "strictly")],
+)
+def test_bad_boundaries_are_clear_errors(specs, match):
+    with pytest.raises(ValueError, match=match):
+        schedules.resolve_boundaries(specs, 64000)
+
+
+def test_cifar_step_decay_with_paper_warmup():
+    schedule = schedules.StepDecay(0.1, (32000, 48000), 0.1, warmup_steps=400, warmup_lr=0.01)
+    expected = {0: 0.01, 399: 0.01, 400: 0.1, 31999: 0.1, 32000: 0.01, 47999: 0.01, 48000: 0.001, 63999: 0.001}
+    for step, lr in expected.items():
+        assert lr_at(schedule, step) == pytest.approx(lr, rel=1e-6), step
+
+
+def test_cosine_decay_ends_at_zero_after_warmup():
+    schedule = schedules.CosineDecay(0.1, total_steps=1100, warmup_steps=100, warmup_lr=0.01)
+    assert lr_at(schedule, 50) == pytest.approx(0.01)
+    assert lr_at(schedule, 100) == pytest.approx(0.1)
+    assert lr_at(schedule, 600) == pytest.approx(0.05, rel=1e-5)
+    assert lr_at(schedule, 1100) == pytest.approx(0.0, abs=1e-7)
+    values = [lr_at(schedule, s) for s in range(100, 1101, 50)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+@pytest.mark.parametrize("kind", schedules.SCHEDULES)
+def test_schedules_round_trip_through_keras_serialization(kind):
+    schedule = schedules.build_schedule(
+        kind, base_lr=0.2, total_steps=1000, boundaries=(500, 750), warmup_steps=10
+    )
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    assert type(clone) is type(schedule)
+    for step in (0, 10, 499, 500, 800, 999):
+        assert lr_at(clone, step) == pytest.approx(lr_at(schedule, step))
+
+
+def test_unknown_schedule_names_the_choices():
+    with pytest.raises(ValueError, match="'step', 'cosine'"):
+        schedules.build_schedule("linear", base_lr=0.1, total_steps=10)
+
+
+def test_linear_scaling_with_batch():
+    assert schedules.scale_learning_rate(0.1, 1024, 256) == pytest.approx(0.4)
+    assert schedules.scale_learning_rate(0.1, 64, None) == 0.1
+
+
+def test_recipes_follow_spec_section_6():
+    cifar, imagenet = recipes.get_recipe("cifar"), recipes.get_recipe("imagenet")
+    assert (cifar.batch_size, cifar.base_lr, cifar.momentum, cifar.weight_decay) == (128, 0.1, 0.9, 1e-4)
+    assert cifar.decay_bn and not cifar.nesterov
+    assert cifar.total_steps(390) == 64000
+    assert schedules.resolve_boundaries(cifar.lr_boundaries, 64000) == (32000, 48000)
+    assert (imagenet.batch_size, imagenet.lr_reference_batch, imagenet.epochs) == (256, 256, 90)
+    assert schedules.resolve_boundaries(imagenet.lr_boundaries, 90 * 5005, 5005) == (30 * 5005, 60 * 5005)
+    assert imagenet.eval_sizes == (224, 320)
+
+
+def test_recipe_replace_keeps_unset_values_and_one_run_length():
+    cifar = recipes.get_recipe("cifar")
+    short = cifar.replace(epochs=2, base_lr=None)
+    assert short.train_steps is None and short.total_steps(100) == 200 and short.base_lr == 0.1
+    assert short.replace(train_steps=7).total_steps(100) == 7
+    with pytest.raises(ValueError, match="'cifar', 'imagenet'"):
+        recipes.get_recipe("mnist")
+
+
+def test_sample_recipe_keeps_the_cifar_shape():
+    sample = recipes.recipe_for_dataset("cifar10_sample", "cifar")
+    total = sample.total_steps(39)
+    boundaries = np.array(schedules.resolve_boundaries(sample.lr_boundaries, total, 39))
+    assert np.allclose(boundaries / total, [32000 / 64000, 48000 / 64000], atol=0.01)
+    assert recipes.recipe_for_dataset("cifar10", "cifar") is recipes.get_recipe("cifar")

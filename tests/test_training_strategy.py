@@ -1,0 +1,124 @@
+"""Strategies by name, and the one loop under default, mirrored and multi-worker strategies.
+
+Runs with more than one replica happen in fresh processes (tests/training_worker.py): logical
+CPU devices and the multi-worker runtime must be configured before TensorFlow starts.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import training_worker
+from keras_preact.training import strategy as strategy_lib
+
+STEPS = 8
+
+
+def assert_replicas_identical(result):
+    for path, replicas in result["variables"].items():
+        for other in replicas[1:]:
+            np.testing.assert_array_equal(other, replicas[0], err_msg=path)
+
+
+def max_weight_difference(a, b):
+    return max(
+        float(np.max(np.abs(np.asarray(a["variables"][p][0]) - np.asarray(b["variables"][p][0]))))
+        for p in a["variables"]
+    )
+
+
+def losses(result):
+    return np.array([result["losses"][str(step)] for step in range(1, STEPS + 1)])
+
+
+@pytest.fixture(scope="module")
+def one_replica(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("default"))
+    return training_worker.run_local(out, "--strategy=default", f"--steps={STEPS}", f"--model_dir={out}/run")
+
+
+def test_default_strategy_trains(one_replica):
+    assert one_replica["replicas"] == 1 and one_replica["final_step"] == STEPS
+    curve = losses(one_replica)
+    assert np.all(np.isfinite(curve)) and curve[-2:].mean() < curve[:2].mean()
+
+
+def test_mirrored_two_cpus_sync_bn_matches_one_replica(one_replica, tmp_path):
+    out = str(tmp_path)
+    result = training_worker.run_local(
+        out, "--strategy=mirrored", "--cpu_devices=2", "--sync_bn", f"--steps={STEPS}", f"--model_dir={out}/run"
+    )
+    assert result["replicas"] == 2
+    assert_replicas_identical(result)
+    # Same global batch: the loss curve and the weights match the one-replica run.
+    np.testing.assert_allclose(losses(result), losses(one_replica), rtol=1e-4)
+    assert max_weight_difference(result, one_replica) < 1e-4
+
+
+def test_mirrored_without_sync_bn_keeps_replicas_identical(one_replica, tmp_path):
+    # Keras 3 BN updates moving statistics per replica; the loop averages them every step.
+    out = str(tmp_path)
+    result = training_worker.run_local(
+        out, "--strategy=mirrored", "--cpu_devices=2", f"--steps={STEPS}", f"--model_dir={out}/run"
+    )
+    assert_replicas_identical(result)
+    moving = [p for p in result["variables"] if p.endswith("moving_mean")]
+    assert moving and any(np.any(np.asarray(result["variables"][p][0]) != 0) for p in moving)
+    # Per-replica BN statistics on half batches: close to, not equal to, one replica.
+    np.testing.assert_allclose(losses(result), losses(one_replica), rtol=0.1)
+
+
+def test_multi_worker_two_local_processes(one_replica, tmp_path):
+    results = training_worker.run_cluster(
+        str(tmp_path), 2, "--sync_bn", f"--steps={STEPS}", f"--model_dir={tmp_path}/run"
+    )
+    chief, other = results
+    assert chief["chief"] and not other["chief"]
+    assert chief["replicas"] == other["replicas"] == 2
+    for path in chief["variables"]:  # one replica per worker: compare across processes
+        np.testing.assert_array_equal(chief["variables"][path], other["variables"][path], err_msg=path)
+    np.testing.assert_allclose(losses(chief), losses(one_replica), rtol=1e-4)
+    assert max_weight_difference(chief, one_replica) < 1e-4
+    # Only the chief writes into the run directory.
+    assert os.listdir(os.path.join(tmp_path, "run", "checkpoints"))
+
+
+def test_default_and_one_device_in_process():
+    assert strategy_lib.build_strategy("default").num_replicas_in_sync == 1
+    one = strategy_lib.build_strategy("one_device")
+    assert isinstance(one, tf.distribute.OneDeviceStrategy)
+    assert strategy_lib.is_chief(one) and strategy_lib.per_replica_batch(128, one) == 128
+
+
+def test_unknown_strategy_names_the_choices():
+    with pytest.raises(strategy_lib.StrategyError, match="'mirrored', 'multi_worker_mirrored', 'tpu'"):
+        strategy_lib.build_strategy("horovod")
+
+
+def test_tpu_without_a_tpu_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    monkeypatch.setattr(strategy_lib, "local_tpu_present", lambda: False)
+    # The resolver must not even be created: its fallback would query a metadata server.
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", None)
+    with pytest.raises(strategy_lib.StrategyError, match="no TPU on this machine"):
+        strategy_lib.build_strategy("tpu")
+
+
+def test_multi_worker_needs_tf_config(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(strategy_lib.StrategyError, match="TF_CONFIG"):
+        strategy_lib.build_strategy("multi_worker_mirrored")
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "chief", "index": 0}}')
+    with pytest.raises(strategy_lib.StrategyError, match="not in its cluster"):
+        strategy_lib.build_strategy("multi_worker_mirrored")
+
+
+def test_batch_must_divide_by_replicas():
+    class TwoReplicas:
+        num_replicas_in_sync = 2
+
+    assert strategy_lib.per_replica_batch(128, TwoReplicas()) == 64
+    with pytest.raises(strategy_lib.StrategyError, match="--batch_size=127 is not divisible by the 2 replicas"):
+        strategy_lib.per_replica_batch(127, TwoReplicas())
