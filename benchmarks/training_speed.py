@@ -9,6 +9,7 @@ optimised variants are options of the same public models:
     fused              fused_bn=True                   (the default build)
     stacked            fused + stacked_stages=True
     stacked_recompute  fused + stacked_stages=True + recompute=True
+    folded             (inference) keras_preact.export.fold_batch_norm of the fused build
 
 Ratios are against the plain build measured in the same run. Usage:
 
@@ -37,12 +38,15 @@ VARIANTS = {
     "fused": dict(fused_bn=True),
     "stacked": dict(fused_bn=True, stacked_stages=True),
     "stacked_recompute": dict(fused_bn=True, stacked_stages=True, recompute=True),
+    # Inference only: keras_preact.export.fold_batch_norm of the default build (conv -> BN
+    # folded into the conv, the other BNs as per-channel multiply-adds).
+    "folded": dict(fused_bn=True),
 }
 # (model, mode, batch, variants, timed steps)
 CASES = [
     ("resnet110", "train", 128, ("plain", "fused", "stacked"), 8),
     ("resnet164", "train", 128, ("plain", "fused", "stacked", "stacked_recompute"), 6),
-    ("resnet164", "infer", 128, ("plain", "fused", "stacked"), 10),
+    ("resnet164", "infer", 128, ("plain", "fused", "stacked", "folded"), 10),
     ("resnet1001", "train", 64, ("plain", "stacked_recompute", "stacked"), 3),
     ("resnet1001", "train", 128, ("stacked_recompute",), 2),
 ]
@@ -61,6 +65,10 @@ def worker(spec: dict) -> dict:
 
     keras.utils.set_random_seed(0)
     model = keras_preact.get_model(spec["model"], **VARIANTS[spec["variant"]])
+    if spec["variant"] == "folded":
+        from keras_preact.export import fold_batch_norm
+
+        model = fold_batch_norm(model)
     batch = spec["batch"]
     rng = np.random.RandomState(0)
     x = tf.constant(rng.rand(batch, 32, 32, 3).astype("float32"))

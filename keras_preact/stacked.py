@@ -190,12 +190,20 @@ class StackedStage(keras.layers.Layer):
         unit = self._unit_fn(training)
         if self.recompute and training:
             unit = tf.recompute_grad(unit)
-        values = [tf.convert_to_tensor(v) for v in self._params.values()]
+        # Each unit reads its slice of the stacked weights from a TensorArray: the gradient of
+        # a read lands in one slot of a gradient TensorArray, where slicing the stacked tensor
+        # (v[i]) would add a full-size, mostly-zero gradient at every iteration.
+        weights = [
+            tf.TensorArray(v.dtype, size=self.num_units, element_shape=v.shape[1:]).unstack(
+                tf.convert_to_tensor(v)
+            )
+            for v in self._params.values()
+        ]
         bn_keys = self._bn_keys()
         num_stats = 2 * len(bn_keys) if training else 0
 
         def body(i, x, *arrays):
-            out = unit(x, *[v[i] for v in values])
+            out = unit(x, *[w.read(i) for w in weights])
             y, stats = out[0], out[1:]
             arrays = [a.write(i, s) for a, s in zip(arrays, stats)]
             return (i + 1, y, *arrays)

@@ -61,7 +61,16 @@ IN_PROCESS_CASES = {
     "bad_boundaries": (("cifar", "--lr_boundaries=half"), "lr_boundaries", "Bad learning-rate boundary 'half'"),
     "bad_eval_size": (("imagenet", "--eval_sizes=256"), "eval_sizes", "224 and 320"),
     "negative_batch": (("cifar", "--batch_size=0"), "batch_size", ">= 1"),
+    "recompute_alone": (("cifar", "--recompute"), "recompute", "needs --stacked_stages"),
+    "stacked_dropout": (("cifar", "--stacked_stages", "--shortcut=dropout"), "stacked_stages", "dropout"),
+    "stacked_sync_bn": (("cifar", "--stacked_stages", "--sync_bn"), "sync_bn", "not supported"),
 }
+
+
+def test_stacked_stage_flags_reach_the_model():
+    settings = check("cifar", "--model=resnet1001", "--stacked_stages", "--recompute")
+    assert settings.model_kwargs["stacked_stages"] is True
+    assert settings.model_kwargs["recompute"] is True
 
 
 @pytest.mark.parametrize("case", sorted(IN_PROCESS_CASES))

@@ -70,6 +70,20 @@ def test_mirrored_without_sync_bn_keeps_replicas_identical(one_replica, tmp_path
     np.testing.assert_allclose(losses(result), losses(one_replica), rtol=0.1)
 
 
+def test_mirrored_stacked_stages_keep_replicas_identical(tmp_path):
+    """Stacked stages (issue 6) under the same loop: their BN statistics are averaged too."""
+    out = str(tmp_path)
+    result = training_worker.run_local(
+        out, "--strategy=mirrored", "--cpu_devices=2", "--stacked", f"--steps={STEPS}",
+        f"--model_dir={out}/run"
+    )
+    assert result["replicas"] == 2 and result["final_step"] == STEPS
+    assert_replicas_identical(result)
+    stacked = [p for p in result["variables"] if "units2to" in p and p.endswith("moving_mean")]
+    assert stacked and all(np.any(np.asarray(result["variables"][p][0]) != 0) for p in stacked)
+    assert np.all(np.isfinite(losses(result)))
+
+
 def test_multi_worker_two_local_processes(one_replica, tmp_path):
     results = training_worker.run_cluster(
         str(tmp_path), 2, "--sync_bn", f"--steps={STEPS}", f"--model_dir={tmp_path}/run"

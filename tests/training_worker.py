@@ -122,6 +122,7 @@ def main(argv=None):
     parser.add_argument("--out", required=True)
     parser.add_argument("--sync_bn", action="store_true")
     parser.add_argument("--checkpoint_every", type=int, default=0)
+    parser.add_argument("--stacked", action="store_true", help="stacked stages + recompute")
     parser.add_argument("--step_delay", type=float, default=0.0, help="seconds slept per step")
     args = parser.parse_args(argv)
 
@@ -149,6 +150,9 @@ def main(argv=None):
 
     def build_model():
         keras.utils.set_random_seed(0)
+        if args.stacked:
+            return keras_preact.build_resnet((2, 3, 2), widths=(4, 8, 8), input_shape=(8, 8, 3),
+                                             stacked_stages=True, recompute=True)
         return keras_preact.build_resnet((1, 1, 1), widths=(4, 8, 8), input_shape=(8, 8, 3))
 
     recipe = training.get_recipe("cifar").replace(

@@ -82,6 +82,10 @@ def define_flags(family: str, flag_values: flags.FlagValues = FLAGS) -> None:
     _define(flag_values, flags.DEFINE_enum, "order", None, list(units.ORDERS), "Unit order (paper Fig. 4).")
     _define(flag_values, flags.DEFINE_enum, "shortcut", "identity", list(units.SHORTCUTS), "Shortcut (paper Fig. 2).")
     _define(flag_values, flags.DEFINE_enum, "unit", None, list(units.KINDS), "Unit kind (CIFAR models).")
+    _define(flag_values, flags.DEFINE_bool, "stacked_stages", False,
+            "Run each stage's repeated units as one loop over stacked weights (very deep nets).")
+    _define(flag_values, flags.DEFINE_bool, "recompute", False,
+            "With --stacked_stages: recompute units in the backward pass (less memory).")
     # Distribution.
     _define(flag_values, flags.DEFINE_enum, "strategy", "default", list(strategy_lib.STRATEGIES), "tf.distribute strategy.")
     _define(flag_values, flags.DEFINE_integer, 
@@ -135,6 +139,14 @@ def _model_kwargs(F, name: str) -> tuple:
     """(builder name, kwargs) after checking the model flags together, without building."""
     key = name.lower().replace("-", "").replace("_", "")
     kwargs = {"shortcut": F.shortcut}
+    if F.recompute and not F.stacked_stages:
+        raise FlagError("recompute", "needs --stacked_stages.")
+    if F.stacked_stages:
+        if F.shortcut == "dropout":
+            raise FlagError("stacked_stages", "the dropout shortcut cannot be stacked.")
+        if F.sync_bn:
+            raise FlagError("sync_bn", "not supported with --stacked_stages (its BN is per replica).")
+        kwargs.update(stacked_stages=True, recompute=bool(F.recompute))
     try:
         kwargs["order"] = resnet.resolve_order(F.preact, F.order)
     except ValueError as error:

@@ -41,6 +41,11 @@ NO_DECAY_NAMES = ("gamma", "beta", "bias")
 BN_STATISTIC_NAMES = ("moving_mean", "moving_variance")
 
 
+def has_short_name(variable, names) -> bool:
+    """Keras layers name a BN scale ``gamma``; a StackedStage names it ``<op>_gamma``."""
+    return any(variable.name == n or variable.name.endswith("_" + n) for n in names)
+
+
 class DivergenceError(RuntimeError):
     """The training loss became NaN or infinite; the run stopped without saving that state."""
 
@@ -141,10 +146,10 @@ class Trainer:
         self.decayed_variables = [
             v
             for v in self.model.trainable_variables
-            if recipe.decay_bn or v.name not in NO_DECAY_NAMES
+            if recipe.decay_bn or not has_short_name(v, NO_DECAY_NAMES)
         ]
         self.bn_statistics = [
-            v for v in self.model.non_trainable_variables if v.name in BN_STATISTIC_NAMES
+            v for v in self.model.non_trainable_variables if has_short_name(v, BN_STATISTIC_NAMES)
         ]
         self.checkpoints = RunCheckpoints(
             model_dir,
