@@ -119,10 +119,25 @@ def run_case(spec: dict) -> dict:
     return json.loads(lines[-1])
 
 
+def _median_run(results: list) -> dict:
+    """The run with the median images/s (errors win: one failure is reported)."""
+    for r in results:
+        if "error" in r:
+            return r
+    ordered = sorted(results, key=lambda r: r["images_per_s"])
+    r = dict(ordered[len(ordered) // 2])
+    r["images_per_s_all"] = [x["images_per_s"] for x in results]
+    r["peak_rss_gb"] = max(x["peak_rss_gb"] for x in results)
+    return r
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="", help="comma-separated model names to keep")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run every case this many times, variants interleaved (ABAB...), "
+                             "and report the median images/s: the machines are noisy")
     parser.add_argument("--output", default=os.path.join(HERE, "results", "training_speed.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -141,8 +156,13 @@ def main(argv=None):
     print("-" * len(header))
     for model, mode, batch, variants, steps in cases:
         base = None
+        runs = {v: [] for v in variants}
+        for _ in range(max(1, args.repeats)):
+            for variant in variants:
+                runs[variant].append(run_case(
+                    dict(model=model, mode=mode, batch=batch, variant=variant, steps=steps)))
         for variant in variants:
-            r = run_case(dict(model=model, mode=mode, batch=batch, variant=variant, steps=steps))
+            r = _median_run(runs[variant])
             if "error" in r:
                 print(f"{model:<11}{mode:<6}{batch:>6} {variant:<18} ERROR: {r['error']}")
                 rows.append(r)

@@ -99,6 +99,16 @@ def test_multi_worker_two_local_processes(one_replica, tmp_path):
     assert os.listdir(os.path.join(tmp_path, "run", "checkpoints"))
 
 
+def test_one_device_strategy_runs_the_same_loop(one_replica, tmp_path):
+    out = str(tmp_path)
+    result = training_worker.run_local(
+        out, "--strategy=one_device", f"--steps={STEPS}", f"--model_dir={out}/run"
+    )
+    assert result["replicas"] == 1 and result["final_step"] == STEPS
+    # One replica on one device: the same computation as the default strategy.
+    np.testing.assert_allclose(losses(result), losses(one_replica), rtol=1e-5)
+
+
 def test_default_and_one_device_in_process():
     assert strategy_lib.build_strategy("default").num_replicas_in_sync == 1
     one = strategy_lib.build_strategy("one_device")
