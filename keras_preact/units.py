@@ -303,7 +303,18 @@ class ResidualUnit(keras.layers.Layer):
             layer.build(out_shape)
 
     # -- forward ---------------------------------------------------------------------------
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, residual_gradient=True):
+        """``f(h(x) (+) F(x))``.
+
+        ``residual_gradient=False`` is for measurement only (``keras_preact.diagnostics``): the
+        output keeps its value, but the gradient flows through the shortcut path alone. The
+        outputs of F and of the gate are wrapped in ``stop_gradient``, so that d(out)/dx is
+        the shortcut term of the paper's Eqn 5 / Eqn 8 (``prod lambda_i``: 1 for identity,
+        lambda for constant scaling, ``1 - g(x)`` for gating, the 1x1 conv for conv1x1), taken
+        at the unit's real operating point. The gate is held constant too because its
+        dependence on x is a path through a weight layer (W_g), one of the "other terms" of
+        Eqn 8, not the shortcut. Everything else (h, a shared pre-activation, f) stays live.
+        """
         x = inputs
         if self.preactivation == "shared":
             x = _apply(self.preact_layers, x)
@@ -316,6 +327,9 @@ class ResidualUnit(keras.layers.Layer):
         shortcut = _apply(self.shortcut_layers, x)
 
         gate = self.gate(x) if self.gate is not None else None
+        if not residual_gradient:
+            residual = ops.stop_gradient(residual)
+            gate = None if gate is None else ops.stop_gradient(gate)
         y = combine(self.shortcut, shortcut, residual, gate,
                     self.shortcut_scale, self.scale_residual)
         return _apply(self.post_layers, y)

@@ -364,6 +364,8 @@ def run(family: str, stream=None) -> dict:
             f"(accuracy {100 * (1 - result['error']):.2f}%) on {result['count']} images "
             f"after {trainer.step} steps."
         )
+    if chief:
+        write_results(settings.model_dir, trainer, results, time.monotonic() - started)
     say(f"Plot: {os.path.join(settings.model_dir, 'curves.png')}; metrics: "
         f"{os.path.join(settings.model_dir, 'metrics.csv')}; "
         f"{time.monotonic() - started:.0f} s in this process.")
@@ -377,6 +379,36 @@ def run(family: str, stream=None) -> dict:
         )
         say(f"Exported to {path}")
     return results
+
+
+def write_results(model_dir: str, trainer, results: dict, seconds: float) -> str:
+    """``<model_dir>/results.json``: the final evaluations of a finished run, for tools.
+
+    Its presence means the run reached its last step (the ablation runner skips such runs);
+    ``seconds`` is the time spent in the process that finished it (not the whole run if it
+    was resumed).
+    """
+    import json
+
+    record = {
+        "model": trainer.model.name,
+        "parameters": int(trainer.model.count_params()),
+        "steps": int(trainer.step),
+        "seconds_in_last_process": round(seconds, 1),
+        "recipe": dataclasses.asdict(trainer.recipe),
+        "base_lr": float(trainer.base_lr),
+        "global_batch": int(trainer.global_batch),
+        "final": {name: {k: float(v) if k != "count" else int(v) for k, v in r.items()}
+                  for name, r in results.items()},
+        "argv": sys.argv,
+    }
+    from keras_preact.training.observe import RESULTS_FILE
+
+    path = os.path.join(model_dir, RESULTS_FILE)
+    with open(path + ".tmp", "w") as handle:
+        json.dump(record, handle, indent=2)
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def main(family: str):

@@ -18,6 +18,9 @@ import time
 
 import tensorflow as tf
 
+# A finished run's final evaluations (written by the trainer, read by the ablation runner).
+RESULTS_FILE = "results.json"
+
 METRIC_FIELDS = (
     "step",
     "epoch",

@@ -1,0 +1,80 @@
+"""Which networks the diagnostic measures: a model name and a list of ``order/shortcut`` variants.
+
+A variant is the same network built with another unit order (paper Fig. 4) or shortcut
+(paper Fig. 2), so their curves can share one plot.
+"""
+
+from __future__ import annotations
+
+import re
+
+import keras
+
+from keras_preact.presets import (
+    CIFAR_MODELS,
+    IMAGENET_MODELS,
+    MODEL_NAMES,
+    cifar_resnet,
+    cifar_units_per_stage,
+    get_model,
+)
+from keras_preact.units import ORDERS, SHORTCUTS
+
+DEFAULT_VARIANTS = (
+    "full_preact/identity",
+    "full_preact/constant_scaling",
+    "full_preact/exclusive_gating",
+    "full_preact/conv1x1",
+    "original/identity",
+)
+
+
+def parse_variants(text: str) -> list:
+    """``"full_preact/identity,original/identity"`` -> ``[("full_preact", "identity"), ...]``."""
+    variants = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        order, sep, shortcut = entry.partition("/")
+        if not sep or order not in ORDERS or shortcut not in SHORTCUTS:
+            raise ValueError(
+                f"Bad variant {entry!r}: expected order/shortcut with order one of "
+                f"{', '.join(ORDERS)} and shortcut one of {', '.join(SHORTCUTS)}."
+            )
+        if (order, shortcut) in variants:
+            raise ValueError(f"Variant {entry!r} is listed twice.")
+        variants.append((order, shortcut))
+    if not variants:
+        raise ValueError("No variants given: pass e.g. --variants full_preact/identity.")
+    return variants
+
+
+def canonical_model_name(name: str) -> str:
+    """A name ``get_model`` knows, or ``resnet<depth>`` for a CIFAR net of that depth."""
+    key = str(name).lower().replace("-", "").replace("_", "")
+    if key in MODEL_NAMES:
+        return key
+    if re.fullmatch(r"resnet\d+", key):
+        cifar_units_per_stage(int(key[len("resnet"):]), "basic")  # ValueError if impossible
+        return key
+    raise ValueError(
+        f"Unknown model {name!r}: use one of {', '.join(MODEL_NAMES)}, or resnet<depth> for "
+        "a CIFAR net of another depth (6n+2 with basic units, e.g. resnet302)."
+    )
+
+
+def build_variant(model_name: str, order: str, shortcut: str, *, num_classes: int,
+                  image_shape: tuple, **unit_options) -> keras.Model:
+    """The network ``model_name`` with every unit of the given order and shortcut.
+
+    CIFAR nets are built for ``image_shape``; ImageNet nets are fully convolutional.
+    ``unit_options`` go to ``build_resnet`` (e.g. ``shortcut_scale``, ``gate_bias_init``).
+    """
+    key = canonical_model_name(model_name)
+    options = dict(order=order, shortcut=shortcut, num_classes=num_classes, **unit_options)
+    if key in IMAGENET_MODELS:
+        return get_model(key, **options)
+    if key in CIFAR_MODELS:
+        return get_model(key, input_shape=image_shape, **options)
+    depth = int(key[len("resnet"):])
+    return cifar_resnet(depth, input_shape=image_shape, **options)

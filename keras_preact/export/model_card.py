@@ -1,0 +1,230 @@
+"""A model card for an exported model, written from measurements only.
+
+    python -m keras_preact.export.model_card saved_models/cifar10_preact_resnet20 \\
+        --run_dir runs/ship_r20 --eval_dir /data/cifar10-jpeg
+
+Writes ``MODEL_CARD.md`` and ``model_card.json`` next to the versions of the model directory
+(TF Serving only loads the numeric version folders, so they can live there) and copies the
+training curves. Every figure in it is measured by this command or read from files the
+measurements wrote:
+
+* test accuracy of the SavedModel and each TFLite file, on every image of ``--eval_dir``'s test
+  split (e.g. the full CIFAR-10 test set) and on the test images of the CIFAR-10 sample bundled
+  in the package (``tests/test_shipped_model.py`` recomputes the latter and must get the same
+  counts);
+* the training command, its length and wall time, from the run directory (``metrics.csv``,
+  ``results.json``) and the hardware this command runs on (trained on the same machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+
+from keras_preact.export.classify import Release
+
+CARD_JSON = "model_card.json"
+CARD_MD = "MODEL_CARD.md"
+CURVES = "training_curves.png"
+
+
+def hardware() -> dict:
+    """CPU model, logical cores, memory, OS and library versions of this machine."""
+    import keras
+    import tensorflow as tf
+
+    cpu = platform.processor() or "unknown"
+    memory_gb = None
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+        with open("/proc/meminfo") as handle:
+            kb = next(int(line.split()[1]) for line in handle if line.startswith("MemTotal"))
+        memory_gb = round(kb / 2**20, 1)
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "memory_gb": memory_gb,
+            "gpu": bool(tf.config.list_physical_devices("GPU")), "os": platform.platform(),
+            "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__}
+
+
+def training_record(run_dir: str) -> dict:
+    """Length, wall time and command of a finished trainer run, from its own files."""
+    from keras_preact.training.observe import RESULTS_FILE, read_metrics
+
+    rows = read_metrics(os.path.join(run_dir, "metrics.csv"))
+    with open(os.path.join(run_dir, RESULTS_FILE)) as handle:
+        results = json.load(handle)
+    rates = sorted(float(r["images_per_sec"]) for r in rows if r.get("images_per_sec"))
+    # metrics.csv rows carry wall-clock times, also across resumed processes (results.json only
+    # knows the last process); the span misses the iterations before the first logged row.
+    # Training rows only: an evaluation-only rerun appends a row hours later.
+    rows = [r for r in rows if r.get("train_loss")]
+    times = [float(r["wall_time"]) for r in rows if r.get("wall_time")]
+    argv = results.get("argv", [])
+    return {
+        "command": " ".join(["python", "trainers/cifar.py", *argv[1:]]) if argv else None,
+        "steps": results["steps"],
+        "epochs": float(rows[-1]["epoch"]) if rows else None,
+        "first_logged_step": int(rows[0]["step"]) if rows else None,
+        "wall_time_hours": round((times[-1] - times[0]) / 3600, 2) if len(times) > 1 else None,
+        "median_images_per_sec": rates[len(rates) // 2] if rates else None,
+        "final_test_error_in_training": {k: v["error"] for k, v in results["final"].items()},
+        "parameters": results["parameters"],
+        "recipe": results.get("recipe", {}),
+        "base_lr": results.get("base_lr"),
+        "global_batch": results.get("global_batch"),
+    }
+
+
+def measure(model_dir: str, eval_dir: str | None) -> dict:
+    """Accuracy of every backend on the bundled sample's test split and on ``eval_dir``'s test split."""
+    from keras_preact.data import cifar10_sample_dir
+
+    release = Release(model_dir)
+    measured = {"sample_test": release.evaluate_folder(cifar10_sample_dir(), "test")}
+    if eval_dir:
+        measured["eval_dir_test"] = release.evaluate_folder(eval_dir, "test")
+    return {"version_dir": os.path.relpath(release.path, model_dir), "recipe": release.recipe,
+            "class_names": release.class_names, "accuracy": measured}
+
+
+def recipe_text(recipe: dict, base_lr) -> str:
+    """The optimiser and schedule of a run, from its recorded recipe."""
+    if not recipe:
+        return "recipe not recorded"
+    momentum = f"SGD momentum {recipe['momentum']:g}" + (" (Nesterov)" if recipe.get("nesterov") else "")
+    schedule = recipe["schedule"]
+    if schedule == "step" and recipe.get("lr_boundaries"):
+        schedule += f" decay x{recipe['decay_factor']:g} at {', '.join(map(str, recipe['lr_boundaries']))}"
+    text = f"{momentum}, weight decay {recipe['weight_decay']:g}, learning rate {base_lr:g} with {schedule} schedule"
+    if recipe.get("warmup_steps"):
+        text += f", warm-up {recipe['warmup_steps']} iterations at {recipe['warmup_lr']:g}"
+    if recipe.get("label_smoothing"):
+        text += f", label smoothing {recipe['label_smoothing']:g}"
+    return text
+
+
+def _accuracy_table(results: dict) -> str:
+    lines = ["| artefact | correct | images | top-1 accuracy |", "|---|---:|---:|---:|"]
+    for backend, row in results.items():
+        lines.append(f"| {backend} | {row['correct']} | {row['count']} | {100 * row['accuracy']:.2f}% |")
+    return "\n".join(lines)
+
+
+def render(card: dict) -> str:
+    """The Markdown card."""
+    t, h, m = card["training"], card["hardware"], card["measured"]
+    sizes = "\n".join(f"| {name} | {size / 2**20:.2f} MB |" for name, size in card["artefact_bytes"].items())
+    parts = [
+        f"# {card['name']}: model card",
+        "",
+        card["notes"].strip(),
+        "",
+        "## Measured accuracy",
+        "",
+        f"CIFAR-10 test set ({card['eval_dir_description']}), every test image:",
+        "",
+        _accuracy_table(m["accuracy"]["eval_dir_test"]) if "eval_dir_test" in m["accuracy"] else "(not measured)",
+        "",
+        "The 1,000 test images of the CIFAR-10 sample bundled in the package "
+        "(`keras_preact.data.cifar10_sample_dir()`, test split; `tests/test_shipped_model.py` "
+        "recomputes these counts):",
+        "",
+        _accuracy_table(m["accuracy"]["sample_test"]),
+        "",
+        "## Training",
+        "",
+        f"- Command: `{t['command']}`",
+        f"- {t['steps']} iterations ({t['epochs']:g} epochs) at batch {t['global_batch']}: "
+        f"{recipe_text(t['recipe'], t['base_lr'])}; the trainer's CIFAR augmentation (4-pixel "
+        "pad, random 32x32 crop, horizontal flip).",
+        f"- Wall time from the first logged iteration ({t['first_logged_step']}) to the end: "
+        f"{t['wall_time_hours']:.2f} h, at a median {t['median_images_per_sec']:.0f} images/s.",
+        f"- Parameters: {t['parameters']:,}.",
+        f"- Hardware: {h['cpu']}, {h['logical_cores']} logical cores, {h['memory_gb']} GB, "
+        f"{'GPU' if h['gpu'] else 'no GPU'}; TensorFlow {h['tensorflow']}, Keras {h['keras']}, "
+        "float32.",
+        f"- Curves: [{CURVES}]({CURVES}).",
+        "",
+        "## Artefacts",
+        "",
+        f"`{m['version_dir']}/` (TF Serving layout; preprocessing recipe `{m['recipe']}` is inside "
+        "the serving signature, which takes encoded image bytes):",
+        "",
+        "| file | size |",
+        "|---|---:|",
+        sizes,
+        "",
+        f"Written by `python -m keras_preact.export.model_card` on {card['date']}.",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def artefact_bytes(version_dir: str) -> dict:
+    sizes = {}
+    for root, _, files in os.walk(version_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, version_dir)
+            key = relative if relative.endswith(".tflite") else "SavedModel (saved_model.pb, variables/)"
+            if relative.startswith("assets.extra") and not relative.endswith(".tflite"):
+                continue
+            sizes[key] = sizes.get(key, 0) + os.path.getsize(path)
+    return dict(sorted(sizes.items()))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m keras_preact.export.model_card", description=__doc__.split("\n")[0])
+    parser.add_argument("model_dir", help="Exported model directory (TF Serving layout), e.g. saved_models/<name>.")
+    parser.add_argument("--run_dir", required=True, help="The trainer's run directory (metrics.csv, results.json).")
+    parser.add_argument("--eval_dir", help="Image folder whose test split is the full test set.")
+    parser.add_argument("--eval_dir_description", default="JPEG copy, 10,000 images",
+                        help="How the card describes --eval_dir.")
+    parser.add_argument("--notes", help="Markdown written by hand (what the model is, how to use it, "
+                        "limitations), placed under the title.")
+    args = parser.parse_args(argv)
+    try:
+        notes = ""
+        if args.notes:
+            with open(args.notes) as handle:
+                notes = handle.read()
+        measured = measure(args.model_dir, args.eval_dir)
+        training = training_record(args.run_dir)
+    except (OSError, ValueError, KeyError) as error:
+        parser.error(str(error).splitlines()[0])
+    version_dir = os.path.join(args.model_dir, measured["version_dir"])
+    card = {
+        "name": os.path.basename(os.path.normpath(args.model_dir)),
+        "date": datetime.date.today().isoformat(),
+        "notes": notes,
+        "eval_dir_description": args.eval_dir_description,
+        "measured": measured,
+        "training": training,
+        "hardware": hardware(),
+        "artefact_bytes": artefact_bytes(version_dir),
+        "command": " ".join(["python", "-m", "keras_preact.export.model_card", *(argv or sys.argv[1:])]),
+    }
+    curves = os.path.join(args.run_dir, "curves.png")
+    if os.path.exists(curves):
+        shutil.copyfile(curves, os.path.join(args.model_dir, CURVES))
+    with open(os.path.join(args.model_dir, CARD_JSON), "w") as handle:
+        json.dump(card, handle, indent=2)
+    with open(os.path.join(args.model_dir, CARD_MD), "w") as handle:
+        handle.write(render(card))
+    for split, results in measured["accuracy"].items():
+        for backend, row in results.items():
+            print(f"{split} {backend}: {row['correct']}/{row['count']} ({100 * row['accuracy']:.2f}%)")
+    print(os.path.join(args.model_dir, CARD_MD))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

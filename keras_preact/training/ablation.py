@@ -1,0 +1,248 @@
+"""Ablations in the style of the paper's Tables 1-3: variants x seeds, one schedule, one table.
+
+``trainers/ablation.py`` is the command line; this module holds what it is made of, so each
+piece is testable on its own:
+
+* ``parse_variant`` -- ``"original/constant_scaling"``, ``"full_preact"`` or ``"conv1x1"`` to a
+  ``Variant`` (a unit order of Fig. 4 and a shortcut of Fig. 2);
+* ``run_dir`` -- where one (variant, seed) run lives, so an interrupted ablation resumes: a run
+  with a ``results.json`` is finished and skipped, a run with checkpoints resumes from them;
+* ``collect`` / ``summarize`` -- read the runs back and reduce them to median and mean +- std
+  of the final test error, as the paper reports (median of 5 runs in Table 1);
+* ``write_table`` (Markdown + CSV) and ``plot_ablation`` (training loss and test error of every
+  variant against epochs in one PNG, like Fig. 3 and Fig. 6).
+
+Each run is an ordinary trainer run (``trainers/cifar.py`` in a subprocess): same data pipeline,
+recipe, checkpoints and ``metrics.csv`` as any other training, nothing re-implemented here.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import statistics
+
+from keras_preact import units
+from keras_preact.training.observe import RESULTS_FILE, read_metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One row of an ablation table: a unit order and a shortcut type."""
+
+    order: str
+    shortcut: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.order}/{self.shortcut}"
+
+    @property
+    def slug(self) -> str:
+        """File-system name of the variant's folder."""
+        return f"{self.order}__{self.shortcut}"
+
+    def trainer_flags(self) -> list:
+        return [f"--order={self.order}", f"--shortcut={self.shortcut}"]
+
+
+def parse_variant(spec: str, base_order: str = "original") -> Variant:
+    """``"order/shortcut"``, ``"order"`` (identity shortcut) or ``"shortcut"`` (``base_order``).
+
+    Raises ValueError naming the valid orders and shortcuts.
+    """
+    text = spec.strip()
+    units.check_choice("base order", base_order, units.ORDERS)
+    if "/" in text:
+        order, shortcut = (part.strip() for part in text.split("/", 1))
+    elif text in units.ORDERS:
+        order, shortcut = text, "identity"
+    elif text in units.SHORTCUTS:
+        order, shortcut = base_order, text
+    else:
+        raise ValueError(
+            f"Unknown variant {spec!r}: give an order ({', '.join(units.ORDERS)}), a shortcut "
+            f"({', '.join(units.SHORTCUTS)}) or order/shortcut."
+        )
+    units.check_choice("order", order, units.ORDERS)
+    units.check_choice("shortcut", shortcut, units.SHORTCUTS)
+    return Variant(order, shortcut)
+
+
+def parse_variants(specs, base_order: str = "original") -> list:
+    """Parse a list of specs; duplicates are an error (they would share one run folder)."""
+    variants = [parse_variant(spec, base_order) for spec in specs if spec.strip()]
+    if not variants:
+        raise ValueError("No variants given.")
+    seen = set()
+    for variant in variants:
+        if variant in seen:
+            raise ValueError(f"Variant {variant.name} is listed twice.")
+        seen.add(variant)
+    return variants
+
+
+def run_dir(out_dir: str, variant: Variant, seed: int) -> str:
+    return os.path.join(out_dir, "runs", variant.slug, f"seed{seed}")
+
+
+def is_finished(path: str) -> bool:
+    return os.path.exists(os.path.join(path, RESULTS_FILE))
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What one (variant, seed) run produced; ``status`` is finished, diverged, failed or missing."""
+
+    variant: Variant
+    seed: int
+    status: str
+    test_error: float | None = None  # final, as a fraction
+    steps: int | None = None
+    parameters: int | None = None
+    curves: dict = dataclasses.field(default_factory=dict)  # train_loss / test_error vs epoch
+
+
+def read_run(path: str, variant: Variant, seed: int, status: str | None = None,
+             eval_name: str = "test") -> RunResult:
+    """Read a run folder back (results.json + metrics.csv)."""
+    rows = read_metrics(os.path.join(path, "metrics.csv"))
+    curves = {
+        "train_loss": [(float(r["epoch"]), float(r["train_loss"])) for r in rows if r["train_loss"]],
+        "test_error": [(float(r["epoch"]), float(r["test_error"])) for r in rows
+                       if r["test_error"] and (r["eval_name"] or eval_name) == eval_name],
+    }
+    result = RunResult(variant, seed, status or "missing", curves=curves)
+    results_path = os.path.join(path, RESULTS_FILE)
+    if os.path.exists(results_path):
+        with open(results_path) as handle:
+            record = json.load(handle)
+        final = record["final"].get(eval_name) or next(iter(record["final"].values()), None)
+        result.status = "finished"
+        result.test_error = final["error"] if final else None
+        result.steps = record.get("steps")
+        result.parameters = record.get("parameters")
+    return result
+
+
+def summarize(results) -> list:
+    """One row per variant (in first-seen order): median, mean, std (sample, n-1) of the error.
+
+    Runs that diverged or failed are counted and left out of the statistics; the paper marks
+    such rows "fail" rather than averaging them in.
+    """
+    by_variant = {}
+    for result in results:
+        by_variant.setdefault(result.variant, []).append(result)
+    rows = []
+    for variant, runs in by_variant.items():
+        errors = [100 * r.test_error for r in runs if r.status == "finished" and r.test_error is not None]
+        rows.append({
+            "variant": variant.name,
+            "order": variant.order,
+            "shortcut": variant.shortcut,
+            "runs": len(runs),
+            "finished": len(errors),
+            "not_finished": ", ".join(f"seed {r.seed}: {r.status}" for r in runs if r.status != "finished"),
+            "median_error": statistics.median(errors) if errors else math.nan,
+            "mean_error": statistics.fmean(errors) if errors else math.nan,
+            "std_error": statistics.stdev(errors) if len(errors) > 1 else math.nan,
+            "errors": [round(e, 4) for e in errors],
+            "parameters": next((r.parameters for r in runs if r.parameters), None),
+        })
+    return rows
+
+
+CSV_FIELDS = ("variant", "order", "shortcut", "runs", "finished", "median_error", "mean_error",
+              "std_error", "errors", "parameters", "not_finished")
+
+
+def _cell(value, digits=2):
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+    return "" if value is None else str(value)
+
+
+def markdown_table(rows, title: str = "") -> str:
+    lines = [f"**{title}**", ""] if title else []
+    lines += [
+        "| variant | runs | median test error (%) | mean +- std (%) | per-run errors (%) | parameters |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
+    for row in rows:
+        runs = f"{row['finished']}/{row['runs']}"
+        if row["not_finished"]:
+            runs += f" ({row['not_finished']})"
+        spread = (f"{_cell(row['mean_error'])} +- {_cell(row['std_error'])}"
+                  if row["finished"] else "fail")
+        lines.append(
+            f"| {row['variant']} | {runs} | {_cell(row['median_error'])} | {spread} | "
+            f"{', '.join(f'{e:.2f}' for e in row['errors'])} | "
+            f"{'' if row['parameters'] is None else format(row['parameters'], ',')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_table(rows, out_dir: str, title: str = "") -> tuple:
+    """``results.md`` and ``results.csv`` in ``out_dir`` (written atomically); their paths."""
+    md_path = os.path.join(out_dir, "results.md")
+    csv_path = os.path.join(out_dir, "results.csv")
+    with open(md_path + ".tmp", "w") as handle:
+        handle.write(markdown_table(rows, title))
+    with open(csv_path + ".tmp", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (" ".join(map(str, row[k])) if k == "errors" else _cell(row[k], 4))
+                             for k in CSV_FIELDS})
+    os.replace(md_path + ".tmp", md_path)
+    os.replace(csv_path + ".tmp", csv_path)
+    return md_path, csv_path
+
+
+def _median_curve(curves):
+    """Point-wise median over runs, on the epochs every run has (runs log the same steps)."""
+    if not curves:
+        return [], []
+    common = sorted(set.intersection(*(set(x for x, _ in c) for c in curves)))
+    values = [statistics.median(dict(c)[x] for c in curves) for x in common]
+    return common, values
+
+
+def plot_ablation(results, png_path: str, title: str = "") -> str:
+    """Training loss (dashed) and test error (solid) of every variant, median over its seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, (loss_axis, error_axis) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    by_variant = {}
+    for result in results:
+        by_variant.setdefault(result.variant, []).append(result)
+    for i, (variant, runs) in enumerate(by_variant.items()):
+        color = colors[i % len(colors)]
+        for key, axis, style, scale in (("train_loss", loss_axis, "--", 1.0),
+                                        ("test_error", error_axis, "-o", 100.0)):
+            x, y = _median_curve([r.curves[key] for r in runs if r.curves.get(key)])
+            if x:
+                axis.plot(x, [scale * v for v in y], style, color=color, linewidth=1.5,
+                          markersize=3, label=f"{variant.name} ({len(runs)} runs)")
+    loss_axis.set_ylabel("training loss (median over seeds)")
+    error_axis.set_ylabel("test error % (median over seeds)")
+    for axis in (loss_axis, error_axis):
+        axis.set_xlabel("epochs")
+        axis.grid(alpha=0.3)
+    error_axis.legend(fontsize=8, framealpha=0.9)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    tmp_path = png_path + ".tmp.png"
+    figure.savefig(tmp_path)
+    plt.close(figure)
+    os.replace(tmp_path, png_path)
+    return png_path

@@ -1,0 +1,122 @@
+"""The ablation runner: variant parsing, statistics, and trainers/ablation.py end to end."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from keras_preact.training import ablation
+from trainer_runs import ROOT, env, make_image_folder
+
+ABLATION = os.path.join(ROOT, "trainers", "ablation.py")
+
+
+@pytest.mark.parametrize(
+    "spec,order,shortcut",
+    [
+        ("original/constant_scaling", "original", "constant_scaling"),
+        ("full_preact", "full_preact", "identity"),  # an order: identity shortcut
+        ("exclusive_gating", "original", "exclusive_gating"),  # a shortcut: on the base order
+        (" relu_only_preact / conv1x1 ", "relu_only_preact", "conv1x1"),
+    ],
+)
+def test_parse_variant(spec, order, shortcut):
+    assert ablation.parse_variant(spec) == ablation.Variant(order, shortcut)
+
+
+def test_shortcut_only_variants_use_the_base_order():
+    assert ablation.parse_variant("dropout", base_order="full_preact").order == "full_preact"
+
+
+@pytest.mark.parametrize(
+    "specs,match",
+    [
+        (["preact"], "Unknown variant 'preact'"),
+        (["full_preact/gate"], "Unknown shortcut 'gate'"),
+        (["foo/identity"], "Unknown order 'foo'"),
+        (["original", "original/identity"], "listed twice"),
+        ([""], "No variants"),
+    ],
+)
+def test_bad_variants_are_named(specs, match):
+    with pytest.raises(ValueError, match=match):
+        ablation.parse_variants(specs)
+
+
+def _result(variant, seed, error, status="finished"):
+    return ablation.RunResult(ablation.parse_variant(variant), seed, status,
+                              test_error=error, parameters=100)
+
+
+def test_summary_statistics_and_failed_runs():
+    results = [
+        _result("original", 0, 0.10), _result("original", 1, 0.14), _result("original", 2, 0.11),
+        _result("constant_scaling", 0, None, status="diverged"),
+        _result("constant_scaling", 1, 0.30),
+        _result("full_preact", 0, None, status="failed (exit 1)"),
+    ]
+    rows = {row["variant"]: row for row in ablation.summarize(results)}
+    original = rows["original/identity"]
+    assert original["median_error"] == pytest.approx(11.0)
+    assert original["mean_error"] == pytest.approx(35 / 3)
+    assert original["std_error"] == pytest.approx(math.sqrt(((10 - 35 / 3) ** 2 + (14 - 35 / 3) ** 2
+                                                             + (11 - 35 / 3) ** 2) / 2))
+    scaling = rows["original/constant_scaling"]
+    assert (scaling["runs"], scaling["finished"], scaling["median_error"]) == (2, 1, pytest.approx(30.0))
+    assert math.isnan(scaling["std_error"]) and scaling["not_finished"] == "seed 0: diverged"
+    preact = rows["full_preact/identity"]
+    assert preact["finished"] == 0 and math.isnan(preact["median_error"])
+    table = ablation.markdown_table(ablation.summarize(results))
+    assert "| original/identity | 3/3 | 11.00 | 11.67 +- 2.08 | 10.00, 14.00, 11.00 | 100 |" in table
+    assert "| full_preact/identity | 0/1 (seed 0: failed (exit 1)) | n/a | fail |" in table
+
+
+def _ablation(*flags, timeout=600):
+    return subprocess.run([sys.executable, ABLATION, *flags], capture_output=True, text=True,
+                          env=env(), cwd=ROOT, timeout=timeout)
+
+
+def test_ablation_end_to_end_then_resume(tmp_path):
+    data = make_image_folder(tmp_path / "data", {"train": 16, "test": 8})
+    out = tmp_path / "out"
+    flags = [f"--data_dir={data}", "--model=resnet8", "--variants=original,full_preact",
+             "--seeds=0,1", "--epochs=2", "--batch_size=16", f"--out={out}"]
+    done = _ablation(*flags)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    with open(out / "results.csv") as handle:
+        rows = {row["variant"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"original/identity", "full_preact/identity"}
+    for variant, row in rows.items():
+        errors = [float(e) for e in row["errors"].split()]
+        assert row["runs"] == "2" and row["finished"] == "2" and len(errors) == 2
+        assert float(row["median_error"]) == pytest.approx(sum(errors) / 2, abs=1e-3)
+        for seed in (0, 1):  # each number is the run's own final test error
+            run = out / "runs" / variant.replace("/", "__") / f"seed{seed}"
+            with open(run / "results.json") as handle:
+                record = json.load(handle)
+            assert record["steps"] == 6  # 2 epochs of 48 images at batch 16
+            assert round(100 * record["final"]["test"]["error"], 4) in errors
+    markdown = (out / "results.md").read_text()
+    assert "| original/identity | 2/2 |" in markdown and "| full_preact/identity | 2/2 |" in markdown
+    assert (out / "curves.png").stat().st_size > 10_000
+
+    again = _ablation(*flags)  # finished runs are skipped, the table is rebuilt identically
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("finished earlier, skipped") == 4
+    assert (out / "results.md").read_text() == markdown
+
+    changed = _ablation(*flags[:-1], "--epochs=3", f"--out={out}")
+    assert changed.returncode != 0
+    assert "other settings (epochs: 2.0 -> 3.0)" in changed.stderr
+
+
+def test_bad_variant_fails_fast(tmp_path):
+    done = _ablation("--variants=original,preact", f"--out={tmp_path}", timeout=120)
+    assert done.returncode != 0
+    assert "Unknown variant 'preact'" in done.stderr
+    assert not os.path.exists(tmp_path / "runs")
