@@ -47,10 +47,12 @@ def test_from_keras_file_with_labels_next_to_it(tmp_path, capsys):
 
 def _training_run(run_dir, model):
     """A run directory as the trainer leaves it: checkpoints/ (model + optimizer) and labels.txt."""
+    from keras_preact.training.checkpoints import RunCheckpoints
+
     optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
     optimizer.build(model.trainable_variables)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "checkpoints"), 3, checkpoint_name="ckpt").save()
+    # The trainer's own checkpoint writer (variables keyed by their Keras paths).
+    RunCheckpoints(run_dir, model=model, optimizer=optimizer, strategy=tf.distribute.get_strategy()).save(1)
     write_label_map(CLASSES, run_dir)
 
 
@@ -62,6 +64,8 @@ def test_from_training_checkpoint(tmp_path):
     args = ["--checkpoint", run_dir, "--model", "resnet8", "--model_kwargs", '{"order": "original"}',
             "--base_dir", base, "--name", "r8", *FAST]
     assert main(args) == 0
+    # Readable by a TF Serving process running as another user (the staging dir was 0700).
+    assert os.stat(os.path.join(base, "r8", "1")).st_mode & 0o777 == 0o755
     x = np.random.RandomState(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(
         saved_predictions(os.path.join(base, "r8", "1"), x), model(x, training=False).numpy(), atol=1e-5

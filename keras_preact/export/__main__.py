@@ -130,18 +130,22 @@ def build_architecture(name: str, kwargs: dict, num_classes: int, recipe: str):
 def restore_checkpoint(model, path: str) -> str:
     """Load a training checkpoint's model variables into ``model``; fail if any is missing.
 
-    ``assert_existing_objects_matched`` only vouches for objects the checkpoint's graph knows;
-    a variable the checkpoint never contained would keep its fresh value unnoticed. So every
+    The trainer saves variables by their Keras paths (``training.checkpoints.VariableSet``), so
+    the same ``VariableSet`` reads them back into a freshly built ``model``.
+    ``assert_existing_objects_matched`` only vouches for objects the checkpoint knows; a
+    variable the checkpoint never contained would keep its fresh value unnoticed. So every
     float variable is first set to NaN, and any NaN left after the restore is an error.
     """
     import numpy as np
     import tensorflow as tf
 
+    from keras_preact.training.checkpoints import VariableSet
+
     prefix = checkpoint_prefix(path)
     floats = [v for v in model.variables if v.dtype.startswith("float")]
     for variable in floats:
         variable.assign(np.full(variable.shape, np.nan, variable.dtype))
-    status = tf.train.Checkpoint(model=model).restore(prefix)
+    status = tf.train.Checkpoint(model=VariableSet(model.variables)).restore(prefix)
     status.expect_partial()  # the optimizer's slots are in the checkpoint too, unused here
     status.assert_existing_objects_matched()
     missing = [v.path for v in floats if np.isnan(np.asarray(v.numpy())).all()]

@@ -316,6 +316,9 @@ def export_model(
                 + parity_lib.format_report(report)
             )
         final = os.path.join(model_dir, str(version))
+        # mkdtemp makes the staging folder private (0700); a TF Serving process running as
+        # another user (e.g. in a container) must be able to read the published version.
+        os.chmod(staging, 0o755)
         os.rename(staging, final)  # atomic publish; fails if another export took the version
         staging = None
         steps.done(f"published {final}")

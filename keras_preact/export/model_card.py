@@ -23,6 +23,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import sys
 
@@ -210,7 +211,7 @@ def main(argv=None) -> int:
         "training": training,
         "hardware": hardware(),
         "artefact_bytes": artefact_bytes(version_dir),
-        "command": " ".join(["python", "-m", "keras_preact.export.model_card", *(argv or sys.argv[1:])]),
+        "command": shlex.join(["python", "-m", "keras_preact.export.model_card", *(argv or sys.argv[1:])]),
     }
     curves = os.path.join(args.run_dir, "curves.png")
     if os.path.exists(curves):
