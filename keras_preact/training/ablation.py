@@ -26,7 +26,7 @@ import os
 import statistics
 
 from keras_preact import units
-from keras_preact.training.observe import RESULTS_FILE, read_metrics
+from keras_preact.training.observe import RESULTS_FILE, read_metrics, save_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,9 +240,4 @@ def plot_ablation(results, png_path: str, title: str = "") -> str:
     error_axis.legend(fontsize=8, framealpha=0.9)
     if title:
         figure.suptitle(title)
-    figure.tight_layout()
-    tmp_path = png_path + ".tmp.png"
-    figure.savefig(tmp_path)
-    plt.close(figure)
-    os.replace(tmp_path, png_path)
-    return png_path
+    return save_figure(figure, png_path)

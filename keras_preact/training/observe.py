@@ -209,9 +209,16 @@ def plot_curves(metrics_path: str, png_path: str, title: str = "") -> str:
     error_axis.grid(alpha=0.3)
     if title:
         error_axis.set_title(title)
+    return save_figure(figure, png_path)
+
+
+def save_figure(figure, png_path: str) -> str:
+    """Lay out, write and close a matplotlib figure; readers never see a half-written PNG."""
+    from matplotlib import pyplot as plt
+
     figure.tight_layout()
     tmp_path = png_path + ".tmp.png"
     figure.savefig(tmp_path)
     plt.close(figure)
-    os.replace(tmp_path, png_path)  # readers never see a half-written plot
+    os.replace(tmp_path, png_path)
     return png_path
