@@ -390,6 +390,8 @@ def write_results(model_dir: str, trainer, results: dict, seconds: float) -> str
     """
     import json
 
+    from keras_preact.training.observe import RESULTS_FILE
+
     record = {
         "model": trainer.model.name,
         "parameters": int(trainer.model.count_params()),
@@ -402,8 +404,6 @@ def write_results(model_dir: str, trainer, results: dict, seconds: float) -> str
                   for name, r in results.items()},
         "argv": sys.argv,
     }
-    from keras_preact.training.observe import RESULTS_FILE
-
     path = os.path.join(model_dir, RESULTS_FILE)
     with open(path + ".tmp", "w") as handle:
         json.dump(record, handle, indent=2)
