@@ -31,13 +31,24 @@ import sys
 import tempfile
 import time
 
+import keras
 import numpy as np
+import tensorflow as tf
+
+from keras_preact import registry
+from keras_preact.data import cifar10_sample_dir
+from keras_preact.export import ChannelAffine, fold_batch_norm
+from keras_preact.export.exporter import image_folder_split, load_model_file
+from keras_preact.export.parity import preprocess_encoded
+from keras_preact.export.saved_model import eval_image_size, write_saved_model
+from keras_preact.export.tflite import VARIANTS, TFLiteRunner, convert_model, op_counts
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet20", help="keras_preact preset name (ignored with --model_file).")
-    parser.add_argument("--model_file", help="A trained .keras file instead of a fresh preset.")
+    parser.add_argument("--model", default="resnet20",
+                        help="A keras_preact.registry model name (ignored with --model_file).")
+    parser.add_argument("--model_file", help="A trained .keras file instead of a fresh network.")
     parser.add_argument("--recipe", default="cifar", help="Evaluation recipe (input size).")
     parser.add_argument("--batch", type=int, default=64, help="Batch size of the throughput test.")
     parser.add_argument("--runs", type=int, default=200, help="Batch-1 calls timed per backend.")
@@ -46,7 +57,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads.")
     parser.add_argument("--calibration", type=int, default=100, help="int8 calibration images.")
     parser.add_argument("--out", default="benchmarks/results/inference.json", help="JSON output path.")
-    return parser.parse_args(argv)
+    return parser
 
 
 def timed(fn, x, runs: int, warmup: int = 5) -> np.ndarray:
@@ -67,9 +78,6 @@ def without_affine(folded):
     Timing probe only: it does not compute the network's function. Its latency minus the
     folded model's is what the remaining per-channel multiply-adds cost.
     """
-    import keras
-
-    from keras_preact.export import ChannelAffine
 
     def clone(layer):
         if isinstance(layer, ChannelAffine):
@@ -85,34 +93,35 @@ def without_affine(folded):
 
 def calibration_images(recipe: str, size: int, count: int) -> np.ndarray:
     """Real images for int8 calibration (the packaged CIFAR-10 sample) or random ones."""
-    from keras_preact.export.exporter import image_folder_split
-    from keras_preact.export.parity import preprocess_encoded
-
     if recipe == "cifar":
-        from keras_preact.data import cifar10_sample_dir
-
         encoded, _ = image_folder_split(cifar10_sample_dir(), "train", count)
         return preprocess_encoded(encoded, recipe)
     return np.random.RandomState(0).normal(size=(count, size, size, 3)).astype(np.float32)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    import keras
-    import tensorflow as tf
-
-    import keras_preact
-    from keras_preact.export import fold_batch_norm
-    from keras_preact.export.saved_model import eval_image_size, write_saved_model
-    from keras_preact.export.tflite import VARIANTS, TFLiteRunner, convert_model, op_counts
-
-    size = eval_image_size(args.recipe)
+def build_model(args, parser, size: int):
+    """The ``--model_file`` model, or the registry's ``--model`` with fresh weights."""
     if args.model_file:
-        model = keras.saving.load_model(args.model_file, compile=False)
-    else:
-        family = keras_preact.presets.model_family(args.model)
-        shape = (size, size, 3) if family == "cifar" else (None, None, 3)
-        model = keras_preact.get_model(args.model, input_shape=shape)
+        try:
+            return load_model_file(args.model_file)
+        except (OSError, ValueError) as error:
+            parser.error(f"argument --model_file: {error}")
+    try:
+        family = registry.model_family(args.model)
+    except registry.ModelNameError as error:
+        parser.error(f"argument --model: {error}")
+    shape = (size, size, 3) if family == "cifar" else (None, None, 3)
+    return registry.get_model(args.model, input_shape=shape)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        size = eval_image_size(args.recipe)
+    except ValueError as error:
+        parser.error(f"argument --recipe: {error}")
+    model = build_model(args, parser, size)
     num_classes = int(model.outputs[0].shape[-1])
     folded = fold_batch_norm(model)
     rng = np.random.RandomState(0)

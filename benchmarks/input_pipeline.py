@@ -43,6 +43,7 @@ sys.path.insert(0, REPO)
 import keras  # noqa: E402
 
 from keras_preact.data import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, build_dataset  # noqa: E402
+from keras_preact.registry import get_model  # noqa: E402
 
 try:
     import keras_cv
@@ -161,9 +162,7 @@ def images_per_second(make_dataset, max_images: int, repeats: int) -> tuple:
 
 
 def resnet110_step(batch_size: int = 128, steps: int = 3) -> dict:
-    import keras_preact
-
-    model = keras_preact.ResNet110()
+    model = get_model("resnet110")
     model.compile(
         optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

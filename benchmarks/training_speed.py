@@ -1,8 +1,8 @@
 """Training and inference speed of the plain vs optimised builds of the deep CIFAR ResNets.
 
 Each case runs in its own process (so its peak resident memory is its own) and reports:
-time from process start of the model build to the end of the first training step (build +
-trace + one step), steady-state images/s (median over timed steps), and peak RSS. "plain" is a
+time from process start to the end of the first training step (imports + build + trace +
+one step), steady-state images/s (median over timed steps), and peak RSS. "plain" is a
 straightforward Keras functional build (Keras BatchNormalization, one layer per unit); the
 optimised variants are options of the same public models:
 
@@ -22,15 +22,28 @@ Writes benchmarks/results/training_speed.json.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import resource
-import statistics
-import subprocess
-import sys
 import time
+
+# A worker process reports its first step counted from here: imports + build + trace + one step.
+PROCESS_START = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_preact.export import fold_batch_norm  # noqa: E402
+from keras_preact.registry import ModelNameError, get_model, resolve  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = {
@@ -54,20 +67,10 @@ QUICK_CASES = [("resnet20", "train", 32, ("plain", "fused", "stacked_recompute")
 
 
 def worker(spec: dict) -> dict:
-    """Build, trace and time one case in this process."""
-    t0 = time.perf_counter()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    import keras_preact
-
+    """Build, trace and time one case in this (fresh) process."""
     keras.utils.set_random_seed(0)
-    model = keras_preact.get_model(spec["model"], **VARIANTS[spec["variant"]])
+    model = get_model(spec["model"], **VARIANTS[spec["variant"]])
     if spec["variant"] == "folded":
-        from keras_preact.export import fold_batch_norm
-
         model = fold_batch_norm(model)
     batch = spec["batch"]
     rng = np.random.RandomState(0)
@@ -92,7 +95,7 @@ def worker(spec: dict) -> dict:
             return tf.reduce_sum(model(x, training=False))
 
     float(step(x, y))
-    first = time.perf_counter() - t0
+    first = time.perf_counter() - PROCESS_START
     float(step(x, y))  # one untimed warm step
     times = []
     for _ in range(spec["steps"]):
@@ -147,7 +150,10 @@ def main(argv=None):
 
     cases = QUICK_CASES if args.quick else CASES
     if args.cases:
-        keep = set(args.cases.split(","))
+        try:
+            keep = {resolve(name).name for name in args.cases.split(",") if name.strip()}
+        except ModelNameError as error:
+            parser.error(f"argument --cases: {error}")
         cases = [c for c in cases if c[0] in keep]
     rows = []
     header = (f"{'model':<11}{'mode':<6}{'batch':>6} {'variant':<18}{'params':>11}"
@@ -181,8 +187,6 @@ def main(argv=None):
                   f"{r['first_step_s']:>13.1f}{r['images_per_s']:>9.1f}{ratio:>8}"
                   f"{r['peak_rss_gb']:>9.2f}", flush=True)
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    import tensorflow as tf
-
     with open(args.output, "w") as f:
         json.dump({
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),

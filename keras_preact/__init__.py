@@ -2,9 +2,25 @@
 
     >>> import keras_preact
     >>> model = keras_preact.ResNet1001(preact=True)
+
+The layers of the package (each imports only the ones above it):
+
+    common       choices, the serialization package name, check_choice
+    norm         BatchNorm math and layer, He initialisation, conv
+    plan         the residual unit as data and its one interpreter (run_unit)
+    shortcuts    zero-pad shortcut, gate, combination layer
+    units        ResidualUnit (Keras-layer backend of the plan)
+    stacked      StackedStage (while-loop backend of the plan)
+    config       ResNetConfig (every architecture argument)
+    model        ResNet (the Keras model built from a config)
+    registry     model names -> ResNet
+    data, training, export, diagnostics, cli   (see docs/architecture.md)
 """
 
-from keras_preact.presets import (
+from keras_preact.common import KINDS, ORDERS, SHORTCUTS
+from keras_preact.config import ResNetConfig
+from keras_preact.model import ResNet, build_resnet
+from keras_preact.registry import (
     MODEL_NAMES,
     ResNet18,
     ResNet20,
@@ -22,9 +38,10 @@ from keras_preact.presets import (
     ResNet1202,
     cifar_resnet,
     get_model,
+    list_models,
 )
-from keras_preact.resnet import build_resnet
-from keras_preact.shortcuts import ShortcutGate, ZeroPadShortcut
-from keras_preact.units import KINDS, ORDERS, SHORTCUTS, ResidualUnit
+from keras_preact.shortcuts import ShortcutCombine, ShortcutGate, ZeroPadShortcut
+from keras_preact.stacked import StackedStage
+from keras_preact.units import ResidualUnit
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

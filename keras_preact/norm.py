@@ -1,4 +1,12 @@
-"""Normalisation and initialisation defaults shared by every layer of the package.
+"""BatchNorm and convolution as the paper's code defines them: the one place for their math.
+
+* ``batch_norm_forward`` is the BatchNorm normalisation, training and inference mode, used by
+  :class:`FusedBatchNormalization` and by the stacked-stage executor alike;
+  ``update_moving_average`` is the running-statistics update both apply; ``inference_affine``
+  is the eval-mode BN written as a per-channel ``scale * x + offset`` (what BN folding needs).
+* :class:`HeNormalFanOut` is the paper's initialisation (He et al. 2015, "MSRA", as in the
+  paper's Torch code): ``N(0, sqrt(2 / (k * k * out_channels)))``. It reads the kernel's last
+  four axes, so a stack of kernels ``[units, k, k, in, out]`` gets the same per-kernel scale.
 
 The paper's Torch code (and fb.resnet.torch) uses BatchNorm with running-average momentum 0.1
 and eps 1e-5. Keras counts momentum the other way round (weight of the *old* statistic), so
@@ -7,21 +15,67 @@ the paper's setting is ``momentum=0.9`` here; Keras' own defaults (0.99, 1e-3) a
 
 from __future__ import annotations
 
+import math
+
 import keras
+import numpy as np
 import tensorflow as tf
+
+from keras_preact.common import PACKAGE
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 
-def conv_initializer():
-    """He (MSRA) initialisation as in the paper's code: N(0, sqrt(2 / (k*k*out_channels)))."""
-    return keras.initializers.VarianceScaling(
-        scale=2.0, mode="fan_out", distribution="untruncated_normal"
+# -- BatchNorm math -------------------------------------------------------------------------
+def batch_norm_forward(x, gamma, beta, moving_mean, moving_variance, epsilon, training):
+    """BatchNorm of an NHWC float32 tensor with TensorFlow's fused kernel.
+
+    Returns ``(y, batch_mean, batch_variance)``; in training mode the statistics are the
+    batch's (variance *biased*, as Keras and this package keep it in the moving average), in
+    inference mode the moving ones are used and the two statistics returned are ``None``.
+    """
+    if not training:
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            x, gamma, beta, mean=moving_mean, variance=moving_variance,
+            epsilon=epsilon, data_format="NHWC", is_training=False,
+        )
+        return y, None, None
+    y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+        x, gamma, beta, epsilon=epsilon, data_format="NHWC", is_training=True
     )
+    # The fused kernel reports the Bessel-corrected variance; convert back: var * (n - 1) / n.
+    shape = tf.shape(x)
+    n = tf.cast(shape[0] * shape[1] * shape[2], variance.dtype)
+    return y, mean, variance * (n - 1.0) / tf.maximum(n, 2.0)
 
 
-@keras.saving.register_keras_serializable(package="keras_preact")
+def update_moving_average(variable, value, momentum: float) -> None:
+    """``variable <- momentum * variable + (1 - momentum) * value`` (Keras' convention)."""
+    variable.assign(variable * momentum + value * (1.0 - momentum))
+
+
+def inference_affine(gamma, beta, moving_mean, moving_variance, epsilon):
+    """The eval-mode BN as ``(scale, offset)`` with ``bn(x) = scale * x + offset``, in float64.
+
+    Float64 so that folding the BN into a convolution adds no rounding of its own.
+    """
+    gamma, beta, mean, var = (np.asarray(a, np.float64) for a in (gamma, beta, moving_mean, moving_variance))
+    scale = gamma / np.sqrt(var + epsilon)
+    return scale, beta - mean * scale
+
+
+def layer_affine(bn: keras.layers.BatchNormalization):
+    """``inference_affine`` of a channels-last Keras BatchNormalization layer (any subclass)."""
+    if bn.axis not in (-1, 3, [-1], [3]):
+        raise ValueError(f"Only channels-last BatchNormalization can be folded, got axis={bn.axis}.")
+    mean = bn.moving_mean.numpy()
+    gamma = bn.gamma.numpy() if bn.scale else np.ones_like(mean)
+    beta = bn.beta.numpy() if bn.center else np.zeros_like(mean)
+    return inference_affine(gamma, beta, mean, bn.moving_variance.numpy(), bn.epsilon)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class FusedBatchNormalization(keras.layers.BatchNormalization):
     """Keras BatchNormalization computed by TensorFlow's fused kernel.
 
@@ -49,39 +103,15 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if not self._fusable(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
-        if training and self.trainable:
-            outputs, mean, variance = fused_batch_norm_train(
-                inputs, self.gamma, self.beta, self.epsilon
-            )
-            m = self.momentum
-            self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
-            self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))
-            return outputs
-        outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
-            inputs,
-            self.gamma,
-            self.beta,
-            mean=self.moving_mean,
-            variance=self.moving_variance,
-            epsilon=self.epsilon,
-            data_format="NHWC",
-            is_training=False,
+        training = bool(training and self.trainable)
+        outputs, mean, variance = batch_norm_forward(
+            inputs, self.gamma, self.beta, self.moving_mean, self.moving_variance,
+            self.epsilon, training,
         )
+        if training:
+            update_moving_average(self.moving_mean, mean, self.momentum)
+            update_moving_average(self.moving_variance, variance, self.momentum)
         return outputs
-
-
-def fused_batch_norm_train(inputs, gamma, beta, epsilon):
-    """Training-mode fused BN: (normalised output, batch mean, *biased* batch variance).
-
-    The fused kernel reports the Bessel-corrected variance; Keras (and this package) keep the
-    biased one in the moving average, so it is converted back: var * (n - 1) / n.
-    """
-    outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-        inputs, gamma, beta, epsilon=epsilon, data_format="NHWC", is_training=True
-    )
-    shape = tf.shape(inputs)
-    n = tf.cast(shape[0] * shape[1] * shape[2], variance.dtype)
-    return outputs, mean, variance * (n - 1.0) / tf.maximum(n, 2.0)
 
 
 def batch_norm(
@@ -92,14 +122,37 @@ def batch_norm(
     return cls(axis=-1, momentum=momentum, epsilon=epsilon, name=name)
 
 
-def conv(filters: int, kernel_size: int, strides: int = 1, name=None, use_bias=False):
-    """A bias-free 'same'-padded convolution, He-initialised (the paper's weight layer W)."""
+# -- initialisation and convolution -----------------------------------------------------------
+def he_std(kernel_shape) -> float:
+    """He (fan-out) standard deviation of a ``[..., k, k, in, out]`` kernel: sqrt(2 / (k*k*out))."""
+    kh, kw, _, out = kernel_shape[-4:]
+    return math.sqrt(2.0 / (kh * kw * out))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class HeNormalFanOut(keras.initializers.Initializer):
+    """The paper code's conv initialisation, ``N(0, he_std(shape))``, for one kernel or a stack."""
+
+    def __init__(self, seed=None):
+        self.seed = seed
+        self._normal = keras.initializers.RandomNormal(0.0, 1.0, seed=seed)
+
+    def __call__(self, shape, dtype=None):
+        return self._normal(shape, dtype=dtype) * he_std(shape)
+
+    def get_config(self):
+        return {"seed": self.seed}
+
+
+def conv(filters: int, kernel_size: int, strides: int = 1, name=None, use_bias=False, **kwargs):
+    """A 'same'-padded convolution, He-initialised (the paper's weight layer W), bias-free by default."""
     return keras.layers.Conv2D(
         filters,
         kernel_size,
         strides=strides,
         padding="same",
         use_bias=use_bias,
-        kernel_initializer=conv_initializer(),
+        kernel_initializer=HeNormalFanOut(),
         name=name,
+        **kwargs,
     )

@@ -1,4 +1,4 @@
-"""Shortcut-path building blocks: the parameter-free zero-pad shortcut and the sigmoid gate.
+"""Shortcut-path building blocks: the zero-pad shortcut, the sigmoid gate, the combination.
 
 The residual unit (``keras_preact.units.ResidualUnit``) composes these; they are public so a
 user can reuse them, and they serialize on their own.
@@ -9,17 +9,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_preact.norm import conv_initializer
-
-PACKAGE = "keras_preact"
-
-
-def strided_shape(input_shape, strides: int, channels: int) -> tuple:
-    """NHWC shape after a 'same'-padded op of the given stride and output channels."""
-    n, h, w, _ = input_shape
-    h = None if h is None else -(-h // strides)
-    w = None if w is None else -(-w // strides)
-    return (n, h, w, channels)
+from keras_preact.common import PACKAGE, SHORTCUTS, check_choice, strided_shape
+from keras_preact.norm import HeNormalFanOut
+from keras_preact.plan import Combination
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -74,7 +66,7 @@ class ShortcutGate(keras.layers.Layer):
             strides=self.strides,
             padding="same",
             use_bias=True,
-            kernel_initializer=conv_initializer(),
+            kernel_initializer=HeNormalFanOut(),
             bias_initializer=keras.initializers.Constant(self.bias_init),
             name="gate_conv",
         )
@@ -94,4 +86,37 @@ class ShortcutGate(keras.layers.Layer):
             "filters": self.filters,
             "strides": self.strides,
             "bias_init": self.bias_init,
+        }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ShortcutCombine(keras.layers.Layer):
+    """``keras_preact.plan.Combination`` as a layer: ``[h(x), F(x)]`` or ``[h(x), F(x), g(x)] -> y``.
+
+    For graphs assembled op by op (the BN-folded export), where the combination must be a
+    serializable layer; the formula itself is not repeated here.
+    """
+
+    def __init__(self, shortcut: str = "identity", shortcut_scale: float = 0.5,
+                 scale_residual: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        check_choice("shortcut", shortcut, SHORTCUTS)
+        self.shortcut = shortcut
+        self.shortcut_scale = float(shortcut_scale)
+        self.scale_residual = bool(scale_residual)
+
+    def call(self, inputs):
+        shortcut, residual, *gate = inputs
+        combination = Combination(self.shortcut, self.shortcut_scale, self.scale_residual)
+        return combination(shortcut, residual, gate[0] if gate else None)
+
+    def compute_output_shape(self, input_shapes):
+        return tuple(input_shapes[1])
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "shortcut": self.shortcut,
+            "shortcut_scale": self.shortcut_scale,
+            "scale_residual": self.scale_residual,
         }

@@ -9,8 +9,10 @@ With ``recompute=True`` each unit's internals are recomputed in the backward pas
 (``tf.recompute_grad``), so only the unit inputs are kept: memory grows by one feature map per
 unit instead of a dozen.
 
-The unit's math is not written again here: the loop body executes ``ResidualUnit.plan`` (the
-same op list the Keras-layer unit is built from) and ``keras_preact.units.combine``. BatchNorm
+The unit's math is not written again here: the loop body runs ``ResidualUnit.plan`` (the same
+plan the Keras-layer unit is built from) with ``keras_preact.plan.run_unit``, BatchNorm with
+``keras_preact.norm.batch_norm_forward`` and initialisation with ``norm.HeNormalFanOut``;
+this module only supplies how one op reads its slice of the stacked weights. BatchNorm
 moving statistics are updated exactly once per call, after the loop, from the batch statistics
 each unit reports, also under recompute (the recomputed forward pass does not update them).
 
@@ -21,17 +23,47 @@ between the forward pass and the recomputation).
 
 from __future__ import annotations
 
-import math
-
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_preact import norm
-from keras_preact.shortcuts import PACKAGE
-from keras_preact.units import ResidualUnit, combine
+from keras_preact.common import PACKAGE
+from keras_preact.plan import UnitBackend, run_unit
+from keras_preact.units import ResidualUnit
 
-BN_PARAMS = ("gamma", "beta", "moving_mean", "moving_variance")
+
+# The ResidualUnit options a stacked (shape-preserving, dropout-free) unit takes.
+STACKED_OPTIONS = ("filters", "kind", "order", "shortcut", "shortcut_scale", "scale_residual",
+                   "gate_bias_init", "bn_momentum", "bn_epsilon")
+
+
+class _StackedBackend(UnitBackend):
+    """Runs a plan on one unit's parameter tensors; collects the BN batch statistics."""
+
+    def __init__(self, params: dict, epsilon: float, training: bool):
+        self.p = params
+        self.epsilon = epsilon
+        self.training = training
+        self.stats = []
+
+    def op(self, op, x):
+        kind, name, *_ = op
+        p = self.p
+        if kind == "relu":
+            return tf.nn.relu(x)
+        if kind == "conv":
+            return tf.nn.conv2d(x, p[(name, "kernel")], 1, "SAME")
+        y, mean, variance = norm.batch_norm_forward(
+            x, p[(name, "gamma")], p[(name, "beta")], p[(name, "moving_mean")],
+            p[(name, "moving_variance")], self.epsilon, self.training,
+        )
+        if self.training:
+            self.stats += [mean, variance]
+        return y
+
+    def gate(self, x):
+        return tf.sigmoid(tf.nn.conv2d(x, self.p[("gate", "kernel")], 1, "SAME") + self.p[("gate", "bias")])
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -69,18 +101,13 @@ class StackedStage(keras.layers.Layer):
                 "differ under recomputation); build that network with stacked_stages=False."
             )
         self.num_units = int(num_units)
-        self.unit_options = dict(
-            filters=int(filters),
-            kind=kind,
-            order=order,
-            shortcut=shortcut,
-            shortcut_scale=float(shortcut_scale),
-            scale_residual=bool(scale_residual),
-            gate_bias_init=float(gate_bias_init),
-            bn_momentum=float(bn_momentum),
-            bn_epsilon=float(bn_epsilon),
-        )
-        self._template()  # validates every option now, with ResidualUnit's own messages
+        # ResidualUnit validates and normalises the options, with its own messages.
+        template = ResidualUnit(
+            filters, kind=kind, order=order, shortcut=shortcut, shortcut_scale=shortcut_scale,
+            scale_residual=scale_residual, gate_bias_init=gate_bias_init,
+            bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
+        ).get_config()
+        self.unit_options = {key: template[key] for key in STACKED_OPTIONS}
         self.recompute = bool(recompute)
 
     def _template(self) -> ResidualUnit:
@@ -96,7 +123,7 @@ class StackedStage(keras.layers.Layer):
                 f"StackedStage units keep their shape: input has {channels} channels but the "
                 f"units output {template.out_channels}."
             )
-        self._plan = template.plan(channels)
+        self._plan = plan = template.plan(channels)
         n = self.num_units
         # (op name, parameter name) -> variable, in ResidualUnit weight order.
         self._params = {}
@@ -115,73 +142,32 @@ class StackedStage(keras.layers.Layer):
             setattr(self, f"{key[0]}_{key[1]}", variable)
 
         for part in ("preact", "branch", "shortcut", "post"):
-            c = channels if part != "post" else template.out_channels
-            for op in self._plan[part]:
-                kind, name, *args = op
+            c = channels
+            for kind, name, *args in plan.ops(part):
                 if kind == "conv":
                     k, filters = args[0], args[1]
-                    std = math.sqrt(2.0 / (k * k * filters))  # He (fan_out), per unit
-                    add((name, "kernel"), (k, k, c, filters), keras.initializers.RandomNormal(0.0, std))
+                    add((name, "kernel"), (k, k, c, filters), norm.HeNormalFanOut())
                     c = filters
                 elif kind == "bn":
                     add((name, "gamma"), (c,), "ones")
                     add((name, "beta"), (c,), "zeros")
                     add((name, "moving_mean"), (c,), "zeros", trainable=False)
                     add((name, "moving_variance"), (c,), "ones", trainable=False)
-        if self._plan["gate"] is not None:
+        if plan.gate is not None:
             out = template.out_channels
-            std = math.sqrt(2.0 / out)
-            add(("gate", "kernel"), (1, 1, channels, out), keras.initializers.RandomNormal(0.0, std))
+            add(("gate", "kernel"), (1, 1, channels, out), norm.HeNormalFanOut())
             add(("gate", "bias"), (out,), keras.initializers.Constant(template.gate_bias_init))
-
-    def _bn_keys(self):
-        return [
-            name
-            for part in ("preact", "branch", "shortcut", "post")
-            for kind, name, *_ in self._plan[part]
-            if kind == "bn"
-        ]
 
     # -- forward ---------------------------------------------------------------------------
     def _unit_fn(self, training: bool):
         """One unit as a function of (x, per-unit parameter tensors) -> (y, *batch stats)."""
         keys = list(self._params)
-        opts = self.unit_options
-        eps = opts["bn_epsilon"]
-
-        def run(ops, x, p, stats):
-            for kind, name, *args in ops:
-                if kind == "relu":
-                    x = tf.nn.relu(x)
-                elif kind == "conv":
-                    x = tf.nn.conv2d(x, p[(name, "kernel")], 1, "SAME")
-                elif training:
-                    x, mean, var = norm.fused_batch_norm_train(
-                        x, p[(name, "gamma")], p[(name, "beta")], eps
-                    )
-                    stats += [mean, var]
-                else:
-                    x, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                        x, p[(name, "gamma")], p[(name, "beta")],
-                        mean=p[(name, "moving_mean")], variance=p[(name, "moving_variance")],
-                        epsilon=eps, data_format="NHWC", is_training=False,
-                    )
-            return x
+        epsilon = self.unit_options["bn_epsilon"]
 
         def unit(x, *values):
-            p = dict(zip(keys, values))
-            stats = []
-            residual = run(self._plan["branch"], run(self._plan["preact"], x, p, stats), p, stats)
-            shortcut = run(self._plan["shortcut"], x, p, stats)
-            gate = None
-            if self._plan["gate"] is not None:
-                gate = tf.sigmoid(
-                    tf.nn.conv2d(x, p[("gate", "kernel")], 1, "SAME") + p[("gate", "bias")]
-                )
-            y = combine(opts["shortcut"], shortcut, residual, gate,
-                        opts["shortcut_scale"], opts["scale_residual"])
-            y = run(self._plan["post"], y, p, stats)
-            return (y, *stats)
+            backend = _StackedBackend(dict(zip(keys, values)), epsilon, training)
+            y = run_unit(self._plan, x, backend)
+            return (y, *backend.stats)
 
         return unit
 
@@ -199,8 +185,8 @@ class StackedStage(keras.layers.Layer):
             )
             for v in self._params.values()
         ]
-        bn_keys = self._bn_keys()
-        num_stats = 2 * len(bn_keys) if training else 0
+        bn_names = self._plan.bn_names()
+        num_stats = 2 * len(bn_names) if training else 0
 
         def body(i, x, *arrays):
             out = unit(x, *[w.read(i) for w in weights])
@@ -218,13 +204,11 @@ class StackedStage(keras.layers.Layer):
         )
         if training:
             m = self.unit_options["bn_momentum"]
-            for j, name in enumerate(bn_keys):
+            for j, name in enumerate(bn_names):
                 mean = tf.stop_gradient(arrays[2 * j].stack())
                 var = tf.stop_gradient(arrays[2 * j + 1].stack())
-                moving_mean = self._params[(name, "moving_mean")]
-                moving_var = self._params[(name, "moving_variance")]
-                moving_mean.assign(moving_mean * m + mean * (1.0 - m))
-                moving_var.assign(moving_var * m + var * (1.0 - m))
+                norm.update_moving_average(self._params[(name, "moving_mean")], mean, m)
+                norm.update_moving_average(self._params[(name, "moving_variance")], var, m)
         return y
 
     def compute_output_shape(self, input_shape):
@@ -286,29 +270,3 @@ def transfer_weights(source: keras.Model, target: keras.Model) -> None:
         ) from None
     if next(it, None) is not None:
         raise ValueError(f"Model {source.name!r} has more layers than {target.name!r}.")
-
-
-def unstack(model: keras.Model) -> keras.Model:
-    """The same network with every StackedStage expanded into ResidualUnits (weights copied).
-
-    Tools that read units one by one (BN folding for export, propagation diagnostics) call
-    this; a model without stacked stages is returned as is.
-    """
-    if not any(isinstance(layer, StackedStage) for layer in model.layers):
-        return model
-    inputs = keras.Input(batch_shape=model.inputs[0].shape, name=model.inputs[0].name)
-    x = inputs
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        if isinstance(layer, StackedStage):
-            # Stage layers are named "stage<s>_units<a>to<b>" by build_resnet.
-            stage, _, span = layer.name.partition("_units")
-            first = int(span.split("to")[0]) if span else 2
-            for i in range(layer.num_units):
-                x = ResidualUnit(**layer.unit_options, name=f"{stage}_unit{first + i}")(x)
-        else:
-            x = layer.__class__.from_config(layer.get_config())(x)
-    flat = keras.Model(inputs, x, name=model.name)
-    transfer_weights(model, flat)
-    return flat

@@ -8,7 +8,7 @@ all the units the paper builds or ablates, as three independent options:
     ``"bottleneck"``  1x1 (c), 3x3 (c), 1x1 (4c);
     ``"single"``      one 3x3 conv (the "1-layer" unit of ResNet-110(1layer)).
 
-``order`` -- where BN and ReLU sit (paper Fig. 4, SPEC section 2):
+``order`` -- where BN and ReLU sit (paper Fig. 4, Table 2):
     ``"original"``             F = W-BN-ReLU-...-W-BN,       f = ReLU after the addition
     ``"bn_after_addition"``    F = W-BN-ReLU-...-W,          f = BN, ReLU after the addition
     ``"relu_before_addition"`` F = W-BN-ReLU-...-W-BN-ReLU,  f = identity
@@ -22,6 +22,10 @@ all the units the paper builds or ablates, as three independent options:
     ``"shortcut_only_gating"`` y = (1-g(x))*x + F
     ``"conv1x1"``              y = conv1x1(x) + F
     ``"dropout"``              y = dropout(x, rate) + F
+
+The unit is built from ``keras_preact.plan.unit_plan`` and executed by
+``keras_preact.plan.run_unit``, the same plan and interpreter the stacked stages and the
+BN-folding exporter use; this layer only supplies one Keras sublayer per op.
 
 When a unit changes the number of channels or the resolution, ``x`` on the shortcut first goes
 through the dimension-matching mapping chosen by ``downsample``: ``"projection"`` (1x1 conv,
@@ -44,38 +48,32 @@ import keras
 from keras import ops
 
 from keras_preact import norm
-from keras_preact.shortcuts import PACKAGE, ShortcutGate, ZeroPadShortcut, strided_shape
-
-KINDS = ("basic", "bottleneck", "single")
-ORDERS = (
-    "original",
-    "bn_after_addition",
-    "relu_before_addition",
-    "relu_only_preact",
-    "full_preact",
+from keras_preact.common import (
+    DOWNSAMPLES,
+    EXPANSION,
+    KINDS,
+    ORDERS,
+    PACKAGE,
+    PREACT_ORDERS,
+    PREACTIVATIONS,
+    SHORTCUTS,
+    STRIDE_AT,
+    check_choice,
+    strided_shape,
 )
-PREACT_ORDERS = ("relu_only_preact", "full_preact")
-SHORTCUTS = (
-    "identity",
-    "constant_scaling",
-    "exclusive_gating",
-    "shortcut_only_gating",
-    "conv1x1",
-    "dropout",
+from keras_preact.plan import UnitBackend, UnitPlan, run_unit, unit_plan
+from keras_preact.shortcuts import ShortcutGate, ZeroPadShortcut
+
+__all__ = [
+    "DOWNSAMPLES", "KINDS", "ORDERS", "PREACT_ORDERS", "PREACTIVATIONS", "SHORTCUTS", "STRIDE_AT",
+    "ResidualUnit",
+]
+
+# Options that shape the plan (the rest are BN settings and the gate's initial bias).
+PLAN_OPTIONS = (
+    "filters", "kind", "order", "shortcut", "strides", "downsample", "stride_at",
+    "preactivation", "shortcut_scale", "scale_residual", "dropout_rate",
 )
-DOWNSAMPLES = ("projection", "zero_pad")
-STRIDE_AT = ("first", "3x3")
-PREACTIVATIONS = ("branch", "shared", "none")
-
-EXPANSION = {"basic": 1, "bottleneck": 4, "single": 1}
-
-
-def check_choice(name: str, value, choices) -> None:
-    """Raise a ValueError naming the valid choices when ``value`` is not one of them."""
-    if value not in choices:
-        raise ValueError(
-            f"Unknown {name} {value!r}. Valid choices: {', '.join(map(repr, choices))}."
-        )
 
 
 def _short_name(layer) -> str:
@@ -94,22 +92,24 @@ def _short_name(layer) -> str:
     return type(layer).__name__
 
 
-def combine(shortcut_kind, shortcut, residual, gate, shortcut_scale, scale_residual):
-    """y = h(x) (+) F(x) for each shortcut variant (the one place this formula lives)."""
-    if shortcut_kind == "constant_scaling":
-        lam = shortcut_scale
-        return lam * shortcut + ((1.0 - lam) * residual if scale_residual else residual)
-    if shortcut_kind == "exclusive_gating":
-        return (1.0 - gate) * shortcut + gate * residual
-    if shortcut_kind == "shortcut_only_gating":
-        return (1.0 - gate) * shortcut + residual
-    return ops.add(shortcut, residual)
+class _SublayerBackend(UnitBackend):
+    """Runs a plan with the unit's own Keras sublayers (one per op)."""
 
+    def __init__(self, unit: "ResidualUnit", residual_gradient: bool):
+        self.unit = unit
+        self.residual_gradient = residual_gradient
 
-def _apply(layers, x):
-    for layer in layers:
-        x = layer(x)
-    return x
+    def op(self, op, x):
+        return getattr(self.unit, op[1])(x)
+
+    def gate(self, x):
+        return self.unit.gate(x)
+
+    def combine(self, plan, shortcut, residual, gate):
+        if not self.residual_gradient:
+            residual = ops.stop_gradient(residual)
+            gate = None if gate is None else ops.stop_gradient(gate)
+        return plan.combination(shortcut, residual, gate)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -183,76 +183,9 @@ class ResidualUnit(keras.layers.Layer):
         self.out_channels = self.filters * EXPANSION[kind]
 
     # -- structure -------------------------------------------------------------------------
-    def _conv_specs(self):
-        """(kernel, filters, strides) of each weight layer of F, in order."""
-        c, s = self.filters, self.strides
-        if self.kind == "basic":
-            specs = [[3, c, 1], [3, c, 1]]
-        elif self.kind == "bottleneck":
-            specs = [[1, c, 1], [3, c, 1], [1, 4 * c, 1]]
-        else:
-            specs = [[3, c, 1]]
-        at = 0 if self.stride_at == "first" else [k for k, _, _ in specs].index(3)
-        specs[at][2] = s
-        return specs
-
-    def plan(self, in_channels: int) -> dict:
-        """The unit as data: which ops run where, in order.
-
-        Each op is a tuple ``(op, name, *args)`` with op one of ``"bn"``, ``"relu"``,
-        ``("conv", name, kernel, filters, strides)``, ``("zero_pad", name, filters, strides)``,
-        ``("dropout", name, rate)``. Keys: ``"preact"`` (placed by ``preactivation``),
-        ``"branch"`` (F), ``"shortcut"`` (h), ``"gate"`` (``(filters, strides)`` or None) and
-        ``"post"`` (f). ``build`` turns it into Keras layers; ``keras_preact.stacked`` runs the
-        same plan over stacked weights, so both implementations share one definition.
-        """
-        order = self.order
-        post_act = order not in PREACT_ORDERS
-        preact = []
-        if self.preactivation == "none":
-            pass  # the caller applied it (network's first unit: the stem's BN-ReLU)
-        elif order == "full_preact":
-            preact = [("bn", "preact_bn"), ("relu", "preact_relu")]
-        elif order == "relu_only_preact":
-            preact = [("relu", "preact_relu")]
-
-        branch = []
-        specs = self._conv_specs()
-        for i, (k, c, s) in enumerate(specs, start=1):
-            last = i == len(specs)
-            if order == "full_preact" and i > 1:
-                branch += [("bn", f"bn{i}"), ("relu", f"relu{i}")]
-            if order == "relu_only_preact" and i > 1:
-                branch.append(("relu", f"relu{i}"))
-            branch.append(("conv", f"conv{i}", k, c, s))
-            if order in ("original", "relu_before_addition", "relu_only_preact") or (
-                order == "bn_after_addition" and not last
-            ):
-                branch.append(("bn", f"bn{i}"))
-            if post_act and (not last or order == "relu_before_addition"):
-                branch.append(("relu", f"relu{i}"))
-
-        shortcut = []
-        changes_dims = self.strides != 1 or in_channels != self.out_channels
-        if (changes_dims and self.downsample == "projection") or self.shortcut == "conv1x1":
-            shortcut.append(("conv", "shortcut_conv", 1, self.out_channels, self.strides))
-            if post_act:  # [1]'s projection shortcut is conv + BN
-                shortcut.append(("bn", "shortcut_bn"))
-        elif changes_dims:
-            shortcut.append(("zero_pad", "shortcut_zero_pad", self.out_channels, self.strides))
-        if self.shortcut == "dropout":
-            shortcut.append(("dropout", "shortcut_dropout", self.dropout_rate))
-
-        gate = None
-        if self.shortcut in ("exclusive_gating", "shortcut_only_gating"):
-            gate = (self.out_channels, self.strides)
-
-        post = []
-        if order == "original":
-            post = [("relu", "post_relu")]
-        elif order == "bn_after_addition":
-            post = [("bn", "post_bn"), ("relu", "post_relu")]
-        return dict(preact=preact, branch=branch, shortcut=shortcut, gate=gate, post=post)
+    def plan(self, in_channels: int) -> UnitPlan:
+        """The unit as data (``keras_preact.plan.UnitPlan``) for ``in_channels`` input channels."""
+        return unit_plan(in_channels=in_channels, **{k: getattr(self, k) for k in PLAN_OPTIONS})
 
     def _make_layer(self, op):
         kind, name, *args = op
@@ -270,19 +203,20 @@ class ResidualUnit(keras.layers.Layer):
         in_channels = input_shape[-1]
         if in_channels is None:
             raise ValueError("ResidualUnit needs a known number of input channels.")
-        plan = self.plan(in_channels)
-        self.preact_layers = [self._make_layer(op) for op in plan["preact"]]
-        self.branch_layers = [self._make_layer(op) for op in plan["branch"]]
-        self.shortcut_layers = [self._make_layer(op) for op in plan["shortcut"]]
-        self.post_layers = [self._make_layer(op) for op in plan["post"]]
+        self._plan = plan = self.plan(in_channels)
+        self.preact_layers = [self._make_layer(op) for op in plan.preact]
+        self.branch_layers = [self._make_layer(op) for op in plan.branch]
+        self.shortcut_layers = [self._make_layer(op) for op in plan.shortcut]
+        self.post_layers = [self._make_layer(op) for op in plan.post]
         self.gate = None
-        if plan["gate"] is not None:
-            self.gate = ShortcutGate(*plan["gate"], self.gate_bias_init, name="gate")
+        if plan.gate is not None:
+            self.gate = ShortcutGate(*plan.gate, self.gate_bias_init, name="gate")
 
         # tf.train.Checkpoint follows attributes, not Keras' tracked lists: without these
         # attributes a checkpoint misses the sublayers' variables (BN moving statistics
-        # included). The .keras format is unaffected (same weight paths).
-        for layer in (*self.preact_layers, *self.branch_layers, *self.shortcut_layers, *self.post_layers):
+        # included). The .keras format is unaffected (same weight paths). The interpreter's
+        # backend finds each op's layer by the same attribute.
+        for layer in self.op_layers():
             setattr(self, layer.name, layer)
 
         # Build every sublayer now so that weights exist before a saved model is loaded.
@@ -304,7 +238,7 @@ class ResidualUnit(keras.layers.Layer):
 
     # -- forward ---------------------------------------------------------------------------
     def call(self, inputs, training=None, residual_gradient=True):
-        """``f(h(x) (+) F(x))``.
+        """``f(h(x) (+) F(x))``, by ``keras_preact.plan.run_unit``.
 
         ``residual_gradient=False`` is for measurement only (``keras_preact.diagnostics``): the
         output keeps its value, but the gradient flows through the shortcut path alone. The
@@ -315,29 +249,18 @@ class ResidualUnit(keras.layers.Layer):
         dependence on x is a path through a weight layer (W_g), one of the "other terms" of
         Eqn 8, not the shortcut. Everything else (h, a shared pre-activation, f) stays live.
         """
-        x = inputs
-        if self.preactivation == "shared":
-            x = _apply(self.preact_layers, x)
-            branch_in = x
-        elif self.preactivation == "branch":
-            branch_in = _apply(self.preact_layers, x)
-        else:
-            branch_in = x
-        residual = _apply(self.branch_layers, branch_in)
-        shortcut = _apply(self.shortcut_layers, x)
-
-        gate = self.gate(x) if self.gate is not None else None
-        if not residual_gradient:
-            residual = ops.stop_gradient(residual)
-            gate = None if gate is None else ops.stop_gradient(gate)
-        y = combine(self.shortcut, shortcut, residual, gate,
-                    self.shortcut_scale, self.scale_residual)
-        return _apply(self.post_layers, y)
+        return run_unit(self._plan, inputs, _SublayerBackend(self, residual_gradient))
 
     def compute_output_shape(self, input_shape):
         return strided_shape(input_shape, self.strides, self.out_channels)
 
     # -- introspection ---------------------------------------------------------------------
+    def op_layers(self) -> list:
+        """The sublayers that run the plan's ops (the gate not included), in plan order."""
+        if not hasattr(self, "preact_layers"):
+            raise ValueError("op_layers() needs a built unit; call it on an input first.")
+        return [*self.preact_layers, *self.branch_layers, *self.shortcut_layers, *self.post_layers]
+
     def layer_sequence(self) -> dict:
         """The unit's layers by the paper's names, read from the built sublayers.
 
@@ -362,18 +285,8 @@ class ResidualUnit(keras.layers.Layer):
     def get_config(self):
         return {
             **super().get_config(),
-            "filters": self.filters,
-            "kind": self.kind,
-            "order": self.order,
-            "shortcut": self.shortcut,
-            "strides": self.strides,
-            "downsample": self.downsample,
-            "stride_at": self.stride_at,
-            "preactivation": self.preactivation,
-            "shortcut_scale": self.shortcut_scale,
-            "scale_residual": self.scale_residual,
+            **{k: getattr(self, k) for k in PLAN_OPTIONS},
             "gate_bias_init": self.gate_bias_init,
-            "dropout_rate": self.dropout_rate,
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
             "fused_bn": self.fused_bn,

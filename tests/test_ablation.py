@@ -8,7 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
 
+from keras_preact.cli import train as train_cli
 from keras_preact.training import ablation
 from trainer_runs import ROOT, env, make_image_folder
 
@@ -120,3 +122,27 @@ def test_bad_variant_fails_fast(tmp_path):
     assert done.returncode != 0
     assert "Unknown variant 'preact'" in done.stderr
     assert not os.path.exists(tmp_path / "runs")
+
+
+def test_dry_run_commands_are_valid_trainer_settings(tmp_path):
+    """Every command the runner would launch parses into the run it names (in-process)."""
+    data = make_image_folder(tmp_path / "data", {"train": 2, "test": 1})
+    done = _ablation("--dry_run", "--variants=original/conv1x1,full_preact", "--seeds=3",
+                     "--model=resnet8", f"--data_dir={data}", "--batch_size=16", f"--out={tmp_path / 'out'}",
+                     "--", "--weight_decay=5e-4", timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    commands = [line.split() for line in done.stdout.splitlines() if line.strip()]
+    assert len(commands) == 2 and not os.path.exists(tmp_path / "out")
+    expected = [("original", "conv1x1"), ("full_preact", "identity")]
+    for command, (order, shortcut) in zip(commands, expected):
+        assert command[1] == os.path.join(ROOT, "trainers", "cifar.py")
+        flag_values = flags.FlagValues()
+        train_cli.define_flags("cifar", flag_values)
+        flag_values(["cifar.py", *command[2:]])
+        settings = train_cli.settings_from_flags("cifar", flag_values)
+        assert settings.model_kwargs == {"order": order, "shortcut": shortcut}
+        assert (settings.model_name, settings.seed, settings.data_dir) == ("resnet8", 3, data)
+        assert settings.model_dir == str(tmp_path / "out" / "runs" / f"{order}__{shortcut}" / "seed3")
+        recipe = settings.recipe
+        assert (recipe.epochs, recipe.batch_size, recipe.weight_decay, recipe.lr_boundaries) == (
+            3.0, 16, 5e-4, ("0.5", "0.75"))

@@ -1,4 +1,6 @@
-"""build_dataset on image folders and the packaged sample: batches, determinism, bad input."""
+"""``data/pipeline.py``: build_dataset on image folders (batches, determinism, bad input).
+
+TFDS sources: test_data_sources.py; the packaged sample: test_data_sample.py."""
 
 import logging
 import os
@@ -8,8 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_preact.data import build_dataset, cifar10_sample_dir, read_label_map, write_label_map
-from keras_preact.data import sample as sample_lib
+from keras_preact.data import build_dataset, pipeline
 
 CLASSES = ("cat", "dog", "emu")
 
@@ -34,6 +35,11 @@ def batches(ds):
     return [(x.numpy(), y.numpy()) for x, y in ds]
 
 
+def class_colour(images):
+    """The channel each image is brightest in on average: its label in ``write_folder``."""
+    return images.mean(axis=(1, 2)).argmax(axis=1)
+
+
 def test_folder_training_batches(folder):
     ds, info = build_dataset(f"folder:{folder}", "train", batch_size=4, training=True, seed=1)
     assert info.class_names == list(CLASSES) and info.num_classes == 3 and info.num_examples == 18
@@ -44,7 +50,8 @@ def test_folder_training_batches(folder):
         assert x.shape == (4, 32, 32, 3) and x.dtype == np.float32
         assert y.shape == (4,) and y.dtype == np.int32
         assert np.abs(x).max() < 3.0
-    assert set(np.concatenate([y for _, y in out]).tolist()) <= {0, 1, 2}
+        # Shuffled and augmented, each image keeps its label: its class colour is its brightest.
+        np.testing.assert_array_equal(class_colour(x), y)
 
 
 def test_same_seed_same_batches_other_seed_other_batches(folder):
@@ -76,7 +83,7 @@ def test_eval_is_in_file_order_with_exact_labels(folder):
     np.testing.assert_array_equal(labels, np.repeat([0, 1, 2], 6))
     images = np.concatenate([x for x, _ in out])
     # The class colour channel is the brightest on average: labels match images.
-    np.testing.assert_array_equal(images.mean(axis=(1, 2)).argmax(axis=1), labels)
+    np.testing.assert_array_equal(class_colour(images), labels)
     again = np.concatenate([x for x, _ in build_dataset(folder, "train", batch_size=5, training=False)[0]])
     np.testing.assert_array_equal(images, again)
 
@@ -87,8 +94,12 @@ def test_imagenet_style_folder_with_png_and_inception_crops(tmp_path):
     assert info.recipe == "imagenet_224" and info.image_size == (224, 224)
     x, y = next(iter(ds))
     assert x.shape == (3, 224, 224, 3)
+    np.testing.assert_array_equal(class_colour(x.numpy()), y.numpy())
     ds, info = build_dataset(root, "train", batch_size=6, training=False, recipe="imagenet_320")
-    assert next(iter(ds))[0].shape == (6, 320, 320, 3) and info.augment == "none"
+    x, y = next(iter(ds))
+    assert x.shape == (6, 320, 320, 3) and info.augment == "none"
+    np.testing.assert_array_equal(y.numpy(), [0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(class_colour(x.numpy()), y.numpy())
 
 
 def add_bad_files(folder):
@@ -112,8 +123,6 @@ def test_bad_files_are_skipped_counted_and_logged_once(folder, caplog):
 
 
 def test_bad_files_at_either_end_and_in_long_runs_are_caught(folder, monkeypatch):
-    import keras_preact.data.pipeline as pipeline
-
     monkeypatch.setattr(pipeline, "_HISTORY", 2)  # so a run of 3 bad files overflows the history
     (folder / "train" / "cat" / "0_first.jpg").write_bytes(b"bad")  # first file in order
     for i in range(3):
@@ -153,39 +162,3 @@ def test_bad_arguments_name_the_choices(folder):
         build_dataset(folder, "train", batch_size=2, training=True, recipe="imagenet")
     with pytest.raises(ValueError, match="batch_size"):
         build_dataset(folder, "train", batch_size=0, training=True)
-
-
-def test_label_map_round_trip(tmp_path):
-    path = write_label_map(["cat", "dog", "hot dog"], tmp_path / "ckpt")
-    assert open(path).read() == "cat\ndog\nhot dog\n"
-    assert read_label_map(tmp_path / "ckpt") == ["cat", "dog", "hot dog"]
-    with pytest.raises(FileNotFoundError, match="labels.txt"):
-        read_label_map(tmp_path)
-    with pytest.raises(ValueError):
-        write_label_map(["a\nb"], tmp_path)
-
-
-def test_packaged_sample_is_checked_extracted_once_and_loads(tmp_path, monkeypatch):
-    monkeypatch.setenv("KERAS_PREACT_CACHE", str(tmp_path / "cache"))
-    assert sample_lib.sha256_of(sample_lib.SAMPLE_ARCHIVE) == sample_lib.SAMPLE_SHA256
-    root = cifar10_sample_dir()
-    assert cifar10_sample_dir() == root
-    for split, count in sample_lib.SAMPLE_SPLITS.items():
-        classes = sorted(os.listdir(os.path.join(root, split)))
-        assert len(classes) == 10
-        sizes = {len(os.listdir(os.path.join(root, split, c))) for c in classes}
-        assert sizes == {count // 10}  # class-balanced
-    assert [n for n in os.listdir(tmp_path / "cache") if n.startswith(".")] == []  # no staging left
-    ds, info = build_dataset("cifar10_sample", "test", batch_size=250, training=False)
-    assert info.num_examples == 1000 and info.class_names[0] == "airplane" and info.class_names[-1] == "truck"
-    x, y = next(iter(ds))
-    assert x.shape == (250, 32, 32, 3) and set(y.numpy().tolist()) <= set(range(10))
-
-
-def test_corrupt_sample_archive_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setenv("KERAS_PREACT_CACHE", str(tmp_path / "cache"))
-    fake = tmp_path / "sample.tar.gz"
-    fake.write_bytes(b"tampered")
-    monkeypatch.setattr(sample_lib, "SAMPLE_ARCHIVE", str(fake))
-    with pytest.raises(OSError, match="corrupt"):
-        cifar10_sample_dir()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_preact.data import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, preprocess_for_eval
+from keras_preact.data import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, decode_image, preprocess_for_eval
 from keras_preact.data.preprocess import resize_shorter_side
 
 
@@ -55,8 +55,13 @@ def test_cifar_recipe_only_normalises_32x32_images():
 
 
 def test_cifar_recipe_brings_other_sizes_to_32():
-    out = preprocess_for_eval(np.zeros((64, 80, 3), np.uint8), "cifar")
+    """Shorter side to 32 (64x80 -> 32x40), then the centre 32x32 window (columns 4-35)."""
+    image = np.random.default_rng(2).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    out = preprocess_for_eval(image, "cifar").numpy()
     assert out.shape == (32, 32, 3)
+    resized = resize_shorter_side(image, 32).numpy()
+    assert resized.shape == (32, 40, 3)
+    np.testing.assert_allclose(unnormalize(out, CIFAR_MEAN, CIFAR_STD), resized[:, 4:36], atol=1e-3)
 
 
 def test_constants_are_in_0_255_units():
@@ -72,8 +77,6 @@ def test_unknown_recipe_names_valid_choices():
 
 def test_eval_preprocessing_in_a_serving_signature():
     """What an exporter does: bytes of any size in, fixed-size normalised batch out."""
-    from keras_preact.data import decode_image
-
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def serve(images):
         return tf.map_fn(

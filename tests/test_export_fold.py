@@ -6,19 +6,31 @@ import pytest
 
 import keras_preact
 from keras_preact.export import ChannelAffine, fold_batch_norm
+from keras_preact.shortcuts import ShortcutCombine
 
 X = np.random.RandomState(1).normal(size=(4, 32, 32, 3)).astype("float32")
 
 
+BN_VALUES = {  # name -> sampler, non-trivial values as after training
+    "gamma": lambda rng, shape: rng.uniform(0.5, 1.5, shape),
+    "beta": lambda rng, shape: rng.normal(0, 0.3, shape),
+    "moving_mean": lambda rng, shape: rng.normal(0, 0.3, shape),
+    "moving_variance": lambda rng, shape: rng.uniform(0.5, 2, shape),
+}
+
+
 def randomize_bn(model, seed=0):
-    """Non-trivial moving statistics and affine parameters, as after training."""
+    """Randomise every BatchNorm variable, whatever the layer class (fused or Keras' own) and
+    wherever it sits (inside units, stacked stages); returns the model."""
     rng = np.random.RandomState(seed)
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.set_weights(
-                [rng.uniform(0.5, 1.5, c), rng.normal(0, 0.3, c), rng.normal(0, 0.3, c), rng.uniform(0.5, 2, c)]
-            )
+    changed = 0
+    for variable in model.variables:
+        kind = variable.path.rsplit("/", 1)[-1]
+        kind = next((k for k in BN_VALUES if kind == k or kind.endswith("_" + k)), None)
+        if kind:
+            variable.assign(BN_VALUES[kind](rng, variable.shape).astype("float32"))
+            changed += 1
+    assert changed >= 8, "no BatchNorm variables found to randomise"
     return model
 
 
@@ -57,6 +69,24 @@ def test_folded_model_equals_eval_mode_model(kwargs):
     assert_same(model, folded)
     remaining = [l for l in folded.layers if isinstance(l, (keras.layers.BatchNormalization, keras.layers.Dropout))]
     assert not remaining
+    shortcut = kwargs.get("shortcut", "identity")
+    combines = [l for l in folded.layers if isinstance(l, ShortcutCombine)]
+    assert len(combines) == 3 and {c.shortcut for c in combines} == {shortcut}
+
+
+def test_randomised_statistics_change_the_output():
+    plain = keras_preact.build_resnet((1, 1, 1), widths=(8, 16, 16))
+    randomised = keras_preact.build_resnet((1, 1, 1), widths=(8, 16, 16))
+    randomised.set_weights(plain.get_weights())
+    randomize_bn(randomised)
+    gap = np.abs(plain(X, training=False) - randomised(X, training=False)).max()
+    assert gap > 1e-2 * np.abs(plain(X, training=False)).max()
+
+
+def test_stacked_model_folds_to_the_same_outputs():
+    model = randomize_bn(keras_preact.build_resnet((3, 2, 2), widths=(8, 16, 16),
+                                                   stacked_stages=True))
+    assert_same(model, fold_batch_norm(model))
 
 
 def test_preact_resnet_folds_branch_bn_and_keeps_leading_bn_as_affine():
@@ -98,10 +128,10 @@ def test_original_model_is_untouched():
         np.testing.assert_array_equal(a, b)
 
 
-def test_non_chain_model_is_rejected():
+def test_other_models_are_rejected_with_the_conversion_hint():
     inputs = keras.Input((8, 8, 3))
     a = keras.layers.Conv2D(4, 3, padding="same")(inputs)
     b = keras.layers.Conv2D(4, 3, padding="same")(inputs)
     model = keras.Model(inputs, keras.layers.Add()([a, b]))
-    with pytest.raises(ValueError, match="chain"):
+    with pytest.raises(ValueError, match="keras_preact ResNet.*set_weights"):
         fold_batch_norm(model)

@@ -1,26 +1,69 @@
 """TFLite conversion through the SavedModel: parity with Keras, builtin ops only, variants."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import keras_preact
+
 from keras_preact.export import TFLiteRunner, check_builtin_ops, convert_to_tflite, fold_batch_norm, op_counts
 from keras_preact.export.tflite import non_builtin_ops
+from helpers import batch_norm_layers
 
 X = np.random.RandomState(0).normal(size=(24, 32, 32, 3)).astype(np.float32)
 
 
+def randomise_batch_norm(model, seed: int) -> int:
+    """Trained-like gamma, beta and moving statistics in every BN layer; returns how many."""
+    rng = np.random.RandomState(seed)
+    layers = batch_norm_layers(model)
+    for layer in layers:
+        c = layer.gamma.shape[0]
+        layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.2, c), rng.normal(0, 0.2, c), rng.uniform(0.5, 2, c)])
+    return len(layers)
+
+
+def image_dependent(logits):
+    """Logits minus their mean over the images: what tells one image from another.
+
+    An untrained net gives every image nearly the same logits (here the image-dependent part is
+    under a tenth of the logit scale), so a bound relative to the logit scale alone would accept
+    a quantized model that outputs a constant.
+    """
+    return logits - logits.mean(axis=0)
+
+
+def correlation(a, b) -> float:
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
 @pytest.fixture(scope="module")
 def model():
+    keras.utils.set_random_seed(0)  # module scope: built before the per-test seed is set
     m = keras_preact.build_resnet((1, 1, 1), widths=(8, 16, 16))
-    # Trained-like BN statistics, so folding and quantization see non-trivial values.
-    rng = np.random.RandomState(3)
-    for layer in m._flatten_layers(include_self=False, recursive=True):
-        if layer.__class__.__name__ == "BatchNormalization":
-            c = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.2, c), rng.normal(0, 0.2, c), rng.uniform(0.5, 2, c)])
+    # Trained-like BN statistics, so folding and quantization see non-trivial values. The
+    # default build uses keras_preact.norm.FusedBatchNormalization (a BatchNormalization
+    # subclass): every BN, of whatever class, must be randomised.
+    assert any(type(layer) is not keras.layers.BatchNormalization for layer in batch_norm_layers(m))
+    randomised = randomise_batch_norm(m, seed=3)
+    statistics = [v for v in m.variables if v.path.endswith(("/moving_mean", "/moving_variance"))]
+    assert randomised == len(statistics) // 2 == 7  # stem, 2 per unit x 3 units - 1st preact, final
+    for variable in statistics:
+        default = 0.0 if variable.path.endswith("mean") else 1.0
+        assert np.abs(variable.numpy() - default).min() > 0, variable.path
     return m
+
+
+def test_randomised_statistics_change_what_the_model_computes(model):
+    """The checks below have teeth: default BN statistics would give other logits."""
+    fresh = keras_preact.build_resnet((1, 1, 1), widths=(8, 16, 16))
+    fresh.set_weights(model.get_weights())
+    for layer in batch_norm_layers(fresh):
+        c = layer.gamma.shape[0]
+        layer.set_weights([np.ones(c), np.zeros(c), np.zeros(c), np.ones(c)])
+    reference = model(X, training=False).numpy()
+    assert np.abs(fresh(X, training=False).numpy() - reference).max() > 0.1 * np.abs(reference).max()
 
 
 def test_float32_matches_keras_and_uses_builtin_ops_only(model):
@@ -54,10 +97,20 @@ def test_float16_and_int8_variants(model):
     float32_size = len(convert_to_tflite(model, "float32", 32))
     assert len(float16) < 0.75 * float32_size and len(int8) < len(float16)
     scale = np.abs(reference).max()
-    assert np.abs(TFLiteRunner(float16).logits(X) - reference).max() <= 1e-2 * scale
+    varying = image_dependent(reference)
+    spread = np.abs(varying).max()
+    assert spread > 0.03 * scale  # the images do get different logits
+    # Measured: float16 within 5e-4 of the logit scale; int8 within 0.02 of it and 0.1 of the
+    # image-dependent spread, correlation 0.993 with float32 on the image-dependent part.
+    # Bounds keep a margin of 2.5x or more.
+    float16_logits = TFLiteRunner(float16).logits(X)
+    assert np.abs(float16_logits - reference).max() <= 2e-3 * scale
+    assert correlation(image_dependent(float16_logits), varying) > 0.9999
     int8_logits = TFLiteRunner(int8).logits(X)
-    assert np.abs(int8_logits - reference).max() <= 0.2 * scale
+    assert np.abs(int8_logits - reference).max() <= 0.06 * scale
     assert np.abs(int8_logits - reference).max() > 1e-5 * scale  # it really is quantized
+    assert np.abs(image_dependent(int8_logits) - varying).max() <= 0.3 * spread
+    assert correlation(image_dependent(int8_logits), varying) > 0.97
 
 
 def test_int8_needs_representative_images_and_variants_are_checked(model):

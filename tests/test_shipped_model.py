@@ -8,15 +8,26 @@ import sys
 
 import pytest
 
-from keras_preact.data import cifar10_sample_dir
+from keras_preact.data import cifar10_sample_dir, read_label_map
 from keras_preact.export.classify import Release
+from keras_preact.export.model_card import artefact_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CARDS = sorted(glob.glob(os.path.join(ROOT, "saved_models", "*", "model_card.json")))
 
 
-def test_a_trained_model_ships():
+def test_a_trained_model_ships_and_its_card_describes_the_files_shipped():
     assert CARDS, "saved_models/<name>/model_card.json is missing: the shipped model is gone"
+    for card_path in CARDS:
+        with open(card_path) as handle:
+            card = json.load(handle)
+        release = Release(os.path.dirname(card_path))
+        assert release.path == os.path.join(os.path.dirname(card_path), card["measured"]["version_dir"])
+        # Sizes on disk are those the card lists (no artefact replaced after the card was written).
+        assert artefact_bytes(release.path) == card["artefact_bytes"]
+        assert card["measured"]["recipe"] == release.recipe == "cifar"
+        labels = read_label_map(os.path.join(release.path, "assets.extra"))
+        assert card["measured"]["class_names"] == release.class_names == labels
 
 
 @pytest.mark.parametrize("card_path", CARDS, ids=lambda p: os.path.basename(os.path.dirname(p)))
@@ -36,6 +47,12 @@ def test_shipped_model_classifies_the_bundled_sample_as_its_card_says(card_path)
         assert f"| {backend} | {row['correct']} | 1000 | {100 * row['accuracy']:.2f}% |" in markdown
     # A trained model, not a placeholder: well above chance (10 %) on held-out images.
     assert measured["saved_model"]["accuracy"] > 0.8
+    # On the same images, the float TFLite files classify as the SavedModel does and int8 loses
+    # at most the export's target of 1 point.
+    float_correct = measured["saved_model"]["correct"]
+    assert abs(measured["tflite/float32"]["correct"] - float_correct) <= 1
+    assert abs(measured["tflite/float16"]["correct"] - float_correct) <= 2
+    assert measured["tflite/int8"]["correct"] >= float_correct - 10
 
 
 @pytest.mark.parametrize("card_path", CARDS[:1])

@@ -1,5 +1,6 @@
 """The training loop under the default strategy: weight decay, resume, NaN stop, outputs."""
 
+import io
 import os
 
 import keras
@@ -10,6 +11,7 @@ import tensorflow as tf
 import keras_preact
 import training_worker
 from keras_preact import training
+from helpers import batch_norm_layers
 
 BATCH = training_worker.GLOBAL_BATCH
 STEPS_PER_EPOCH = training_worker.STEPS_PER_EPOCH
@@ -92,34 +94,61 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(np.all(np.isfinite(w)) for w in weights(restarted))
 
 
-def test_outputs_metrics_plot_tensorboard_and_evaluation(tmp_path, capsys):
-    recipe = training.get_recipe("cifar").replace(train_steps=8, lr_boundaries=("0.5",), label_smoothing=0.1)
-    import io
+def tensorboard_scalars(directory) -> dict:
+    """``{tag: {step: value}}`` of the event files under ``directory``."""
+    scalars = {}
+    for name in sorted(os.listdir(directory)):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(directory, name)):
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+    return scalars
 
+
+def test_outputs_metrics_plot_tensorboard_and_evaluation(tmp_path):
+    recipe = training.get_recipe("cifar").replace(train_steps=8, lr_boundaries=("0.5",), label_smoothing=0.1)
     stream = io.StringIO()
     trainer = training.Trainer(
         tf.distribute.get_strategy(), tiny_model, recipe, steps_per_epoch=STEPS_PER_EPOCH,
         global_batch=BATCH, model_dir=str(tmp_path), log_every=2, stream=stream,
     )
-    results = trainer.fit(dataset(), {"test": dataset().take(2)})
+    test_set = dataset().take(2)
+    results = trainer.fit(dataset(), {"test": test_set})
     assert set(results) == {"test"} and results["test"]["count"] == 2 * BATCH
-    assert 0.0 <= results["test"]["error"] <= 1.0
+    # The evaluation is the trained model's own: recompute it outside the loop (no smoothing).
+    images, labels = (np.concatenate(parts) for parts in zip(*[(x.numpy(), y.numpy()) for x, y in test_set]))
+    logits = trainer.model(images, training=False)
+    loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True).numpy().mean()
+    error = np.mean(np.argmax(logits, -1) != labels)
+    assert results["test"]["error"] == pytest.approx(error, abs=1e-6)
+    assert results["test"]["loss"] == pytest.approx(loss, rel=1e-4)
     rows = training.read_metrics(tmp_path / "metrics.csv")
-    assert [r["step"] for r in rows if r["train_loss"]] == ["2", "4", "6", "8"]
-    assert [r["step"] for r in rows if r["test_error"]] == ["4", "8"]  # every epoch
-    assert [float(r["learning_rate"]) for r in rows if r["train_loss"]] == pytest.approx([0.1, 0.1, 0.01, 0.01])
-    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    events = [f for _, _, files in os.walk(tmp_path / "tensorboard") for f in files if "tfevents" in f]
-    assert len(events) >= 2  # train and test
+    train_rows = [r for r in rows if r["train_loss"]]
+    test_rows = [r for r in rows if r["test_error"]]
+    assert [r["step"] for r in train_rows] == ["2", "4", "6", "8"]
+    assert [r["step"] for r in test_rows] == ["4", "8"]  # every epoch
+    assert float(test_rows[-1]["test_error"]) == pytest.approx(error, abs=1e-5)
+    assert [float(r["learning_rate"]) for r in train_rows] == pytest.approx([0.1, 0.1, 0.01, 0.01])
+    curves = tf.io.decode_png((tmp_path / "curves.png").read_bytes())
+    assert curves.shape[:2] == (450, 700)  # plot_curves' 7 x 4.5 in figure at 100 dpi
+    # TensorBoard holds the same numbers as metrics.csv.
+    train_board = tensorboard_scalars(tmp_path / "tensorboard" / "train")
+    assert train_board["loss"] == pytest.approx({int(r["step"]): float(r["train_loss"]) for r in train_rows}, rel=1e-5)
+    assert train_board["learning_rate"] == pytest.approx({2: 0.1, 4: 0.1, 6: 0.01, 8: 0.01})
+    test_board = tensorboard_scalars(tmp_path / "tensorboard" / "test")
+    assert test_board["error"] == pytest.approx({int(r["step"]): float(r["test_error"]) for r in test_rows}, rel=1e-5)
     text = stream.getvalue()
-    assert "step 8/8" in text and "img/s" in text and "ETA" in text and "test error" in text
+    assert "step 8/8" in text and "img/s" in text and "ETA" in text
+    assert f"step 8: test error {100 * error:.2f}%" in text
 
 
 def test_sync_bn_switches_every_batch_norm_layer():
     model = tiny_model()
-    count = training.enable_sync_batch_norm(model)
-    layers = [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
-    assert count == len(layers) > 3 and all(l.synchronized for l in layers)
+    layers = batch_norm_layers(model)
+    # stem, final, and in each of the 3 units its branch BN and (after the first) its preact BN.
+    assert len(layers) == len([v for v in model.variables if v.path.endswith("/moving_mean")]) == 7
+    assert not any(getattr(l, "synchronized", False) for l in layers)
+    assert training.enable_sync_batch_norm(model) == len(layers)
+    assert all(l.synchronized for l in layers)
 
 
 def test_batch_not_divisible_is_refused_before_building(tmp_path):

@@ -1,10 +1,9 @@
-"""Learning-rate schedules and recipes: the paper's numbers and the short-run forms."""
+"""Learning-rate schedules (``training/schedules.py``): the paper's numbers and the short-run forms."""
 
 import keras
-import numpy as np
 import pytest
 
-from keras_preact.training import recipes, schedules
+from keras_preact.training import schedules
 
 
 def lr_at(schedule, step):
@@ -63,31 +62,3 @@ def test_unknown_schedule_names_the_choices():
 def test_linear_scaling_with_batch():
     assert schedules.scale_learning_rate(0.1, 1024, 256) == pytest.approx(0.4)
     assert schedules.scale_learning_rate(0.1, 64, None) == 0.1
-
-
-def test_recipes_follow_spec_section_6():
-    cifar, imagenet = recipes.get_recipe("cifar"), recipes.get_recipe("imagenet")
-    assert (cifar.batch_size, cifar.base_lr, cifar.momentum, cifar.weight_decay) == (128, 0.1, 0.9, 1e-4)
-    assert cifar.decay_bn and not cifar.nesterov
-    assert cifar.total_steps(390) == 64000
-    assert schedules.resolve_boundaries(cifar.lr_boundaries, 64000) == (32000, 48000)
-    assert (imagenet.batch_size, imagenet.lr_reference_batch, imagenet.epochs) == (256, 256, 90)
-    assert schedules.resolve_boundaries(imagenet.lr_boundaries, 90 * 5005, 5005) == (30 * 5005, 60 * 5005)
-    assert imagenet.eval_sizes == (224, 320)
-
-
-def test_recipe_replace_keeps_unset_values_and_one_run_length():
-    cifar = recipes.get_recipe("cifar")
-    short = cifar.replace(epochs=2, base_lr=None)
-    assert short.train_steps is None and short.total_steps(100) == 200 and short.base_lr == 0.1
-    assert short.replace(train_steps=7).total_steps(100) == 7
-    with pytest.raises(ValueError, match="'cifar', 'imagenet'"):
-        recipes.get_recipe("mnist")
-
-
-def test_sample_recipe_keeps_the_cifar_shape():
-    sample = recipes.recipe_for_dataset("cifar10_sample", "cifar")
-    total = sample.total_steps(39)
-    boundaries = np.array(schedules.resolve_boundaries(sample.lr_boundaries, total, 39))
-    assert np.allclose(boundaries / total, [32000 / 64000, 48000 / 64000], atol=0.01)
-    assert recipes.recipe_for_dataset("cifar10", "cifar") is recipes.get_recipe("cifar")

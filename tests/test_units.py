@@ -1,5 +1,5 @@
-"""ResidualUnit: layer order of each variant (SPEC section 2), shortcut behaviour (section 3),
-serialization."""
+"""ResidualUnit: layer order of each variant (paper Fig. 4, Table 2), shortcut behaviour
+(Fig. 2, Table 1, Sec. 3.1), serialization."""
 
 import os
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from keras_preact import ResidualUnit, ShortcutGate, ZeroPadShortcut
-from keras_preact.units import KINDS, ORDERS, SHORTCUTS
+from keras_preact.common import KINDS, ORDERS, SHORTCUTS
 
 RNG = np.random.RandomState(0)
 
@@ -20,12 +20,12 @@ def built_unit(in_channels=8, spatial=8, **kwargs):
 
 
 def paper_string(names):
-    """['W3x3', 'BN', 'ReLU'] -> 'W-BN-ReLU' (the notation of SPEC section 2)."""
+    """['W3x3', 'BN', 'ReLU'] -> 'W-BN-ReLU' (the notation of the paper's Fig. 4)."""
     return "-".join("W" if n.startswith("W") else n for n in names)
 
 
-# SPEC section 2: F branch and what follows the addition, for the basic (two-conv) unit.
-SPEC_TABLE = {
+# Paper Fig. 4 (a)-(e): F branch and what follows the addition, for the basic (two-conv) unit.
+FIG4_TABLE = {
     "original": ("W-BN-ReLU-W-BN", "ReLU"),
     "bn_after_addition": ("W-BN-ReLU-W", "BN-ReLU"),
     "relu_before_addition": ("W-BN-ReLU-W-BN-ReLU", ""),
@@ -35,9 +35,9 @@ SPEC_TABLE = {
 
 
 @pytest.mark.parametrize("order", ORDERS)
-def test_basic_unit_layer_order_matches_spec(order):
+def test_basic_unit_layer_order_matches_fig4(order):
     seq = built_unit(order=order).layer_sequence()
-    residual, after = SPEC_TABLE[order]
+    residual, after = FIG4_TABLE[order]
     assert paper_string(seq["residual"]) == residual
     assert paper_string(seq["after_addition"]) == after
     assert seq["shortcut"] == [] and seq["shared"] == []

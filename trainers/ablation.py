@@ -17,6 +17,9 @@ checkpoint. Outputs: ``<out>/results.md`` and ``results.csv`` (final test error,
 mean +- std over seeds) and ``<out>/curves.png`` (training loss and test error vs epochs).
 """
 
+from __future__ import annotations
+
+import dataclasses
 import json
 import os
 import subprocess
@@ -27,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
+from keras_preact.cli import train as train_cli  # noqa: E402
 from keras_preact.training import ablation  # noqa: E402
 from keras_preact.training.observe import format_duration  # noqa: E402
 
@@ -37,7 +41,7 @@ DEFAULT_VARIANTS = [
     "full_preact/identity",  # Table 2: the proposed unit
 ]
 TRAINER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cifar.py")
-EXIT_FLAG_ERROR, EXIT_DIVERGED = 2, 3
+EXIT_FLAG_ERROR, EXIT_DIVERGED = train_cli.EXIT_FLAG_ERROR, train_cli.EXIT_DIVERGED
 
 flags.DEFINE_list("variants", DEFAULT_VARIANTS, "Variants: order/shortcut, order, or shortcut.")
 flags.DEFINE_string("base_order", "original", "Unit order of variants given as a shortcut only.")
@@ -50,20 +54,68 @@ flags.DEFINE_integer("batch_size", None, "Batch size (default: the recipe's, 128
 flags.DEFINE_list("lr_boundaries", ["0.5", "0.75"], "Step-decay boundaries (fractions of the run).")
 flags.DEFINE_string("out", os.path.join("runs", "ablation"), "Output folder.")
 flags.DEFINE_bool("dry_run", False, "Print the trainer commands and exit.")
-FLAGS = flags.FLAGS
 
 
-def settings(extra_flags) -> dict:
-    """The flags every run shares; an output folder is tied to them (see ``check_out_dir``)."""
-    return {
-        "model": FLAGS.model,
-        "data_dir": os.path.abspath(FLAGS.data_dir) if FLAGS.data_dir else None,
-        "dataset": FLAGS.dataset,
-        "epochs": FLAGS.epochs,
-        "batch_size": FLAGS.batch_size,
-        "lr_boundaries": FLAGS.lr_boundaries,
-        "trainer_flags": list(extra_flags),
-    }
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The parsed command line of one ablation."""
+
+    variants: tuple  # ablation.Variant
+    seeds: tuple
+    model: str
+    data_dir: str | None  # absolute
+    dataset: str | None
+    epochs: float
+    batch_size: int | None
+    lr_boundaries: tuple
+    out: str
+    dry_run: bool
+    trainer_flags: tuple  # after "--": passed to every trainer run
+
+    def shared(self) -> dict:
+        """The settings every run shares; an output folder is tied to them (``check_out_dir``)."""
+        return {
+            "model": self.model,
+            "data_dir": self.data_dir,
+            "dataset": self.dataset,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr_boundaries": list(self.lr_boundaries),
+            "trainer_flags": list(self.trainer_flags),
+        }
+
+
+def options_from_flags(flag_values, argv) -> Options:
+    """The only code that reads flag values; app.UsageError names a bad one."""
+    F = flag_values
+    extra_flags = argv[1:]  # everything after "--" goes to every trainer run
+    bad = [a for a in extra_flags if not a.startswith("--")]
+    if bad:
+        raise app.UsageError(f"Unexpected arguments {bad}; trainer flags go after -- as --name=value.")
+    try:
+        variants = ablation.parse_variants(F.variants, F.base_order)
+        seeds = [int(s) for s in F.seeds]
+    except ValueError as error:
+        raise app.UsageError(f"--variants/--seeds: {error}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise app.UsageError(f"--seeds: give distinct integers, got {F.seeds}.")
+    if F.epochs <= 0:
+        raise app.UsageError(f"--epochs: must be positive, got {F.epochs}.")
+    if F.data_dir and not os.path.isdir(F.data_dir):
+        raise app.UsageError(f"--data_dir: no folder {F.data_dir!r}.")
+    return Options(
+        variants=tuple(variants),
+        seeds=tuple(seeds),
+        model=F.model,
+        data_dir=os.path.abspath(F.data_dir) if F.data_dir else None,
+        dataset=F.dataset,
+        epochs=F.epochs,
+        batch_size=F.batch_size,
+        lr_boundaries=tuple(F.lr_boundaries),
+        out=F.out,
+        dry_run=F.dry_run,
+        trainer_flags=tuple(extra_flags),
+    )
 
 
 def check_out_dir(out_dir: str, shared: dict) -> None:
@@ -81,52 +133,51 @@ def check_out_dir(out_dir: str, shared: dict) -> None:
             )
 
 
-def trainer_command(variant, seed, shared, extra_flags) -> list:
-    command = [sys.executable, TRAINER, f"--model={shared['model']}", f"--seed={seed}",
-               f"--epochs={shared['epochs']}", f"--lr_boundaries={','.join(shared['lr_boundaries'])}",
-               f"--model_dir={ablation.run_dir(FLAGS.out, variant, seed)}", *variant.trainer_flags()]
-    if shared["data_dir"]:
-        command.append(f"--data_dir={shared['data_dir']}")
-    elif shared["dataset"]:
-        command.append(f"--dataset={shared['dataset']}")
-    if shared["batch_size"]:
-        command.append(f"--batch_size={shared['batch_size']}")
-    return command + list(extra_flags)
+def trainer_command(options: Options, variant, seed) -> list:
+    command = [sys.executable, TRAINER, f"--model={options.model}", f"--seed={seed}",
+               f"--epochs={options.epochs}", f"--lr_boundaries={','.join(options.lr_boundaries)}",
+               f"--model_dir={ablation.run_dir(options.out, variant, seed)}", *variant.trainer_flags()]
+    if options.data_dir:
+        command.append(f"--data_dir={options.data_dir}")
+    elif options.dataset:
+        command.append(f"--dataset={options.dataset}")
+    if options.batch_size:
+        command.append(f"--batch_size={options.batch_size}")
+    return command + list(options.trainer_flags)
 
 
-def main(argv):
-    extra_flags = argv[1:]  # everything after "--" goes to every trainer run
-    bad = [a for a in extra_flags if not a.startswith("--")]
-    if bad:
-        raise app.UsageError(f"Unexpected arguments {bad}; trainer flags go after -- as --name=value.")
-    try:
-        variants = ablation.parse_variants(FLAGS.variants, FLAGS.base_order)
-        seeds = [int(s) for s in FLAGS.seeds]
-    except ValueError as error:
-        raise app.UsageError(f"--variants/--seeds: {error}")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise app.UsageError(f"--seeds: give distinct integers, got {FLAGS.seeds}.")
-    if FLAGS.epochs <= 0:
-        raise app.UsageError(f"--epochs: must be positive, got {FLAGS.epochs}.")
-    if FLAGS.data_dir and not os.path.isdir(FLAGS.data_dir):
-        raise app.UsageError(f"--data_dir: no folder {FLAGS.data_dir!r}.")
-    shared = settings(extra_flags)
-    jobs = [(v, s) for v in variants for s in seeds]
-    if FLAGS.dry_run:
+def run_trainer(command, path: str, header: str) -> int:
+    """One trainer run; its output is shown indented and kept in ``<path>/trainer.log``."""
+    with open(os.path.join(path, "trainer.log"), "a") as log:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        for line in process.stdout:  # show the trainer's progress and keep it with the run
+            log.write(line)
+            if not line.startswith(("WARNING: All log", "I0000", "W0000")):
+                sys.stdout.write("    " + line)
+                sys.stdout.flush()
+        return process.wait()
+
+
+def run_ablation(options: Options) -> int:
+    """Train every (variant, seed) not finished yet, then write the table; the exit status."""
+    shared = options.shared()
+    jobs = [(v, s) for v in options.variants for s in options.seeds]
+    if options.dry_run:
         for variant, seed in jobs:
-            print(" ".join(trainer_command(variant, seed, shared, extra_flags)))
-        return
-    check_out_dir(FLAGS.out, shared)
-    os.makedirs(FLAGS.out, exist_ok=True)
-    with open(os.path.join(FLAGS.out, "ablation.json"), "w") as handle:
-        json.dump({"settings": shared, "variants": [v.name for v in variants], "seeds": seeds,
-                   "command": sys.argv}, handle, indent=2)
+            print(" ".join(trainer_command(options, variant, seed)))
+        return 0
+    check_out_dir(options.out, shared)
+    os.makedirs(options.out, exist_ok=True)
+    with open(os.path.join(options.out, "ablation.json"), "w") as handle:
+        json.dump({"settings": shared, "variants": [v.name for v in options.variants],
+                   "seeds": list(options.seeds), "command": sys.argv}, handle, indent=2)
 
     status = {}
     timings = []
     started = time.monotonic()
     for index, (variant, seed) in enumerate(jobs, start=1):
-        path = ablation.run_dir(FLAGS.out, variant, seed)
+        path = ablation.run_dir(options.out, variant, seed)
         header = f"[{index}/{len(jobs)}] {variant.name} seed {seed}"
         if ablation.is_finished(path):
             print(f"{header}: finished earlier, skipped ({path})", flush=True)
@@ -136,16 +187,7 @@ def main(argv):
         print(f"{header} -> {path}{eta}", flush=True)
         os.makedirs(path, exist_ok=True)
         run_started = time.monotonic()
-        with open(os.path.join(path, "trainer.log"), "a") as log:
-            process = subprocess.Popen(trainer_command(variant, seed, shared, extra_flags),
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                       env=dict(os.environ, PYTHONUNBUFFERED="1"))
-            for line in process.stdout:  # show the trainer's progress and keep it with the run
-                log.write(line)
-                if not line.startswith(("WARNING: All log", "I0000", "W0000")):
-                    sys.stdout.write("    " + line)
-                    sys.stdout.flush()
-            code = process.wait()
+        code = run_trainer(trainer_command(options, variant, seed), path, header)
         timings.append(time.monotonic() - run_started)
         if code == EXIT_FLAG_ERROR:  # the same flags would fail every run: stop now
             raise app.UsageError(f"the trainer rejected its flags (see {path}/trainer.log).")
@@ -155,20 +197,25 @@ def main(argv):
             status[(variant, seed)] = f"failed (exit {code})"
         print(f"{header}: {status.get((variant, seed), 'finished')} in {format_duration(timings[-1])}", flush=True)
 
-    results = [ablation.read_run(ablation.run_dir(FLAGS.out, v, s), v, s, status.get((v, s)))
+    results = [ablation.read_run(ablation.run_dir(options.out, v, s), v, s, status.get((v, s)))
                for v, s in jobs]
     rows = ablation.summarize(results)
-    source = shared["data_dir"] or shared["dataset"] or "cifar10_sample"
-    title = (f"{FLAGS.model}, {FLAGS.epochs:g} epochs, {len(seeds)} seed(s), "
+    source = options.data_dir or options.dataset or "cifar10_sample"
+    title = (f"{options.model}, {options.epochs:g} epochs, {len(options.seeds)} seed(s), "
              f"{os.path.basename(str(source).rstrip('/'))}")
-    md_path, csv_path = ablation.write_table(rows, FLAGS.out, title)
-    png_path = ablation.plot_ablation(results, os.path.join(FLAGS.out, "curves.png"), title)
+    md_path, csv_path = ablation.write_table(rows, options.out, title)
+    png_path = ablation.plot_ablation(results, os.path.join(options.out, "curves.png"), title)
     print()
     print(ablation.markdown_table(rows, title))
     print(f"Table: {md_path}, {csv_path}; curves: {png_path}; "
           f"{format_duration(time.monotonic() - started)} in this process.")
-    if any(s.startswith("failed") for s in status.values()):
-        sys.exit(1)
+    return 1 if any(s.startswith("failed") for s in status.values()) else 0
+
+
+def main(argv):
+    code = run_ablation(options_from_flags(flags.FLAGS, argv))
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,12 @@ With no flags it trains ResNet-20 for a few minutes on the CIFAR-10 sample shipp
 package (no download), prints the test accuracy and writes runs/cifar10_sample_resnet20/.
 
     python trainers/cifar.py
-    python trainers/cifar.py --dataset=cifar10 --model=resnet164            # SPEC recipe, 64k its
+    python trainers/cifar.py --dataset=cifar10 --model=resnet164   # paper appendix recipe, 64k its
     python trainers/cifar.py --data_dir=/data/cifar10-jpeg --model=resnet110 --preact=false
     python trainers/cifar.py --strategy=mirrored --cpu_devices=2 --sync_bn --train_steps=2000
 
-Flags: python trainers/cifar.py --helpfull; docs/training.md.
+Flags: python trainers/cifar.py --helpfull; docs/training.md. The command line itself is
+``keras_preact.cli.train``.
 """
 
 import os
@@ -18,16 +19,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from keras_preact.training import cli  # noqa: E402
+from keras_preact.cli import train as train_cli  # noqa: E402
 
-cli.define_flags("cifar")
-flags.adopt_module_key_flags(cli)  # --help lists the trainer flags, not only absl's
+train_cli.define_flags("cifar")
+flags.adopt_module_key_flags(train_cli)  # --help lists the trainer flags, not only absl's
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    cli.main("cifar")
+    train_cli.main("cifar")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
-"""Train a (pre-activation) ResNet on ImageNet with the paper's recipe (SPEC section 6).
+"""Train a (pre-activation) ResNet on ImageNet with the paper's recipe (its appendix).
 
 Batch 256, lr 0.1 scaled linearly with the batch, /10 at epochs 30 and 60, 90 epochs; scale or
-Inception-style augmentation; single-crop evaluation at 224 and 320.
+Inception-style augmentation; single-crop evaluation at 224 and 320 (paper Table 5).
 
     python trainers/imagenet.py --strategy=mirrored --model=resnet200
     python trainers/imagenet.py --data_dir=/data/imagenet --augment=inception --batch_size=512
     TF_CONFIG=... python trainers/imagenet.py --strategy=multi_worker_mirrored --model_dir=/shared/run
 
-Flags: python trainers/imagenet.py --helpfull; docs/training.md.
+Flags: python trainers/imagenet.py --helpfull; docs/training.md. The command line itself is
+``keras_preact.cli.train``.
 """
 
 import os
@@ -17,16 +18,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from keras_preact.training import cli  # noqa: E402
+from keras_preact.cli import train as train_cli  # noqa: E402
 
-cli.define_flags("imagenet")
-flags.adopt_module_key_flags(cli)  # --help lists the trainer flags, not only absl's
+train_cli.define_flags("imagenet")
+flags.adopt_module_key_flags(train_cli)  # --help lists the trainer flags, not only absl's
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    cli.main("imagenet")
+    train_cli.main("imagenet")
 
 
 if __name__ == "__main__":

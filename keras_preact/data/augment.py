@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from keras_preact.data.decode import decode_crop, decode_image
 from keras_preact.data.preprocess import get_recipe, normalize, preprocess_for_eval, resize_shorter_side
-from keras_preact.units import check_choice
+from keras_preact.common import check_choice
 
 AUGMENTATIONS = ("cifar", "scale", "inception", "none")
 

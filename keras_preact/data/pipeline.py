@@ -29,6 +29,7 @@ from keras_preact.data.augment import check_augment, preprocess_for_train
 from keras_preact.data.bad_files import BadFileLog
 from keras_preact.data.decode import decode_image
 from keras_preact.data.preprocess import get_recipe, preprocess_for_eval
+from keras_preact.data.sample import cifar10_sample_dir
 
 logger = logging.getLogger("keras_preact.data")
 
@@ -73,8 +74,6 @@ def _resolve_source(source, split, data_dir, manual_dir, training, seed) -> tupl
     """``(canonical source name, RawSource)``; the folder and sample sources list files."""
     source = os.fspath(source)
     if source == SAMPLE_SOURCE:
-        from keras_preact.data.sample import cifar10_sample_dir
-
         return source, sources.folder_source(cifar10_sample_dir(), split)
     if source in sources.TFDS_SOURCES:
         raw = sources.tfds_source(

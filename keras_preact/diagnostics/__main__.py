@@ -23,6 +23,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_preact.diagnostics.batch import load_batch  # noqa: E402
+from keras_preact.diagnostics.plot import plot_propagation  # noqa: E402
 from keras_preact.diagnostics.propagation import propagation_norms  # noqa: E402
 from keras_preact.diagnostics.variants import (  # noqa: E402
     DEFAULT_VARIANTS,
@@ -207,8 +208,6 @@ def run(args, argv) -> dict:
              f"BN {'batch' if training else 'moving'} statistics (mode={args.mode})")
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
-    from keras_preact.diagnostics.plot import plot_propagation
-
     plot_propagation(results, args.out, title, dpi=args.dpi)
     wall = time.time() - start
     report = {

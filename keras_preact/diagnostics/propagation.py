@@ -19,8 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_preact.resnet import chain_layers
-from keras_preact.stacked import unstack
+from keras_preact.model import as_resnet, unstack
 from keras_preact.units import ResidualUnit
 
 
@@ -79,7 +78,7 @@ def propagation_norms(model: keras.Model, images, labels, training: bool = True)
         ``"output_gradient"``: ``||dE/dx_L||`` at the last unit's output;
         ``"loss"``: E on the batch.
     """
-    layers = chain_layers(unstack(model), "propagation_norms")
+    layers = unstack(as_resnet(model, "propagation_norms")).chain_layers()
     units = [layer for layer in layers if isinstance(layer, ResidualUnit)]
     if not units:
         raise ValueError(f"Model {model.name!r} has no ResidualUnit layers.")

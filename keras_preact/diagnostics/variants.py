@@ -6,19 +6,10 @@ A variant is the same network built with another unit order (paper Fig. 4) or sh
 
 from __future__ import annotations
 
-import re
-
 import keras
 
-from keras_preact.presets import (
-    CIFAR_MODELS,
-    IMAGENET_MODELS,
-    MODEL_NAMES,
-    cifar_resnet,
-    cifar_units_per_stage,
-    get_model,
-)
-from keras_preact.units import ORDERS, SHORTCUTS
+from keras_preact.common import ORDERS, SHORTCUTS
+from keras_preact.registry import get_model, resolve
 
 DEFAULT_VARIANTS = (
     "full_preact/identity",
@@ -50,17 +41,8 @@ def parse_variants(text: str) -> list:
 
 
 def canonical_model_name(name: str) -> str:
-    """A name ``get_model`` knows, or ``resnet<depth>`` for a CIFAR net of that depth."""
-    key = str(name).lower().replace("-", "").replace("_", "")
-    if key in MODEL_NAMES:
-        return key
-    if re.fullmatch(r"resnet\d+", key):
-        cifar_units_per_stage(int(key[len("resnet"):]), "basic")  # ValueError if impossible
-        return key
-    raise ValueError(
-        f"Unknown model {name!r}: use one of {', '.join(MODEL_NAMES)}, or resnet<depth> for "
-        "a CIFAR net of another depth (6n+2 with basic units, e.g. resnet302)."
-    )
+    """The registry's canonical name of ``name`` (``keras_preact.registry.resolve``)."""
+    return resolve(name).name
 
 
 def build_variant(model_name: str, order: str, shortcut: str, *, num_classes: int,
@@ -68,13 +50,9 @@ def build_variant(model_name: str, order: str, shortcut: str, *, num_classes: in
     """The network ``model_name`` with every unit of the given order and shortcut.
 
     CIFAR nets are built for ``image_shape``; ImageNet nets are fully convolutional.
-    ``unit_options`` go to ``build_resnet`` (e.g. ``shortcut_scale``, ``gate_bias_init``).
+    ``unit_options`` go to ``keras_preact.ResNet`` (e.g. ``shortcut_scale``, ``gate_bias_init``).
     """
-    key = canonical_model_name(model_name)
     options = dict(order=order, shortcut=shortcut, num_classes=num_classes, **unit_options)
-    if key in IMAGENET_MODELS:
-        return get_model(key, **options)
-    if key in CIFAR_MODELS:
-        return get_model(key, input_shape=image_shape, **options)
-    depth = int(key[len("resnet"):])
-    return cifar_resnet(depth, input_shape=image_shape, **options)
+    if resolve(model_name).family == "cifar":
+        options["input_shape"] = image_shape
+    return get_model(model_name, **options)

@@ -16,16 +16,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 
-CUSTOM_CIFAR_MODEL = re.compile(r"^resnet(\d+)$")
+import numpy as np
+import tensorflow as tf
+
+from keras_preact import registry
+from keras_preact.data import LABEL_MAP_FILENAME, RECIPES
+from keras_preact.export.exporter import (
+    ExportParityError,
+    export_model,
+    image_folder_split,
+    load_model_file,
+)
+from keras_preact.export.saved_model import eval_image_size
+from keras_preact.export.tflite import VARIANTS
+from keras_preact.training.checkpoints import VariableSet
+
+
+class ArgumentError(ValueError):
+    """A bad value of one flag; the message names the flag as argparse does."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(f"argument {flag}: {message}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from keras_preact.data import RECIPES
-    from keras_preact.export.tflite import VARIANTS
-
     parser = argparse.ArgumentParser(
         prog="python -m keras_preact.export",
         description="Export a trained keras_preact model for TF Serving and TFLite, with a parity report.",
@@ -37,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="A training run directory, its checkpoints/ directory, or one checkpoint prefix "
         "(needs --model to rebuild the architecture).",
     )
-    parser.add_argument("--model", help="Architecture of --checkpoint: a preset name (resnet20, ...) or resnet<depth>.")
+    parser.add_argument(
+        "--model",
+        help="Architecture of --checkpoint: a registered name (keras_preact.list_models(): "
+        "resnet20, resnet164, resnet50, ...) or resnet<depth> for any valid CIFAR depth.",
+    )
     parser.add_argument(
         "--model_kwargs",
         default="{}",
@@ -70,8 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _label_file_near(path: str) -> str | None:
-    from keras_preact.data import LABEL_MAP_FILENAME
-
     directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     for candidate in (directory, os.path.dirname(directory)):
         file = os.path.join(candidate, LABEL_MAP_FILENAME)
@@ -97,8 +115,6 @@ def resolve_class_names(args, source_path: str) -> list:
 
 def checkpoint_prefix(path: str) -> str:
     """The newest checkpoint under a run directory / checkpoint directory, or ``path`` itself."""
-    import tensorflow as tf
-
     for directory in (os.path.join(path, "checkpoints"), path):
         if os.path.isdir(directory):
             latest = tf.train.latest_checkpoint(directory)
@@ -109,22 +125,34 @@ def checkpoint_prefix(path: str) -> str:
     raise FileNotFoundError(f"No checkpoint found at {path!r} (looked in {path}/checkpoints and {path}).")
 
 
-def build_architecture(name: str, kwargs: dict, num_classes: int, recipe: str):
-    from keras_preact import presets
-    from keras_preact.export.saved_model import eval_image_size
+def parse_model_kwargs(text: str) -> dict:
+    """``--model_kwargs``: a JSON object, or an ArgumentError naming the flag."""
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ArgumentError("--model_kwargs", f"not valid JSON ({error}): {text!r}") from None
+    if not isinstance(kwargs, dict):
+        raise ArgumentError("--model_kwargs", f"must be a JSON object, got {text!r}")
+    return kwargs
 
-    key = name.lower().replace("-", "").replace("_", "")
+
+def build_architecture(name: str, kwargs: dict, num_classes: int, recipe: str):
+    """The network ``name`` (resolved by ``keras_preact.registry``) with ``kwargs``, fresh weights.
+
+    A name the registry does not know is an ArgumentError of ``--model``; a bad unit kind or
+    another architecture argument the network refuses, one of ``--model_kwargs``.
+    """
     kwargs = dict(kwargs)
     kwargs.setdefault("num_classes", num_classes)
     if recipe == "cifar":
         size = eval_image_size(recipe)
         kwargs.setdefault("input_shape", (size, size, 3))
-    if key in presets.MODEL_NAMES:
-        return presets.get_model(key, **kwargs)
-    match = CUSTOM_CIFAR_MODEL.match(key)
-    if match:
-        return presets.cifar_resnet(int(match.group(1)), **kwargs)
-    raise ValueError(f"Unknown --model {name!r}. Valid: {', '.join(presets.MODEL_NAMES)}, or resnet<depth>.")
+    try:
+        return registry.get_model(name, **kwargs)
+    except registry.ModelNameError as error:
+        raise ArgumentError("--model" if error.argument == "name" else "--model_kwargs", str(error)) from None
+    except (TypeError, ValueError) as error:
+        raise ArgumentError("--model_kwargs", str(error)) from None
 
 
 def restore_checkpoint(model, path: str) -> str:
@@ -136,11 +164,6 @@ def restore_checkpoint(model, path: str) -> str:
     variable the checkpoint never contained would keep its fresh value unnoticed. So every
     float variable is first set to NaN, and any NaN left after the restore is an error.
     """
-    import numpy as np
-    import tensorflow as tf
-
-    from keras_preact.training.checkpoints import VariableSet
-
     prefix = checkpoint_prefix(path)
     floats = [v for v in model.variables if v.dtype.startswith("float")]
     for variable in floats:
@@ -161,9 +184,6 @@ def restore_checkpoint(model, path: str) -> str:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from keras_preact.export.exporter import ExportParityError, export_model, image_folder_split, load_model_file
-    from keras_preact.export.tflite import VARIANTS
-
     try:
         variants = () if args.tflite.strip().lower() == "none" else tuple(
             v.strip() for v in args.tflite.split(",") if v.strip()
@@ -179,13 +199,11 @@ def main(argv=None) -> int:
         else:
             if not args.model:
                 raise ValueError("--checkpoint needs --model (the architecture to restore into).")
-            kwargs = json.loads(args.model_kwargs)
-            if not isinstance(kwargs, dict):
-                raise ValueError("--model_kwargs must be a JSON object.")
+            kwargs = parse_model_kwargs(args.model_kwargs)
             model = build_architecture(args.model, kwargs, args.num_classes or len(class_names), args.recipe)
             prefix = restore_checkpoint(model, args.checkpoint)
             print(f"Restored {prefix}", file=sys.stderr)
-            name = args.name or args.model
+            name = args.name or registry.resolve(args.model, kwargs.get("unit")).name
         data = {}
         if args.eval_dir:
             data["eval_images"], data["eval_labels"] = image_folder_split(
@@ -196,7 +214,7 @@ def main(argv=None) -> int:
             )
         if args.max_image_pixels:
             data["max_image_pixels"] = args.max_image_pixels
-    except (ValueError, FileNotFoundError, json.JSONDecodeError, AssertionError) as error:
+    except (ValueError, FileNotFoundError, AssertionError) as error:
         parser.error(str(error))
     try:
         path = export_model(

@@ -19,8 +19,17 @@ import re
 import sys
 
 import numpy as np
+import tensorflow as tf
 
-from keras_preact.export.exporter import EXTRA_DIR, PARITY_FILE, TFLITE_DIR, existing_versions
+from keras_preact.export import parity
+from keras_preact.export.exporter import (
+    EXTRA_DIR,
+    PARITY_FILE,
+    TFLITE_DIR,
+    existing_versions,
+    image_folder_split,
+)
+from keras_preact.export.tflite import TFLiteRunner
 
 SAVED_MODEL = "saved_model"
 
@@ -57,10 +66,6 @@ class Release:
 
     def logits(self, encoded_images, backend: str = SAVED_MODEL, batch_size: int = 100) -> np.ndarray:
         """``[N, classes]`` logits of JPEG/PNG bytes through ``backend``."""
-        import tensorflow as tf
-
-        from keras_preact.export import parity
-
         encoded_images = list(encoded_images)
         if backend == SAVED_MODEL:
             if self._saved_model is None:
@@ -69,8 +74,6 @@ class Release:
         if backend not in self.backends:
             raise ValueError(f"Unknown backend {backend!r}. This export has: {', '.join(self.backends)}.")
         if backend not in self._tflite:
-            from keras_preact.export.tflite import TFLiteRunner
-
             with open(os.path.join(self.path, EXTRA_DIR, TFLITE_DIR, backend.split("/", 1)[1] + ".tflite"), "rb") as f:
                 self._tflite[backend] = TFLiteRunner(f.read())
         images = parity.preprocess_encoded(encoded_images, self.recipe)
@@ -84,8 +87,6 @@ class Release:
         images whose two best logits are within 1e-4 (relative), whose class could flip under
         another CPU's float rounding.
         """
-        from keras_preact.export.exporter import image_folder_split
-
         images, labels = image_folder_split(root, split, None, self.class_names)
         if labels is None:
             raise ValueError(f"The classes of {root}/{split} are not this model's {self.class_names}.")

@@ -30,7 +30,10 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+import keras_preact  # noqa: F401  (registers the package's serializable layers for load_model_file)
+from keras_preact.data import cifar10_sample_dir, list_image_folder, write_label_map
 from keras_preact.export import parity as parity_lib
 from keras_preact.export import request_guard
 from keras_preact.export import tflite as tflite_lib
@@ -78,8 +81,6 @@ def resolve_version(model_dir: str, version) -> int:
 
 def load_model_file(path: str) -> keras.Model:
     """Load a ``.keras`` file (importing keras_preact registers its layers)."""
-    import keras_preact  # noqa: F401  (registers the package's serializable layers)
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No model file at {path!r}.")
     if not path.endswith(".keras"):
@@ -108,8 +109,6 @@ def image_folder_split(root: str, split: str, limit: int, class_names=None):
 
     Labels are kept only if the folder's classes are ``class_names`` (same names, same order).
     """
-    from keras_preact.data import list_image_folder
-
     paths, labels, folder_classes = list_image_folder(root, split)
     pairs = _spread(list(zip(paths, labels)), limit)
     images = _read_files(p for p, _ in pairs)
@@ -119,8 +118,6 @@ def image_folder_split(root: str, split: str, limit: int, class_names=None):
 
 def synthetic_images(size: int, count: int, seed: int = 0) -> list:
     """Random RGB images as PNG bytes (lossless, so the two preprocessing paths see equal pixels)."""
-    import tensorflow as tf
-
     rng = np.random.RandomState(seed)
     pixels = rng.randint(0, 256, size=(count, size, size, 3), dtype=np.uint8)
     return [tf.io.encode_png(p).numpy() for p in pixels]
@@ -129,8 +126,6 @@ def synthetic_images(size: int, count: int, seed: int = 0) -> list:
 def default_data(recipe: str, class_names, eval_limit: int, calibration_size: int, size: int):
     """Held-out and calibration data when the caller gives none (see the module docstring)."""
     if recipe == "cifar":
-        from keras_preact.data import cifar10_sample_dir
-
         root = cifar10_sample_dir()
         eval_images, eval_labels = image_folder_split(root, "test", eval_limit, class_names)
         calibration, _ = image_folder_split(root, "train", calibration_size)
@@ -251,8 +246,6 @@ def export_model(
         steps.done(f"SavedModel written ({name}, version {version})")
         extra = os.path.join(staging, EXTRA_DIR)
         os.makedirs(os.path.join(extra, TFLITE_DIR), exist_ok=True)
-        from keras_preact.data import write_label_map
-
         write_label_map(class_names, extra)
 
         folded, fold_report = (fold_batch_norm(model, return_report=True) if fold else (None, None))

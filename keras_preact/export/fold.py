@@ -12,8 +12,11 @@ feeds the shortcut, and the ReLU after it sits between it and the next conv. Tho
 inference anyway, without the rsqrt of the moving variance at run time.
 
 ``fold_batch_norm(model)`` returns a new functional Keras model built from the network's own
-layers (read through ``ResidualUnit``'s ``preact_layers``, ``branch_layers``,
-``shortcut_layers``, ``gate`` and ``post_layers``); the original model is left untouched.
+layers; the original model is left untouched. Each residual unit is rebuilt by the package's
+one unit interpreter (``keras_preact.plan.run_unit``) with a backend that emits folded layers,
+and the shortcut formula is the :class:`~keras_preact.shortcuts.ShortcutCombine` layer, so
+nothing of the unit's math is written again here; the BN coefficients come from
+``keras_preact.norm.inference_affine``.
 ``fold_report`` says how many BNs were folded and how many remain as multiply-adds.
 """
 
@@ -25,18 +28,17 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_preact.shortcuts import PACKAGE
-from keras_preact.resnet import chain_layers
-from keras_preact.stacked import unstack
+from keras_preact.common import PACKAGE
+from keras_preact.model import as_resnet, unstack
+from keras_preact.norm import layer_affine
+from keras_preact.plan import UnitBackend, run_unit
+from keras_preact.shortcuts import ShortcutCombine
 from keras_preact.units import ResidualUnit
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ChannelAffine(keras.layers.Layer):
     """``y = x * scale + offset`` per channel (last axis): an eval-mode BN, precomputed."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -50,9 +52,6 @@ class ChannelAffine(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
-
-    def get_config(self):
-        return super().get_config()
 
 
 @dataclasses.dataclass
@@ -71,18 +70,6 @@ class FoldReport:
         }
 
 
-def bn_affine(bn: keras.layers.BatchNormalization):
-    """The eval-mode BN as ``(scale, offset)`` in float64, so folding adds no rounding of its own."""
-    if bn.axis not in (-1, 3, [-1], [3]):
-        raise ValueError(f"Only channels-last BatchNormalization can be folded, got axis={bn.axis}.")
-    mean = np.asarray(bn.moving_mean.numpy(), np.float64)
-    var = np.asarray(bn.moving_variance.numpy(), np.float64)
-    gamma = np.asarray(bn.gamma.numpy(), np.float64) if bn.scale else np.ones_like(mean)
-    beta = np.asarray(bn.beta.numpy(), np.float64) if bn.center else np.zeros_like(mean)
-    scale = gamma / np.sqrt(var + bn.epsilon)
-    return scale, beta - mean * scale
-
-
 def _clone(layer, name: str):
     """A fresh, unbuilt copy of ``layer`` with the same config (weights are set after building)."""
     config = layer.get_config()
@@ -96,7 +83,7 @@ def _folded_conv(conv: keras.layers.Conv2D, bn: keras.layers.BatchNormalization,
         raise ValueError(f"Cannot fold BN into {conv.name}: only channels-last, groups=1 convs.")
     if conv.activation is not keras.activations.linear:
         raise ValueError(f"Cannot fold BN into {conv.name}: it has an activation before the BN.")
-    scale, offset = bn_affine(bn)
+    scale, offset = layer_affine(bn)
     kernel = np.asarray(conv.kernel.numpy(), np.float64) * scale
     bias = np.asarray(conv.bias.numpy(), np.float64) if conv.use_bias else 0.0
     bias = bias * scale + offset
@@ -113,7 +100,7 @@ def _folded_conv(conv: keras.layers.Conv2D, bn: keras.layers.BatchNormalization,
 
 
 def _affine_layer(bn: keras.layers.BatchNormalization, name: str):
-    scale, offset = bn_affine(bn)
+    scale, offset = layer_affine(bn)
     return ChannelAffine(name=name), [
         scale.astype(np.float32),
         offset.astype(np.float32),
@@ -169,37 +156,31 @@ class _Folder:
         return x
 
     def unit(self, unit: ResidualUnit, x):
-        """The eval-mode computation of ``ResidualUnit.call``, with folded sublayers."""
-        prefix = unit.name + "_"
-        if unit.preactivation == "shared":
-            x = self.apply(unit.preact_layers, x, prefix)
-            branch_in = x
-        elif unit.preactivation == "branch":
-            branch_in = self.apply(unit.preact_layers, x, prefix)
-        else:
-            branch_in = x
-        residual = self.apply(unit.branch_layers, branch_in, prefix)
-        shortcut = self.apply(unit.shortcut_layers, x, prefix)
-        name = unit.name
-        if unit.shortcut == "constant_scaling":
-            lam = unit.shortcut_scale
-            shortcut = keras.layers.Rescaling(lam, name=f"{name}_shortcut_scale")(shortcut)
-            if unit.scale_residual:
-                residual = keras.layers.Rescaling(1.0 - lam, name=f"{name}_residual_scale")(
-                    residual
-                )
-            y = keras.layers.Add(name=f"{name}_add")([shortcut, residual])
-        elif unit.gate is not None:
-            gate = _clone(unit.gate, f"{prefix}{unit.gate.name}")
-            g = self._call(gate, unit.gate.get_weights(), x)
-            one_minus_g = keras.layers.Rescaling(-1.0, offset=1.0, name=f"{name}_one_minus_gate")(g)
-            shortcut = keras.layers.Multiply(name=f"{name}_gated_shortcut")([one_minus_g, shortcut])
-            if unit.shortcut == "exclusive_gating":
-                residual = keras.layers.Multiply(name=f"{name}_gated_residual")([g, residual])
-            y = keras.layers.Add(name=f"{name}_add")([shortcut, residual])
-        else:
-            y = keras.layers.Add(name=f"{name}_add")([shortcut, residual])
-        return self.apply(unit.post_layers, y, prefix)
+        """The eval-mode computation of ``unit``: its plan, run with folded sublayers."""
+        return run_unit(unit.plan(x.shape[-1]), x, _FoldBackend(self, unit))
+
+
+class _FoldBackend(UnitBackend):
+    """Emits a unit's ops as folded inference layers on symbolic tensors."""
+
+    def __init__(self, folder: _Folder, unit: ResidualUnit):
+        self.folder = folder
+        self.unit = unit
+        self.prefix = unit.name + "_"
+
+    def sequence(self, op_list, x):
+        # The whole sequence at once, so that a conv followed by its BN folds into one conv.
+        return self.folder.apply([getattr(self.unit, op[1]) for op in op_list], x, self.prefix)
+
+    def gate(self, x):
+        gate = _clone(self.unit.gate, f"{self.prefix}{self.unit.gate.name}")
+        return self.folder._call(gate, self.unit.gate.get_weights(), x)
+
+    def combine(self, plan, shortcut, residual, gate):
+        c = plan.combination
+        layer = ShortcutCombine(c.shortcut, c.shortcut_scale, c.scale_residual,
+                                name=f"{self.unit.name}_add")
+        return layer([shortcut, residual] + ([gate] if gate is not None else []))
 
 
 def fold_batch_norm(model: keras.Model, return_report: bool = False):
@@ -209,12 +190,11 @@ def fold_batch_norm(model: keras.Model, return_report: bool = False):
     BatchNormalization or Dropout layers left, so it cannot be trained as the original.
 
     Args:
-      model: a chain model as ``keras_preact.build_resnet`` builds it (any order, unit kind or
-        shortcut variant).
+      model: a :class:`keras_preact.ResNet` (any order, unit kind or shortcut variant).
       return_report: also return a :class:`FoldReport`.
     """
-    model = unstack(model)  # folding reads ResidualUnits; stacked stages become units again
-    layers = chain_layers(model, "fold_batch_norm")
+    model = unstack(as_resnet(model, "fold_batch_norm"))  # stacked stages become units again
+    layers = model.chain_layers()
     folder = _Folder()
     inputs = keras.Input(batch_shape=model.inputs[0].shape, name="image")
     outputs = folder.apply(layers, inputs, prefix="")

@@ -27,7 +27,12 @@ import shlex
 import shutil
 import sys
 
+import keras
+import tensorflow as tf
+
+from keras_preact.data import cifar10_sample_dir
 from keras_preact.export.classify import Release
+from keras_preact.training.observe import RESULTS_FILE, read_metrics
 
 CARD_JSON = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
@@ -36,9 +41,6 @@ CURVES = "training_curves.png"
 
 def hardware() -> dict:
     """CPU model, logical cores, memory, OS and library versions of this machine."""
-    import keras
-    import tensorflow as tf
-
     cpu = platform.processor() or "unknown"
     memory_gb = None
     try:
@@ -57,8 +59,6 @@ def hardware() -> dict:
 
 def training_record(run_dir: str) -> dict:
     """Length, wall time and command of a finished trainer run, from its own files."""
-    from keras_preact.training.observe import RESULTS_FILE, read_metrics
-
     rows = read_metrics(os.path.join(run_dir, "metrics.csv"))
     with open(os.path.join(run_dir, RESULTS_FILE)) as handle:
         results = json.load(handle)
@@ -86,8 +86,6 @@ def training_record(run_dir: str) -> dict:
 
 def measure(model_dir: str, eval_dir: str | None) -> dict:
     """Accuracy of every backend on the bundled sample's test split and on ``eval_dir``'s test split."""
-    from keras_preact.data import cifar10_sample_dir
-
     release = Release(model_dir)
     measured = {"sample_test": release.evaluate_folder(cifar10_sample_dir(), "test")}
     if eval_dir:

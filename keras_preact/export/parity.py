@@ -21,7 +21,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from keras_preact.data import decode_image, preprocess_for_eval
 from keras_preact.export.saved_model import BYTES_INPUT, FLOAT_INPUT, FLOAT_SIGNATURE, SERVING_SIGNATURE
+from keras_preact.export.tflite import TFLiteRunner
 
 FLOAT_TOLERANCE = 1e-4
 INT8_MAX_DROP_POINTS = 1.0
@@ -35,8 +37,6 @@ FLOAT32_ARTEFACTS = (
 
 def preprocess_encoded(encoded_images, recipe: str, batch_size: int = 256) -> np.ndarray:
     """Decode and preprocess encoded images with ``keras_preact.data``: float32 ``[N, H, W, 3]``."""
-    from keras_preact.data import decode_image, preprocess_for_eval
-
     dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(encoded_images), tf.string))
     dataset = dataset.map(lambda b: preprocess_for_eval(decode_image(b), recipe)).batch(batch_size)
     return np.concatenate([batch.numpy() for batch in dataset], axis=0)
@@ -105,8 +105,6 @@ def parity_report(
       tflite_models: ``{variant: flatbuffer bytes}``.
       progress: optional callable ``progress(name)`` called as each artefact is done.
     """
-    from keras_preact.export.tflite import TFLiteRunner
-
     encoded_images = list(encoded_images)
     if not encoded_images:
         raise ValueError("parity_report needs at least one image.")

@@ -22,21 +22,20 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_preact.data import decode_image, preprocess_for_eval
+from keras_preact.data.preprocess import get_recipe
 from keras_preact.export import request_guard
 
 SERVING_SIGNATURE = "serving_default"
 FLOAT_SIGNATURE = "predict_images"
 BYTES_INPUT = "image_bytes"
 FLOAT_INPUT = "images"
-OUTPUT_KEYS = ("logits", "probabilities", "classes", "scores", "class_names")
 DEFAULT_TOP_K = 5
 
 
 def eval_image_size(recipe: str) -> int:
     """Side of the square image ``preprocess_for_eval(..., recipe)`` returns."""
-    from keras_preact.data import preprocess
-
-    return preprocess.get_recipe(recipe).crop
+    return get_recipe(recipe).crop
 
 
 def check_model_for_export(model: keras.Model, recipe: str, class_names) -> tuple:
@@ -95,8 +94,6 @@ def serving_archive(
     ``model`` must output logits. ``model`` may be the original network or its
     ``fold_batch_norm`` copy; it is called with ``training=False``.
     """
-    from keras_preact.data import decode_image, preprocess_for_eval
-
     size, num_classes = check_model_for_export(model, recipe, class_names)
     names = [str(n) for n in class_names]
     k = max(1, min(int(top_k), num_classes))

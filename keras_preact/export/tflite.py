@@ -25,6 +25,7 @@ import collections
 import os
 import tempfile
 import warnings
+
 import keras
 import numpy as np
 import tensorflow as tf

@@ -9,7 +9,7 @@
     >>> trainer.fit(train_ds, {"test": test_ds})
 
 The command-line trainers (``trainers/cifar.py``, ``trainers/imagenet.py``) are thin front-ends
-over ``keras_preact.training.cli``.
+over ``keras_preact.cli.train``.
 """
 
 from keras_preact.training.checkpoints import RunCheckpoints

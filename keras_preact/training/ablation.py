@@ -25,7 +25,7 @@ import math
 import os
 import statistics
 
-from keras_preact import units
+from keras_preact import common
 from keras_preact.training.observe import RESULTS_FILE, read_metrics, save_figure
 
 
@@ -55,20 +55,20 @@ def parse_variant(spec: str, base_order: str = "original") -> Variant:
     Raises ValueError naming the valid orders and shortcuts.
     """
     text = spec.strip()
-    units.check_choice("base order", base_order, units.ORDERS)
+    common.check_choice("base order", base_order, common.ORDERS)
     if "/" in text:
         order, shortcut = (part.strip() for part in text.split("/", 1))
-    elif text in units.ORDERS:
+    elif text in common.ORDERS:
         order, shortcut = text, "identity"
-    elif text in units.SHORTCUTS:
+    elif text in common.SHORTCUTS:
         order, shortcut = base_order, text
     else:
         raise ValueError(
-            f"Unknown variant {spec!r}: give an order ({', '.join(units.ORDERS)}), a shortcut "
-            f"({', '.join(units.SHORTCUTS)}) or order/shortcut."
+            f"Unknown variant {spec!r}: give an order ({', '.join(common.ORDERS)}), a shortcut "
+            f"({', '.join(common.SHORTCUTS)}) or order/shortcut."
         )
-    units.check_choice("order", order, units.ORDERS)
-    units.check_choice("shortcut", shortcut, units.SHORTCUTS)
+    common.check_choice("order", order, common.ORDERS)
+    common.check_choice("shortcut", shortcut, common.SHORTCUTS)
     return Variant(order, shortcut)
 
 

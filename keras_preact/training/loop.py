@@ -275,7 +275,7 @@ class Trainer:
                     )
                 window.add(loss_sum, correct, count)
                 if self.verbose:
-                    bar.update(step, loss_sum / count, correct / count, window.rate(self.global_batch))
+                    bar.update(step, loss_sum / count, correct / count, window.rate())
                 epoch_end = step % self.steps_per_epoch == 0
                 last = step == self.total_steps
                 if observe and (step % self.log_every == 0 or last):
@@ -297,7 +297,7 @@ class Trainer:
     def _log_train(self, metrics, board, step, window):
         lr = float(self.schedule(step - 1))
         loss, error = window.loss(), 1.0 - window.accuracy()
-        rate = window.rate(self.global_batch)
+        rate = window.rate()
         metrics.append(
             step=step,
             epoch=step / self.steps_per_epoch,
@@ -350,14 +350,12 @@ class _Window:
 
     def __init__(self):
         self.loss_sum = self.correct = self.count = 0.0
-        self.steps = 0
         self.started = time.monotonic()
 
     def add(self, loss_sum, correct, count):
         self.loss_sum += loss_sum
         self.correct += correct
         self.count += count
-        self.steps += 1
 
     def loss(self):
         return self.loss_sum / max(self.count, 1.0)
@@ -365,6 +363,7 @@ class _Window:
     def accuracy(self):
         return self.correct / max(self.count, 1.0)
 
-    def rate(self, global_batch):
+    def rate(self):
+        """Images per second since the window opened."""
         elapsed = time.monotonic() - self.started
         return self.count / elapsed if elapsed > 0 else 0.0

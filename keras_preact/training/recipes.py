@@ -1,4 +1,8 @@
-"""The paper's training recipes (SPEC section 6) as data, one ``Recipe`` per dataset family.
+"""The paper's training recipes as data, one ``Recipe`` per dataset family.
+
+The numbers are those of the paper's appendix (implementation details), which keeps the
+settings of the original ResNet paper [1] (He et al., CVPR 2016: CIFAR in its section 4.2,
+ImageNet in its section 3.4).
 
 Every field is a default that a trainer flag overrides. ``"cifar"`` and ``"imagenet"`` are the
 paper's recipes; ``"cifar10_sample"`` is the same CIFAR recipe shortened to a few minutes on a
@@ -66,17 +70,19 @@ class Recipe:
 
 
 RECIPES = {
-    # SPEC 6: SGD 0.9, batch 128, wd 1e-4 on every parameter, 0.1 /10 at 32k and 48k, 64k
-    # iterations. The 400-iteration warm-up at 0.01 is off: not needed for pre-activation
-    # units (paper section 4.1); --warmup_steps=400 turns it on.
+    # Paper appendix: SGD momentum 0.9, batch 128, wd 1e-4, 0.1 /10 at 32k and 48k
+    # iterations; 64k iterations in all ([1] section 4.2). The 400-iteration warm-up at 0.01
+    # is off: the appendix remarks it is not necessary for the pre-activation unit;
+    # --warmup_steps=400 turns it on.
     "cifar": Recipe(
         name="cifar",
         batch_size=128,
         lr_boundaries=("32000", "48000"),
         train_steps=64000,
     ),
-    # SPEC 6: batch 256, 0.1 (linearly scaled with the batch) /10 at epochs 30 and 60, 90
-    # epochs; single-crop tests at 224 and 320.
+    # Paper appendix: batch 256, 0.1 (here linearly scaled with the batch) /10 at epochs 30
+    # and 60; 90 epochs (fb.resnet.torch's length); single-crop tests at 224 and 320 (paper
+    # Table 5).
     "imagenet": Recipe(
         name="imagenet",
         batch_size=256,

@@ -4,7 +4,8 @@
   /10 at 32k and 48k iterations; ImageNet: /10 at epochs 30 and 60).
 * ``CosineDecay``: half a cosine from the base rate to zero over the run.
 * Both take the paper's optional warm-up: a *constant* low rate (0.01) for the first iterations
-  (400 for ResNet-110), then the base rate (paper section 4.1, after [1]); not a linear ramp.
+  (400 on CIFAR), then the base rate (paper appendix, following [1] section 4.2); not a
+  linear ramp.
 
 Boundaries can be written in three units (``resolve_boundaries``) so a short run keeps the
 shape of the long one: ``"32000"`` (an iteration), ``"0.5"`` (a fraction of the run),
@@ -19,7 +20,8 @@ from typing import Sequence
 import keras
 from keras import ops
 
-PACKAGE = "keras_preact"
+from keras_preact.common import PACKAGE
+
 SCHEDULES = ("step", "cosine")
 
 

@@ -28,15 +28,30 @@ import tensorflow as tf
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 
 
+# What a StrategyError can be about (its ``argument``): the arguments of ``build_strategy`` and
+# ``per_replica_batch``, plus the TF_CONFIG environment of a multi-worker run.
+ERROR_ARGUMENTS = ("name", "cpu_devices", "tpu", "tf_config", "global_batch")
+
+
 class StrategyError(ValueError):
-    """A strategy that cannot be built here, with the reason and what to pass instead."""
+    """A strategy that cannot be built here, with the reason and what to pass instead.
+
+    ``argument`` (one of ``ERROR_ARGUMENTS``) says which input is wrong, so a command line can
+    name its flag without reading the message.
+    """
+
+    def __init__(self, message: str, argument: str = "name"):
+        if argument not in ERROR_ARGUMENTS:
+            raise ValueError(f"Unknown StrategyError argument {argument!r}.")
+        super().__init__(message)
+        self.argument = argument
 
 
 def configure_cpu_devices(count: int) -> None:
     """Split the physical CPU into ``count`` logical devices (call before any TF op runs)."""
     count = int(count)
     if count < 1:
-        raise StrategyError(f"cpu_devices must be >= 1, got {count}.")
+        raise StrategyError(f"cpu_devices must be >= 1, got {count}.", "cpu_devices")
     cpus = tf.config.list_physical_devices("CPU")
     current = tf.config.get_logical_device_configuration(cpus[0])
     if current is not None and len(current) == count:
@@ -50,7 +65,8 @@ def configure_cpu_devices(count: int) -> None:
         if have != count:
             raise StrategyError(
                 f"Cannot split the CPU into {count} logical devices: TensorFlow is already "
-                f"initialised with {have}. Configure devices before running any TF op."
+                f"initialised with {have}. Configure devices before running any TF op.",
+                "cpu_devices",
             ) from error
 
 
@@ -72,7 +88,8 @@ def build_strategy(
     """
     if name not in STRATEGIES:
         raise StrategyError(
-            f"Unknown strategy {name!r}. Valid choices: {', '.join(map(repr, STRATEGIES))}."
+            f"Unknown strategy {name!r}. Valid choices: {', '.join(map(repr, STRATEGIES))}.",
+            "name",
         )
     if name == "multi_worker_mirrored":
         check_tf_config()
@@ -102,7 +119,8 @@ def build_tpu_strategy(tpu: str | None) -> tf.distribute.Strategy:
             raise StrategyError(
                 "--strategy=tpu: no TPU on this machine (no /dev/accel*, no TPU_NAME) and no "
                 "--tpu=<name or grpc://address> given. Use --strategy=default, one_device, "
-                "mirrored or multi_worker_mirrored here."
+                "mirrored or multi_worker_mirrored here.",
+                "name",  # the strategy cannot run here; a --tpu address would also do
             )
         tpu = os.environ.get("TPU_NAME") or "local"
     try:
@@ -112,7 +130,7 @@ def build_tpu_strategy(tpu: str | None) -> tf.distribute.Strategy:
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, RuntimeError, tf.errors.OpError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise StrategyError(f"--strategy=tpu: cannot reach TPU {tpu!r}: {first_line}") from error
+        raise StrategyError(f"--strategy=tpu: cannot reach TPU {tpu!r}: {first_line}", "tpu") from error
     return tf.distribute.TPUStrategy(resolver)
 
 
@@ -123,16 +141,17 @@ def check_tf_config() -> dict:
         raise StrategyError(
             "--strategy=multi_worker_mirrored needs the cluster in the TF_CONFIG environment "
             'variable, e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
-            '"task": {"type": "worker", "index": 0}}.'
+            '"task": {"type": "worker", "index": 0}}.',
+            "tf_config",
         )
     try:
         config = json.loads(raw)
         cluster, task = config["cluster"], config["task"]
         task["type"], int(task["index"])
     except (ValueError, KeyError, TypeError) as error:
-        raise StrategyError(f"TF_CONFIG is not a valid cluster description: {error}") from error
+        raise StrategyError(f"TF_CONFIG is not a valid cluster description: {error}", "tf_config") from error
     if task["type"] not in cluster:
-        raise StrategyError(f"TF_CONFIG task type {task['type']!r} is not in its cluster.")
+        raise StrategyError(f"TF_CONFIG task type {task['type']!r} is not in its cluster.", "tf_config")
     return config
 
 
@@ -162,6 +181,7 @@ def per_replica_batch(global_batch: int, strategy: tf.distribute.Strategy) -> in
     if global_batch < 1 or global_batch % replicas:
         raise StrategyError(
             f"--batch_size={global_batch} is not divisible by the {replicas} replicas of this "
-            f"strategy; use a multiple of {replicas}."
+            f"strategy; use a multiple of {replicas}.",
+            "global_batch",
         )
     return global_batch // replicas

@@ -1,4 +1,4 @@
-"""Serving-time request checks: every bad image is an InvalidArgumentError before decoding."""
+"""``export/request_guard.py``: every bad image is an InvalidArgumentError before decoding."""
 
 import struct
 import zlib
@@ -37,7 +37,8 @@ def test_valid_jpeg_and_png_pass_unchanged():
 
 def test_declared_size_is_read_from_the_header_not_decoded():
     # Exactly at the limit passes; one pixel more fails: the limit applies to the header's size.
-    assert checked_image_bytes(png_with_size(100, 100), max_pixels=10_000).numpy()
+    at_limit = png_with_size(100, 100)
+    assert checked_image_bytes(at_limit, max_pixels=10_000).numpy() == at_limit
     with pytest.raises(tf.errors.InvalidArgumentError, match="above the limit"):
         checked_image_bytes(png_with_size(101, 100), max_pixels=10_000)
 

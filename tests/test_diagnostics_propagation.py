@@ -1,10 +1,5 @@
-"""Signal-propagation diagnostics (paper Eqn 4-8): the shortcut-path term, measured trends,
-the measurement leaving the model unchanged, and the command line."""
-
-import json
-import os
-import subprocess
-import sys
+"""``diagnostics/propagation.py`` (paper Eqn 4-8): the shortcut-path term, measured trends,
+and the measurement leaving the model unchanged. The command line: test_diagnostics_main.py."""
 
 import keras
 import numpy as np
@@ -13,7 +8,6 @@ import tensorflow as tf
 
 from keras_preact import ResidualUnit, build_resnet
 from keras_preact.diagnostics import propagation_norms
-from keras_preact.diagnostics.__main__ import main
 
 RNG = np.random.RandomState(0)
 
@@ -125,62 +119,3 @@ def test_measurement_leaves_every_variable_unchanged(stacked):
     # The check has teeth: a training-mode call does move the BN statistics.
     model(x, training=True)
     assert any(not np.array_equal(v.numpy(), b) for v, b in zip(model.variables, before))
-
-
-# --- command line -----------------------------------------------------------------------------
-
-def test_cli_writes_figure_and_json(tmp_path, capsys):
-    out = tmp_path / "figs" / "prop.png"
-    variants = "full_preact/identity,full_preact/constant_scaling,original/identity"
-    code = main(["--model", "resnet8", "--batch_size", "4", "--out", str(out),
-                 "--variants", variants])
-    assert code == 0
-    assert out.stat().st_size > 1000
-    report = json.loads((tmp_path / "figs" / "prop.json").read_text())
-    assert {"command", "title", "model", "batch_size", "mode", "wall_seconds", "summary",
-            "variants", "data"} <= set(report)
-    assert report["model"] == "resnet8" and report["batch_size"] == 4 and report["mode"] == "train"
-    assert list(report["variants"]) == [
-        "full_preact/identity", "full_preact/constant_scaling", "original/identity"]
-    for norms in report["variants"].values():
-        assert {"units", "depth", "forward", "backward", "backward_direct", "loss"} <= set(norms)
-        assert len(norms["forward"]) == len(norms["backward_direct"]) == 3
-    assert report["variants"]["full_preact/identity"]["depth"] == [1, 3, 5]
-    table = capsys.readouterr().out
-    assert "full_preact/constant_scaling" in table and "direct first" in table
-
-
-def test_cli_measures_a_saved_model(tmp_path):
-    model = build_resnet((1, 1, 1), widths=(4, 8, 8), shortcut="conv1x1")
-    model.save(tmp_path / "tiny.keras")
-    out = tmp_path / "saved.png"
-    assert main(["--model_file", str(tmp_path / "tiny.keras"), "--batch_size", "4",
-                 "--mode", "eval", "--out", str(out)]) == 0
-    report = json.loads((tmp_path / "saved.json").read_text())
-    assert list(report["variants"]) == ["tiny.keras"]
-    assert report["mode"] == "eval" and len(report["variants"]["tiny.keras"]["units"]) == 3
-
-
-@pytest.mark.parametrize("args,message", [
-    (["--variants", "full_preact/identiti"], "Bad variant 'full_preact/identiti'"),
-    (["--model", "resnet21"], "Impossible depth 21"),
-    (["--model", "vgg16"], "Unknown model 'vgg16'"),
-    (["--model_file", "/no/such/model.keras"], "does not exist"),
-    (["--data_dir", "/no/such/folder"], "does not exist"),
-])
-def test_cli_usage_errors_exit_2_with_one_line(args, message, tmp_path, capsys):
-    assert main([*args, "--out", str(tmp_path / "x.png")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and message in err and "\n" not in err
-    assert not (tmp_path / "x.png").exists()
-
-
-def test_python_dash_m_entry_point_exits_2_on_a_bad_variant(tmp_path):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run(
-        [sys.executable, "-m", "keras_preact.diagnostics", "--variants", "preact/identity",
-         "--out", str(tmp_path / "x.png")],
-        capture_output=True, text=True, env=env, timeout=120,
-    )
-    assert result.returncode == 2
-    assert "error: Bad variant 'preact/identity'" in result.stderr

@@ -1,5 +1,6 @@
-"""Networks: parameter counts (SPEC section 5), first/last unit rules, propagation (section 1),
-input shapes, validation, serialization."""
+"""The network (keras_preact.model.ResNet): parameter counts (paper Table 3 and [1]'s tables),
+first/last unit rules (paper appendix), propagation (Sec. 2-3, Eqn 4-8), input shapes,
+validation, the config round trip, serialization, files from the previous version."""
 
 import os
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 import keras_preact
+import keras_preact.model
 from keras_preact import ResidualUnit, build_resnet
 from keras_preact.diagnostics import propagation_norms
 
@@ -31,33 +33,11 @@ def zero_residual_branches(model):
 
 # --- parameter counts -----------------------------------------------------------------------
 
-@pytest.mark.parametrize(
-    "constructor,kwargs,expected",
-    [
-        (keras_preact.ResNet164, {}, 1_703_258),
-        (keras_preact.ResNet164, {"num_classes": 100}, 1_726_388),
-        (keras_preact.ResNet1001, {"preact": True}, 10_327_706),
-        (keras_preact.ResNet1001, {"num_classes": 100}, 10_350_836),
-        (keras_preact.ResNet50, {}, 25_549_352),
-        (keras_preact.ResNet101, {}, 44_541_480),
-        (keras_preact.ResNet152, {}, 60_185_128),
-        (keras_preact.ResNet200, {}, 64_666_152),
-    ],
-)
-def test_parameter_counts_equal_spec(constructor, kwargs, expected):
-    assert trainable_params(constructor(**kwargs)) == expected
-
-
-@pytest.mark.parametrize(
-    "constructor,kwargs,paper",
-    [
-        (keras_preact.ResNet110, {}, 1.7e6),
-        (keras_preact.ResNet110, {"preact": False}, 1.7e6),
-        (keras_preact.ResNet1202, {}, 19.4e6),
-    ],
-)
-def test_parameter_counts_within_two_percent_of_paper(constructor, kwargs, paper):
-    assert abs(trainable_params(constructor(**kwargs)) / paper - 1) < 0.02
+def test_head_size_enters_the_parameter_count():
+    # Counts of every named net are checked in test_registry.py; the head adds 64*4 + 1 per class.
+    assert trainable_params(keras_preact.ResNet164(num_classes=100)) == 1_726_388
+    original = [trainable_params(keras_preact.ResNet164(num_classes=n, preact=False)) for n in (10, 100)]
+    assert original[1] - original[0] == 90 * (256 + 1)
 
 
 def test_resnet110_one_layer_units():
@@ -141,7 +121,7 @@ def test_order_and_shortcut_options_reach_every_unit():
     assert model.layers[-3].name == "final_relu"
 
 
-# --- propagation (SPEC section 1) -----------------------------------------------------------
+# --- propagation (paper Sec. 2-3) ------------------------------------------------------------
 
 def test_zero_residual_preact_net_is_identity_between_first_and_last_unit():
     model = build_resnet((60,), widths=(8,), input_shape=(8, 8, 3))
@@ -254,3 +234,84 @@ def test_named_model_round_trip_safe_mode(tmp_path):
     loaded = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_array_equal(loaded(x, training=False), model(x, training=False))
     assert loaded.name == "resnet20"
+
+
+# --- the model class and its config ---------------------------------------------------------
+
+def test_get_config_carries_the_architecture_by_its_arguments():
+    model = keras_preact.ResNet164(order="relu_only_preact", shortcut="constant_scaling",
+                                   shortcut_scale=0.7, num_classes=100, stacked_stages=True)
+    config = model.get_config()
+    assert isinstance(model, keras_preact.ResNet)
+    assert config["units_per_stage"] == [18, 18, 18] and config["unit"] == "bottleneck"
+    assert (config["order"], config["shortcut"], config["shortcut_scale"]) == (
+        "relu_only_preact", "constant_scaling", 0.7)
+    assert config["num_classes"] == 100 and config["stacked_stages"] is True
+    assert config["downsample"] == "projection" and config["stride_at"] == "first"
+    assert config["name"] == "resnet164"
+    assert "layers" not in config  # arguments, not a layer graph
+    assert model.architecture == keras_preact.ResNetConfig.from_dict(
+        {k: v for k, v in config.items() if k not in ("name", "trainable")})
+
+
+def test_from_config_rebuilds_the_same_network():
+    model = build_resnet((2, 1), widths=(8, 16), input_shape=(16, 16, 3), order="original",
+                         shortcut="exclusive_gating", num_classes=5)
+    x = RNG.rand(3, 16, 16, 3).astype("float32")
+    model(x, training=True)
+    copy = keras_preact.ResNet.from_config(model.get_config())
+    assert copy.count_params() == model.count_params()
+    assert [l.name for l in copy.layers] == [l.name for l in model.layers]
+    copy.set_weights(model.get_weights())
+    np.testing.assert_array_equal(copy(x, training=False), model(x, training=False))
+
+
+def test_rebuild_converts_between_stacked_and_unrolled_by_config():
+    fast = build_resnet((3, 3), widths=(8, 16), input_shape=(16, 16, 3), stacked_stages=True)
+    x = RNG.rand(2, 16, 16, 3).astype("float32")
+    fast(x, training=True)
+    flat = fast.rebuild(stacked_stages=False)
+    assert flat.architecture == fast.architecture.replace(stacked_stages=False)
+    assert [l.name for l in flat.chain_layers() if isinstance(l, ResidualUnit)][:3] == [
+        "stage1_unit1", "stage1_unit2", "stage1_unit3"]
+    np.testing.assert_allclose(flat(x, training=False), fast(x, training=False), rtol=1e-5, atol=1e-6)
+    again = flat.rebuild(stacked_stages=True, recompute=True)
+    np.testing.assert_allclose(again(x, training=False), fast(x, training=False), rtol=1e-5, atol=1e-6)
+
+
+def test_chain_layers_follow_the_call_order():
+    model = keras_preact.ResNet20()
+    x = model.inputs[0]
+    for layer in model.chain_layers():
+        assert layer.input is x
+        x = layer.output
+    assert x is model.outputs[0]
+
+
+def test_as_resnet_explains_how_to_convert_other_models():
+    inputs = keras.Input((8, 8, 3))
+    plain = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
+    with pytest.raises(ValueError, match="set_weights"):
+        keras_preact.model.as_resnet(plain)
+
+
+# --- files written by keras_preact 0.1 (tests/fixtures, see its README) ---------------------
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+@pytest.mark.parametrize("name,rebuild", [
+    ("legacy_tiny", lambda: build_resnet((1, 2), widths=(4, 8), input_shape=(8, 8, 3),
+                                         num_classes=3, shortcut="exclusive_gating")),
+    ("legacy_tiny_stacked", lambda: build_resnet((1, 3), widths=(4, 8), input_shape=(8, 8, 3),
+                                                 num_classes=3, unit="bottleneck",
+                                                 stacked_stages=True)),
+])
+def test_files_of_the_previous_version_load_and_convert(name, rebuild):
+    io = np.load(os.path.join(FIXTURES, "legacy_io.npz"))
+    old = keras.saving.load_model(os.path.join(FIXTURES, f"{name}.keras"), safe_mode=True)
+    np.testing.assert_allclose(old(io["x"], training=False), io[name], rtol=1e-6, atol=1e-6)
+    # The README's conversion: rebuild the architecture, copy the weights.
+    new = rebuild()
+    new.set_weights(old.get_weights())
+    np.testing.assert_allclose(new(io["x"], training=False), io[name], rtol=1e-6, atol=1e-6)

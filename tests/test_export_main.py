@@ -1,4 +1,5 @@
-"""``python -m keras_preact.export``: from a .keras file or a training checkpoint."""
+"""``python -m keras_preact.export`` (``keras_preact/export/__main__.py``): from a .keras file or
+a training checkpoint; model names resolved by the registry; bad flags named in the error."""
 
 import json
 import os
@@ -11,6 +12,7 @@ import tensorflow as tf
 import keras_preact
 from keras_preact.data import write_label_map
 from keras_preact.export.__main__ import main
+from keras_preact.training.checkpoints import RunCheckpoints
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FAST = ["--recipe", "cifar", "--tflite", "none", "--eval_limit", "20"]
@@ -47,8 +49,6 @@ def test_from_keras_file_with_labels_next_to_it(tmp_path, capsys):
 
 def _training_run(run_dir, model):
     """A run directory as the trainer leaves it: checkpoints/ (model + optimizer) and labels.txt."""
-    from keras_preact.training.checkpoints import RunCheckpoints
-
     optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
     optimizer.build(model.trainable_variables)
     # The trainer's own checkpoint writer (variables keyed by their Keras paths).
@@ -61,15 +61,15 @@ def test_from_training_checkpoint(tmp_path):
     model = trained_like(keras_preact.cifar_resnet(8, order="original"))
     _training_run(run_dir, model)
     base = str(tmp_path / "saved_models")
-    args = ["--checkpoint", run_dir, "--model", "resnet8", "--model_kwargs", '{"order": "original"}',
-            "--base_dir", base, "--name", "r8", *FAST]
+    # An alias of the registry; without --name the export takes the canonical name.
+    args = ["--checkpoint", run_dir, "--model", "ResNet-8", "--model_kwargs", '{"order": "original"}',
+            "--base_dir", base, *FAST]
     assert main(args) == 0
+    version_dir = os.path.join(base, "resnet8", "1")
     # Readable by a TF Serving process running as another user (the staging dir was 0700).
-    assert os.stat(os.path.join(base, "r8", "1")).st_mode & 0o777 == 0o755
+    assert os.stat(version_dir).st_mode & 0o777 == 0o755
     x = np.random.RandomState(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
-    np.testing.assert_allclose(
-        saved_predictions(os.path.join(base, "r8", "1"), x), model(x, training=False).numpy(), atol=1e-5
-    )
+    np.testing.assert_allclose(saved_predictions(version_dir, x), model(x, training=False).numpy(), atol=1e-5)
     # Restoring into the wrong architecture is an argument error, not a silent fresh model.
     with pytest.raises(SystemExit) as exit_info:
         main(["--checkpoint", run_dir, "--model", "resnet8", "--base_dir", base, "--name", "bad", *FAST])
@@ -85,12 +85,31 @@ def test_from_training_checkpoint(tmp_path):
         (["--model_file", "m.keras", "--recipe", "cifar"], "class names"),
         (["--model_file", "m.keras", "--class_names", "a", "--recipe", "cifar", "--tflite", "int4"], "int4"),
         (["--model_file", "m.keras", "--recipe", "jpeg"], "invalid choice"),
+        (["--checkpoint", "run", "--class_names", "a,b", "--model", "vgg16", *FAST],
+         "argument --model: Unknown model 'vgg16'"),
+        (["--checkpoint", "run", "--class_names", "a,b", "--model", "resnet21", *FAST],
+         ("argument --model: ", "Impossible depth 21")),
+        (["--checkpoint", "run", "--class_names", "a,b", "--model", "resnet8", "--model_kwargs", "notjson", *FAST],
+         "argument --model_kwargs: not valid JSON"),
+        (["--checkpoint", "run", "--class_names", "a,b", "--model", "resnet8", "--model_kwargs", "[1]", *FAST],
+         "argument --model_kwargs: must be a JSON object"),
+        (["--checkpoint", "run", "--class_names", "a,b", "--model", "resnet8", "--model_kwargs",
+          '{"unit": "triple"}', *FAST], "argument --model_kwargs: Unknown unit kind 'triple'"),
+        (["--checkpoint", "run", "--class_names", "a,b", "--model", "resnet8", "--model_kwargs",
+          '{"order": "sideways"}', *FAST], "argument --model_kwargs: Unknown order 'sideways'"),
+        (["--checkpoint", "run", "--class_names", "a,b", "--model", "resnet8", "--model_kwargs",
+          '{"depth": 3}', *FAST], ("argument --model_kwargs: ", "'depth'")),
     ],
-    ids=["checkpoint-without-model", "missing-file", "no-class-names", "bad-variant", "bad-recipe"],
+    ids=["checkpoint-without-model", "missing-file", "no-class-names", "bad-variant", "bad-recipe",
+         "unknown-model", "impossible-depth", "kwargs-not-json", "kwargs-not-object", "kwargs-bad-unit",
+         "kwargs-bad-order", "kwargs-unknown-argument"],
 )
 def test_bad_arguments_exit_2_with_a_message(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    for fragment in (message,) if isinstance(message, str) else message:
+        assert fragment in err
+    assert not os.listdir(tmp_path)  # nothing exported

@@ -1,0 +1,502 @@
+"""The trainer command line shared by ``trainers/cifar.py`` and ``trainers/imagenet.py``.
+
+Three steps, each usable on its own (the tests call them in-process):
+
+* ``define_flags(family, flag_values)`` declares the absl flags; defaults that depend on the
+  dataset are ``None`` and come from its ``Recipe``.
+* ``settings_from_flags(family, flag_values)`` is the only code that reads flag values. It
+  checks everything that can be checked without building a model or reading data and returns
+  a :class:`Settings` holding every value a run needs.
+* ``run(settings)`` does the job from those settings alone: strategy -> data -> model and
+  optimizer in ``strategy.scope()`` -> ``Trainer.fit`` (resuming from ``model_dir``) -> final
+  test error, plot, ``results.json``, optional export.
+
+Bad input fails within seconds, before any heavy work, with a ``FlagError`` naming the flag:
+unknown model, impossible depth, bad order/unit/shortcut combinations, a batch that does not
+split over the replicas, missing data, no TPU. Errors are attributed to flags by structure,
+never by their text: ``registry.ModelNameError.argument`` (name or unit),
+``strategy.StrategyError.argument`` (strategy name, CPU devices, TPU, batch), the data flag
+that was given (``--data_dir`` or ``--dataset``), and for the architecture the flag whose
+value ``ResNetConfig`` refused when the flags are added to it one at a time.
+
+``main(family)`` is the body of a trainer script: one line ``error: --flag: message`` on
+stderr and exit status 2 for a bad flag, 3 when training diverges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import keras
+from absl import flags
+from absl import logging as absl_logging
+
+from keras_preact import data as data_lib
+from keras_preact import export as export_lib
+from keras_preact import registry
+from keras_preact.common import FAMILIES, KINDS, ORDERS, SHORTCUTS
+from keras_preact.config import ResNetConfig, resolve_order
+from keras_preact.training import recipes as recipes_lib
+from keras_preact.training import schedules
+from keras_preact.training import strategy as strategy_lib
+from keras_preact.training.loop import DivergenceError, Trainer
+from keras_preact.training.observe import RESULTS_FILE
+
+CIFAR_DATASETS = ("cifar10_sample", "cifar10", "cifar100")
+IMAGENET_DATASETS = ("imagenet2012",)
+# Single-crop test sizes of the paper's ImageNet results (Table 5: 224 and 320 crops).
+IMAGENET_EVAL_SIZES = (224, 320)
+
+# Which flag carries each argument named by a structured error.
+MODEL_ARGUMENT_FLAGS = {"name": "model", "unit": "unit"}  # registry.ModelNameError.argument
+STRATEGY_ARGUMENT_FLAGS = {  # strategy.StrategyError.argument
+    "name": "strategy",
+    "tf_config": "strategy",  # the environment of --strategy=multi_worker_mirrored
+    "tpu": "tpu",
+    "cpu_devices": "cpu_devices",
+    "global_batch": "batch_size",
+}
+
+EXIT_FLAG_ERROR = 2
+EXIT_DIVERGED = 3
+
+FLAGS = flags.FLAGS
+
+
+class FlagError(ValueError):
+    """A bad flag value; ``str()`` is the one line shown to the user, ``flag`` names the flag."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(f"--{flag}: {message}")
+        self.flag = flag
+
+
+def _define(flag_values, definer, *args, **kwargs):
+    definer(*args, flag_values=flag_values, **kwargs)
+
+
+def define_flags(family: str, flag_values: flags.FlagValues = FLAGS) -> None:
+    """Declare the trainer flags for ``family`` (``"cifar"`` or ``"imagenet"``) in ``flag_values``."""
+    if family not in FAMILIES:
+        raise ValueError(f"Unknown family {family!r}. Valid choices: {', '.join(map(repr, FAMILIES))}.")
+    cifar = family == "cifar"
+    if "verbosity" in flag_values:  # absl's; TF's INFO chatter would break the progress bar
+        flag_values.set_default("verbosity", absl_logging.WARNING)
+    # Data.
+    _define(flag_values, flags.DEFINE_enum,
+        "dataset",
+        "cifar10_sample" if cifar else "imagenet2012",
+        CIFAR_DATASETS if cifar else IMAGENET_DATASETS,
+        "TFDS dataset, or the CIFAR-10 sample shipped in the package (no download). "
+        "Ignored when --data_dir is given.",
+    )
+    _define(flag_values, flags.DEFINE_string,
+        "data_dir", None, "An image folder <root>/<split>/<class>/<image> to train on instead."
+    )
+    _define(flag_values, flags.DEFINE_string, "tfds_dir", None, "TensorFlow Datasets data directory.")
+    _define(flag_values, flags.DEFINE_string, "train_split", "train", "Training split.")
+    _define(flag_values, flags.DEFINE_string, "eval_split", "test" if cifar else "validation", "Evaluation split.")
+    if not cifar:
+        _define(flag_values, flags.DEFINE_string, "manual_dir", None, "Where the ILSVRC2012 tar files are (TFDS).")
+        _define(flag_values, flags.DEFINE_enum,
+            "augment", "scale", ["scale", "inception"],
+            "Scale jitter 256-480 + 224 crop (the paper's) or Inception scale/aspect crops.",
+        )
+        _define(flag_values, flags.DEFINE_bool, "color", True, "Colour and lighting augmentation.")
+        _define(flag_values, flags.DEFINE_list, "eval_sizes", [str(s) for s in IMAGENET_EVAL_SIZES],
+                "Single-crop test sizes (224 and/or 320, paper Table 5).")
+    # Model.
+    _define(flag_values, flags.DEFINE_string,
+        "model", "resnet20" if cifar else "resnet50",
+        f"One of {', '.join(registry.list_models())}, or resnet<depth> for any valid CIFAR depth.",
+    )
+    _define(flag_values, flags.DEFINE_bool, "preact", None, "Pre-activation (full_preact) or original units.")
+    _define(flag_values, flags.DEFINE_enum, "order", None, list(ORDERS), "Unit order (paper Fig. 4).")
+    _define(flag_values, flags.DEFINE_enum, "shortcut", "identity", list(SHORTCUTS), "Shortcut (paper Fig. 2).")
+    _define(flag_values, flags.DEFINE_enum, "unit", None, list(KINDS), "Unit kind (CIFAR models).")
+    _define(flag_values, flags.DEFINE_bool, "stacked_stages", False,
+            "Run each stage's repeated units as one loop over stacked weights (very deep nets).")
+    _define(flag_values, flags.DEFINE_bool, "recompute", False,
+            "With --stacked_stages: recompute units in the backward pass (less memory).")
+    # Distribution.
+    _define(flag_values, flags.DEFINE_enum, "strategy", "default", list(strategy_lib.STRATEGIES), "tf.distribute strategy.")
+    _define(flag_values, flags.DEFINE_integer,
+        "cpu_devices", None, "Split the CPU into this many logical devices (mirrored on a CPU machine)."
+    )
+    _define(flag_values, flags.DEFINE_string, "tpu", None, "TPU name or grpc:// address (--strategy=tpu).")
+    _define(flag_values, flags.DEFINE_bool, "sync_bn", False, "Synchronise BatchNorm batch statistics across replicas.")
+    # Optimisation (unset: the dataset's recipe).
+    _define(flag_values, flags.DEFINE_integer, "batch_size", None, "Global batch size (all replicas).")
+    _define(flag_values, flags.DEFINE_float, "lr", None, "Base learning rate (ImageNet: for batch 256, scaled linearly).")
+    _define(flag_values, flags.DEFINE_float, "momentum", None, "SGD momentum.")
+    _define(flag_values, flags.DEFINE_bool, "nesterov", None, "Nesterov momentum.")
+    _define(flag_values, flags.DEFINE_float, "weight_decay", None, "L2 weight decay (coupled, added to the gradient).")
+    _define(flag_values, flags.DEFINE_bool, "decay_bn", None, "Apply weight decay to BN gamma/beta and biases too.")
+    _define(flag_values, flags.DEFINE_enum, "lr_schedule", None, list(schedules.SCHEDULES), "Learning-rate schedule.")
+    _define(flag_values, flags.DEFINE_list,
+        "lr_boundaries", None, "Step-decay boundaries: iterations (32000), fractions (0.5) or epochs (30ep)."
+    )
+    _define(flag_values, flags.DEFINE_float, "lr_decay", None, "Multiply the rate by this at each boundary.")
+    _define(flag_values, flags.DEFINE_integer, "warmup_steps", None, "Iterations at --warmup_lr first (paper: 400).")
+    _define(flag_values, flags.DEFINE_float, "warmup_lr", None, "Warm-up learning rate (paper: 0.01).")
+    _define(flag_values, flags.DEFINE_float, "label_smoothing", None, "Label smoothing.")
+    _define(flag_values, flags.DEFINE_integer, "train_steps", None, "Train this many iterations.")
+    _define(flag_values, flags.DEFINE_float, "epochs", None, "Train this many epochs (instead of --train_steps).")
+    # Run.
+    _define(flag_values, flags.DEFINE_string, "model_dir", None, "Run directory (default runs/<dataset>_<model>).")
+    _define(flag_values, flags.DEFINE_integer, "checkpoint_every", 1000, "Also checkpoint every N steps (0: epoch ends only).")
+    _define(flag_values, flags.DEFINE_integer, "keep_checkpoints", 3, "Checkpoints to keep.")
+    _define(flag_values, flags.DEFINE_integer, "log_every", 50, "metrics.csv / TensorBoard row every N steps.")
+    _define(flag_values, flags.DEFINE_integer, "eval_every", 0, "Evaluate every N steps (0: every epoch).")
+    _define(flag_values, flags.DEFINE_integer, "seed", 0, "Random seed (initialisation, shuffling, augmentation).")
+    _define(flag_values, flags.DEFINE_bool, "export", False, "Export a TF Serving SavedModel at the end.")
+    _define(flag_values, flags.DEFINE_string, "export_dir", "saved_models", "Base directory of exports.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything ``run`` needs; ``settings_from_flags`` builds and validates it.
+
+    Exactly one of ``dataset`` (a TFDS name or ``"cifar10_sample"``) and ``data_dir`` (an image
+    folder ``<root>/<split>/<class>/<image>``) is set.
+    """
+
+    family: str  # "cifar" or "imagenet": which trainer (data pipeline and evaluation)
+    model_name: str  # canonical name (keras_preact.registry)
+    recipe: recipes_lib.Recipe  # optimisation and schedule, flags applied
+    model_dir: str
+    model_kwargs: dict = dataclasses.field(default_factory=dict)  # order, shortcut, unit, ...
+    # Data.
+    dataset: str | None = "cifar10_sample"
+    data_dir: str | None = None
+    tfds_dir: str | None = None
+    manual_dir: str | None = None  # ImageNet (TFDS): the ILSVRC2012 tar files
+    train_split: str = "train"
+    eval_split: str = "test"
+    augment: str = "scale"  # ImageNet training augmentation: "scale" or "inception"
+    color: bool = True  # ImageNet colour and lighting augmentation
+    eval_sizes: tuple = ()  # ImageNet single-crop test sizes
+    # Distribution.
+    strategy_name: str = "default"
+    cpu_devices: int | None = None
+    tpu: str | None = None
+    sync_bn: bool = False
+    # Run.
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 50
+    eval_every: int = 0
+    seed: int = 0
+    export: bool = False
+    export_dir: str = "saved_models"
+    argv: tuple = ()  # the command line, recorded in results.json
+
+    @property
+    def source(self) -> str:
+        """What ``build_dataset`` reads: the image folder, else the dataset name."""
+        return self.data_dir or self.dataset
+
+    @property
+    def data_flag(self) -> str:
+        """The flag that chose the data, to blame when it cannot be read."""
+        return "data_dir" if self.data_dir else "dataset"
+
+
+def model_settings(name: str, *, unit=None, preact=None, order=None, shortcut="identity",
+                   stacked_stages=False, recompute=False) -> tuple:
+    """``(canonical model name, keyword arguments of registry.get_model)``, checked without building.
+
+    The name goes through ``keras_preact.registry`` only; its ``ModelNameError.argument`` says
+    whether ``--model`` or ``--unit`` is wrong. The architecture is then checked by
+    ``ResNetConfig`` with the flags added one at a time, so the flag whose addition it refuses
+    is the one named.
+    """
+    try:
+        spec = registry.resolve(name, unit)
+    except registry.ModelNameError as error:
+        raise FlagError(MODEL_ARGUMENT_FLAGS[error.argument], str(error)) from None
+    try:
+        order = resolve_order(preact, order)
+    except ValueError as error:  # only an explicit --order can contradict --preact
+        raise FlagError("order", str(error)) from None
+    arguments = dict(family=spec.family, unit=spec.unit, order=order)
+    for flag, added in (
+        ("shortcut", {"shortcut": shortcut}),
+        ("stacked_stages", {"stacked_stages": bool(stacked_stages)}),
+        ("recompute", {"recompute": bool(recompute)}),
+    ):
+        arguments.update(added)
+        try:
+            ResNetConfig(spec.units_per_stage, **arguments)
+        except ValueError as error:
+            raise FlagError(flag, str(error)) from None
+    kwargs = {"shortcut": shortcut, "order": order}
+    if unit is not None:
+        kwargs["unit"] = unit
+    if stacked_stages:
+        kwargs.update(stacked_stages=True, recompute=bool(recompute))
+    return spec.name, kwargs
+
+
+def _check_positive(values: dict, minimum: int = 1) -> None:
+    for flag, value in values.items():
+        if value is not None and value < minimum:
+            raise FlagError(flag, f"must be >= {minimum}, got {value}.")
+
+
+def settings_from_flags(family: str, flag_values: flags.FlagValues = FLAGS, argv=()) -> Settings:
+    """The parsed flags of the ``family`` trainer as validated :class:`Settings`.
+
+    The only function that reads flag values. Cheap checks only (no model built, no data
+    read); a ``FlagError`` names the first bad flag. ``argv`` is recorded in ``results.json``.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"Unknown family {family!r}. Valid choices: {', '.join(map(repr, FAMILIES))}.")
+    F = flag_values
+    imagenet = family == "imagenet"
+    if F.stacked_stages and F.sync_bn:
+        raise FlagError("sync_bn", "not supported with --stacked_stages (its BN is per replica).")
+    model_name, model_kwargs = model_settings(
+        F.model, unit=F.unit, preact=F.preact, order=F.order, shortcut=F.shortcut,
+        stacked_stages=F.stacked_stages, recompute=F.recompute,
+    )
+    dataset, data_dir = F.dataset, None
+    if F.data_dir:
+        dataset, data_dir = None, os.path.expanduser(F.data_dir)
+        for split in (F.train_split, F.eval_split):
+            if not os.path.isdir(os.path.join(data_dir, split)):
+                raise FlagError(
+                    "data_dir", f"no folder {os.path.join(data_dir, split)!r}: expected <root>/<split>/<class>/<image>."
+                )
+    recipe = recipes_lib.recipe_for_dataset(dataset or family, family)
+    if F.train_steps is not None and F.epochs is not None:
+        raise FlagError("epochs", "give --train_steps or --epochs, not both.")
+    _check_positive({"batch_size": F.batch_size, "train_steps": F.train_steps,
+                     "keep_checkpoints": F.keep_checkpoints, "log_every": F.log_every,
+                     "cpu_devices": F.cpu_devices})
+    _check_positive({"checkpoint_every": F.checkpoint_every, "eval_every": F.eval_every}, minimum=0)
+    if F.epochs is not None and F.epochs <= 0:
+        raise FlagError("epochs", f"must be positive, got {F.epochs}.")
+    if F.lr is not None and F.lr <= 0:
+        raise FlagError("lr", f"must be positive, got {F.lr}.")
+    if F.label_smoothing is not None and not 0 <= F.label_smoothing < 1:
+        raise FlagError("label_smoothing", f"must be in [0, 1), got {F.label_smoothing}.")
+    recipe = recipe.replace(
+        batch_size=F.batch_size,
+        base_lr=F.lr,
+        momentum=F.momentum,
+        nesterov=F.nesterov,
+        weight_decay=F.weight_decay,
+        decay_bn=F.decay_bn,
+        schedule=F.lr_schedule,
+        lr_boundaries=tuple(F.lr_boundaries) if F.lr_boundaries is not None else None,
+        decay_factor=F.lr_decay,
+        warmup_steps=F.warmup_steps,
+        warmup_lr=F.warmup_lr,
+        label_smoothing=F.label_smoothing,
+        train_steps=F.train_steps,
+        epochs=F.epochs,
+    )
+    try:  # boundary syntax, with a stand-in run length (the real one needs the dataset size)
+        schedules.resolve_boundaries(recipe.lr_boundaries, 10**9, 10**6)
+    except ValueError as error:
+        raise FlagError("lr_boundaries", str(error)) from None
+    eval_sizes = ()
+    if imagenet:
+        try:
+            eval_sizes = tuple(int(size) for size in F.eval_sizes)
+        except ValueError:
+            raise FlagError("eval_sizes", f"sizes must be integers, got {F.eval_sizes}.") from None
+        if not eval_sizes or any(size not in IMAGENET_EVAL_SIZES for size in eval_sizes):
+            raise FlagError("eval_sizes", f"the paper's single-crop tests are 224 and 320, got {F.eval_sizes}.")
+    source_name = os.path.basename(os.path.normpath(data_dir)) if data_dir else dataset
+    return Settings(
+        family=family,
+        model_name=model_name,
+        recipe=recipe,
+        model_dir=F.model_dir or os.path.join("runs", f"{source_name}_{model_name}"),
+        model_kwargs=model_kwargs,
+        dataset=dataset,
+        data_dir=data_dir,
+        tfds_dir=F.tfds_dir,
+        manual_dir=F.manual_dir if imagenet else None,
+        train_split=F.train_split,
+        eval_split=F.eval_split,
+        augment=F.augment if imagenet else "scale",
+        color=F.color if imagenet else True,
+        eval_sizes=eval_sizes,
+        strategy_name=F.strategy,
+        cpu_devices=F.cpu_devices,
+        tpu=F.tpu,
+        sync_bn=F.sync_bn,
+        checkpoint_every=F.checkpoint_every,
+        keep_checkpoints=F.keep_checkpoints,
+        log_every=F.log_every,
+        eval_every=F.eval_every,
+        seed=F.seed,
+        export=F.export,
+        export_dir=F.export_dir,
+        argv=tuple(argv),
+    )
+
+
+def _strategy_flag_error(error: strategy_lib.StrategyError) -> FlagError:
+    return FlagError(STRATEGY_ARGUMENT_FLAGS[error.argument], str(error))
+
+
+def build_data(settings: Settings, global_batch: int) -> tuple:
+    """(train dataset, train info, {eval name: dataset}); a FlagError if the data cannot be read."""
+    common = dict(seed=settings.seed, data_dir=settings.tfds_dir)
+    train_kwargs = {}
+    if settings.family == "imagenet":
+        common["manual_dir"] = settings.manual_dir
+        train_kwargs = dict(recipe="imagenet_224", augment=settings.augment, color=settings.color)
+    try:
+        train, info = data_lib.build_dataset(
+            settings.source, settings.train_split, batch_size=global_batch, training=True,
+            **train_kwargs, **common,
+        )
+        evals = {}
+        if settings.family == "imagenet":
+            for size in settings.eval_sizes:
+                evals[f"{settings.eval_split}@{size}"], _ = data_lib.build_dataset(
+                    settings.source, settings.eval_split, batch_size=global_batch, training=False,
+                    recipe=f"imagenet_{size}", **common,
+                )
+        else:
+            evals[settings.eval_split], _ = data_lib.build_dataset(
+                settings.source, settings.eval_split, batch_size=global_batch, training=False,
+                recipe=info.recipe, **common,
+            )
+    except (FileNotFoundError, ValueError, OSError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FlagError(settings.data_flag, message) from None
+    return train, info, evals
+
+
+def run(settings: Settings, stream=None) -> dict:
+    """Train as ``settings`` say; returns the final evaluations ``{name: {error, loss, count}}``.
+
+    Reads no flags. Raises FlagError when a setting turns out bad once the strategy or the data
+    is built, and ``DivergenceError`` if the loss stops being finite.
+    """
+    stream = stream or sys.stdout
+    try:
+        strategy = strategy_lib.build_strategy(
+            settings.strategy_name, cpu_devices=settings.cpu_devices, tpu=settings.tpu
+        )
+        recipe = settings.recipe
+        strategy_lib.per_replica_batch(recipe.batch_size, strategy)
+    except strategy_lib.StrategyError as error:
+        raise _strategy_flag_error(error) from None
+    chief = strategy_lib.is_chief(strategy)
+
+    train, info, evals = build_data(settings, recipe.batch_size)
+    steps_per_epoch = info.num_examples // recipe.batch_size
+    if steps_per_epoch < 1:
+        raise FlagError(
+            "batch_size", f"{recipe.batch_size} is larger than the {info.num_examples} training examples."
+        )
+    input_shape = (None, None, 3) if settings.family == "imagenet" else (*info.image_size, 3)
+
+    def build_model():
+        keras.utils.set_random_seed(settings.seed)
+        return registry.get_model(
+            settings.model_name, num_classes=info.num_classes, input_shape=input_shape,
+            **settings.model_kwargs,
+        )
+
+    trainer = Trainer(
+        strategy,
+        build_model,
+        recipe,
+        steps_per_epoch=steps_per_epoch,
+        global_batch=recipe.batch_size,
+        model_dir=settings.model_dir,
+        sync_bn=settings.sync_bn,
+        checkpoint_every=settings.checkpoint_every,
+        eval_every=settings.eval_every,
+        log_every=settings.log_every,
+        keep_checkpoints=settings.keep_checkpoints,
+        stream=stream,
+    )
+    say = (lambda text: print(text, file=stream, flush=True)) if chief else (lambda text: None)
+    if chief:
+        data_lib.write_label_map(info.class_names, settings.model_dir)
+    say(
+        f"{trainer.model.name} ({trainer.model.count_params():,} parameters) on {info.source} "
+        f"{settings.train_split} ({info.num_examples} images, {info.num_classes} classes, "
+        f"{info.image_size[0]}x{info.image_size[1]}); strategy {settings.strategy_name} with "
+        f"{strategy.num_replicas_in_sync} replica(s); batch {recipe.batch_size}, "
+        f"{trainer.total_steps} steps ({trainer.total_steps / steps_per_epoch:.1f} epochs), "
+        f"lr {trainer.base_lr:g} {recipe.schedule}"
+        + (f" /{1 / recipe.decay_factor:g} at {list(trainer.boundaries)}" if trainer.boundaries else "")
+        + f"; run directory {settings.model_dir}"
+    )
+    started = time.monotonic()
+    results = trainer.fit(train, evals)
+    for name, result in results.items():
+        say(
+            f"Final {name} error: {100 * result['error']:.2f}% "
+            f"(accuracy {100 * (1 - result['error']):.2f}%) on {result['count']} images "
+            f"after {trainer.step} steps."
+        )
+    if chief:
+        write_results(settings, trainer, results, time.monotonic() - started)
+    say(f"Plot: {os.path.join(settings.model_dir, 'curves.png')}; metrics: "
+        f"{os.path.join(settings.model_dir, 'metrics.csv')}; "
+        f"{time.monotonic() - started:.0f} s in this process.")
+    if settings.export and chief:
+        path = export_lib.export_model(
+            trainer.model, settings.export_dir, name=settings.model_name,
+            recipe=info.recipe if settings.family == "cifar" else "imagenet_224",
+            class_names=info.class_names,
+        )
+        say(f"Exported to {path}")
+    return results
+
+
+def write_results(settings: Settings, trainer, results: dict, seconds: float) -> str:
+    """``<model_dir>/results.json``: the final evaluations of a finished run, for tools.
+
+    Its presence means the run reached its last step (the ablation runner skips such runs);
+    ``seconds`` is the time spent in the process that finished it (not the whole run if it
+    was resumed).
+    """
+    record = {
+        "model": trainer.model.name,
+        "parameters": int(trainer.model.count_params()),
+        "steps": int(trainer.step),
+        "seconds_in_last_process": round(seconds, 1),
+        "recipe": dataclasses.asdict(trainer.recipe),
+        "base_lr": float(trainer.base_lr),
+        "global_batch": int(trainer.global_batch),
+        "source": settings.source,
+        "seed": settings.seed,
+        "final": {name: {k: float(v) if k != "count" else int(v) for k, v in r.items()}
+                  for name, r in results.items()},
+        "argv": list(settings.argv),
+    }
+    path = os.path.join(settings.model_dir, RESULTS_FILE)
+    with open(path + ".tmp", "w") as handle:
+        json.dump(record, handle, indent=2)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def main(family: str, flag_values: flags.FlagValues = FLAGS, argv=None, stream=None) -> None:
+    """The body of a trainer's ``main(argv)``: parse, run; one line on stderr and exit 2 (bad
+    flag) or 3 (divergence)."""
+    try:
+        settings = settings_from_flags(family, flag_values, argv=sys.argv if argv is None else argv)
+        run(settings, stream)
+    except FlagError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_FLAG_ERROR)
+    except DivergenceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_DIVERGED)

@@ -1,0 +1,60 @@
+"""The lowest layer of the package: its serialization name, the architecture choices, checks.
+
+Every other module may import this one; it imports nothing from the package. The choice
+tuples name the options of the paper's ablations (Fig. 2, Fig. 4, Table 1, Table 2) and of the
+reference code; ``check_choice`` is the one place that turns a bad choice into an error naming
+the valid ones.
+"""
+
+from __future__ import annotations
+
+# Registered package name of every serializable class (``.keras`` files store it).
+PACKAGE = "keras_preact"
+
+FAMILIES = ("cifar", "imagenet")
+
+# Weight layers of the residual function F.
+KINDS = ("basic", "bottleneck", "single")
+EXPANSION = {"basic": 1, "bottleneck": 4, "single": 1}
+LAYERS_PER_UNIT = {"basic": 2, "bottleneck": 3, "single": 1}
+
+# Where BN and ReLU sit (paper Fig. 4, Table 2).
+ORDERS = (
+    "original",
+    "bn_after_addition",
+    "relu_before_addition",
+    "relu_only_preact",
+    "full_preact",
+)
+PREACT_ORDERS = ("relu_only_preact", "full_preact")
+
+# The shortcut h and how it is combined with F (paper Fig. 2, Table 1).
+SHORTCUTS = (
+    "identity",
+    "constant_scaling",
+    "exclusive_gating",
+    "shortcut_only_gating",
+    "conv1x1",
+    "dropout",
+)
+GATED_SHORTCUTS = ("exclusive_gating", "shortcut_only_gating")
+DOWNSAMPLES = ("projection", "zero_pad")
+STRIDE_AT = ("first", "3x3")
+PREACTIVATIONS = ("branch", "shared", "none")
+POOLINGS = ("avg", "max", None)
+
+
+def check_choice(name: str, value, choices) -> None:
+    """Raise a ValueError naming the valid choices when ``value`` is not one of them."""
+    if value not in choices:
+        raise ValueError(
+            f"Unknown {name} {value!r}. Valid choices: {', '.join(map(repr, choices))}."
+        )
+
+
+def strided_shape(input_shape, strides: int, channels: int) -> tuple:
+    """NHWC shape after a 'same'-padded op of the given stride and output channels."""
+    n, h, w, _ = input_shape
+    h = None if h is None else -(-h // strides)
+    w = None if w is None else -(-w // strides)
+    return (n, h, w, channels)

@@ -1,0 +1,188 @@
+"""The network: :class:`ResNet`, a Keras model built from a :class:`~keras_preact.config.ResNetConfig`.
+
+Stem, stages of residual units, the final activation of the pre-activation orders, head. The
+architecture rules follow the paper's appendix and its reference code (the paper's Torch code
+for CIFAR, fb.resnet.torch for ImageNet):
+
+* CIFAR stem: one 3x3 conv, ``widths[0]`` channels. ImageNet stem: 7x7/2 conv, 64 channels,
+  3x3/2 max pool. With pre-activation the stem's BN-ReLU is the first unit's pre-activation
+  (appendix), so the stem is ``conv -> BN -> ReLU`` (ReLU only for ``relu_only_preact``) and
+  fb.resnet.torch's max pool comes after it; the post-activation orders use the same stem, as [1].
+* The units and their pre-activation placement: ``ResNetConfig.layout``.
+* Last unit: the pre-activation orders end with an extra BN-ReLU (ReLU only for
+  ``relu_only_preact``) after the last addition, before pooling; the others end at the unit.
+
+Like keras-hub's backbones, the model is a functional Keras model whose ``get_config`` is its
+architecture arguments, so ``ResNet.from_config(model.get_config())`` and ``.keras`` files rebuild
+the same network; ``model.architecture`` is the config. The network is a single chain of layers
+(each feeds the next), which :meth:`ResNet.chain_layers` hands to the tools that walk it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+
+from keras_preact import norm
+from keras_preact.common import PACKAGE
+from keras_preact.config import IMAGENET_STEM_WIDTH, ResNetConfig
+from keras_preact.stacked import STACKED_OPTIONS, StackedStage, transfer_weights
+from keras_preact.units import ResidualUnit
+
+
+def _graph(config: ResNetConfig):
+    """(inputs, outputs) of the functional graph of ``config``."""
+
+    def bn(name):
+        return norm.batch_norm(config.bn_momentum, config.bn_epsilon, name=name, fused=config.fused_bn)
+
+    inputs = keras.Input(shape=config.input_shape, name="image")
+    if config.stem == "cifar":
+        x = norm.conv(config.widths[0], 3, 1, name="stem_conv")(inputs)
+    else:
+        x = norm.conv(IMAGENET_STEM_WIDTH, 7, 2, name="stem_conv")(inputs)
+    if config.order != "relu_only_preact":
+        x = bn("stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    if config.stem == "imagenet":
+        x = keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
+
+    options = config.unit_options()
+    for slot in config.layout():
+        if slot.stacked:
+            stack_options = {k: v for k, v in options.items() if k in STACKED_OPTIONS}
+            x = StackedStage(slot.count, slot.filters, recompute=config.recompute,
+                             name=slot.name, **stack_options)(x)
+        else:
+            x = ResidualUnit(slot.filters, strides=slot.strides, preactivation=slot.preactivation,
+                             fused_bn=config.fused_bn, name=slot.name, **options)(x)
+
+    # Last unit: the extra activation after its addition (pre-activation orders only).
+    if config.order == "full_preact":
+        x = bn("final_bn")(x)
+    if config.is_preact:
+        x = keras.layers.ReLU(name="final_relu")(x)
+
+    if config.include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.Dense(
+            config.num_classes, activation=config.classifier_activation, name="predictions"
+        )(x)
+    elif config.pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif config.pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return inputs, x
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ResNet(keras.Model):
+    """A residual network of the paper (any unit, order, shortcut and stage table).
+
+    Args:
+      units_per_stage: number of residual units in each stage.
+      family: ``"cifar"`` (3x3 stem, no pooling in the stem) or ``"imagenet"`` (7x7/2 stem and
+        3x3/2 max pool). Each stage after the first halves the resolution.
+      unit: ``"basic"``, ``"bottleneck"`` or ``"single"``.
+      widths: width of each stage's 3x3 convs (default CIFAR 16/32/64, ImageNet
+        64/128/256/512). Bottleneck stages output 4x this.
+      stem: ``"cifar"`` or ``"imagenet"`` (default: the family's).
+      preact / order: ``preact=True`` is ``order="full_preact"`` (the default), ``False`` is
+        ``"original"``; ``order`` selects any of ``keras_preact.common.ORDERS`` (paper Fig. 4).
+      shortcut: a name from ``keras_preact.common.SHORTCUTS`` (paper Fig. 2), for every unit.
+      downsample: dimension-matching shortcut, ``"projection"`` or ``"zero_pad"``. Default:
+        zero-pad for CIFAR basic and single units (as [1]), projection otherwise.
+      stride_at: conv that carries a unit's stride, ``"first"`` or ``"3x3"``. Default: ``"first"``
+        for CIFAR (the paper's code), ``"3x3"`` for ImageNet (fb.resnet.torch).
+      num_classes, include_top, pooling: as in ``keras.applications``. The classifier outputs
+        logits unless ``classifier_activation`` is set (e.g. ``"softmax"``).
+      input_shape: (height, width, channels). Default (32, 32, 3) for CIFAR and
+        (None, None, 3) for ImageNet: the network is fully convolutional, so one model
+        evaluates 224 and 320 crops.
+      shortcut_scale, scale_residual, gate_bias_init, dropout_rate: shortcut variant options
+        (see ``ResidualUnit``).
+      bn_momentum, bn_epsilon: BatchNorm settings, default the paper code's 0.9 / 1e-5.
+      fused_bn: TensorFlow's fused BatchNorm kernel (same numbers, faster on CPU).
+      stacked_stages: run the units after the first of each stage as one loop over stacked
+        weights (``keras_preact.stacked.StackedStage``): same parameters and results, a graph
+        whose size does not grow with depth. For very deep nets (ResNet-1001).
+      recompute: with ``stacked_stages``, recompute each unit in the backward pass instead of
+        storing its intermediates (gradient checkpointing): far less memory, a little slower.
+      name: the model's name (default ``"resnet"``).
+    """
+
+    def __init__(self, units_per_stage: Sequence[int], *, preact: bool | None = None,
+                 order: str | None = None, name: str | None = None, trainable: bool = True,
+                 **architecture):
+        config = ResNetConfig.create(units_per_stage, preact=preact, order=order, **architecture)
+        inputs, outputs = _graph(config)
+        super().__init__(inputs=inputs, outputs=outputs, name=name or "resnet", trainable=trainable)
+        self.architecture = config
+
+    @classmethod
+    def from_architecture(cls, config: ResNetConfig, name: str | None = None) -> "ResNet":
+        """The network of a :class:`ResNetConfig` (fresh weights)."""
+        values = config.to_dict()
+        return cls(values.pop("units_per_stage"), name=name, **values)
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "trainable": self.trainable, **self.architecture.to_dict()}
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None) -> "ResNet":
+        config = dict(config)
+        name = config.pop("name", None)
+        trainable = config.pop("trainable", True)
+        architecture = ResNetConfig.from_dict(config)
+        model = cls.from_architecture(architecture, name=name)
+        model.trainable = trainable
+        return model
+
+    def chain_layers(self) -> list:
+        """The layers in call order (the input layer left out): a ResNet is one chain."""
+        return [layer for layer in self.layers if not isinstance(layer, keras.layers.InputLayer)]
+
+    def rebuild(self, **changes) -> "ResNet":
+        """The same network with some architecture arguments changed, weights carried over.
+
+        Only changes that keep the weights valid make sense (``stacked_stages``,
+        ``recompute``, ``fused_bn``); for example ``model.rebuild(stacked_stages=False)``
+        expands stacked stages into ResidualUnits.
+        """
+        target = ResNet.from_architecture(self.architecture.replace(**changes), name=self.name)
+        transfer_weights(self, target)
+        return target
+
+
+def build_resnet(units_per_stage: Sequence[int], **kwargs) -> ResNet:
+    """Build a residual network from a stage table: ``ResNet(units_per_stage, **kwargs)``."""
+    return ResNet(units_per_stage, **kwargs)
+
+
+build_resnet.__doc__ += "\n\n" + ResNet.__doc__.split("\n", 2)[2]
+
+
+def as_resnet(model, purpose: str = "this tool") -> ResNet:
+    """``model`` if it is a :class:`ResNet`, else a ValueError saying how to convert it."""
+    if isinstance(model, ResNet):
+        return model
+    raise ValueError(
+        f"{purpose} needs a keras_preact ResNet (built by keras_preact.get_model, build_resnet "
+        f"or ResNet), got {type(model).__name__} {getattr(model, 'name', '')!r}. A model saved "
+        "by keras_preact 0.1 loads as a plain functional model: rebuild the same architecture "
+        "and copy its weights, e.g. new = keras_preact.get_model('resnet20'); "
+        "new.set_weights(old.get_weights()) (see the README, 'Files from earlier versions')."
+    )
+
+
+def unstack(model: ResNet) -> ResNet:
+    """The same network with every StackedStage expanded into ResidualUnits (weights copied).
+
+    Tools that read units one by one (BN folding for export, propagation diagnostics) call
+    this; a model without stacked stages is returned as is.
+    """
+    model = as_resnet(model, "unstack")
+    if not model.architecture.stacked_stages:
+        return model
+    return model.rebuild(stacked_stages=False, recompute=False)

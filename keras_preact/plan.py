@@ -1,0 +1,196 @@
+"""The residual unit as data, and the one interpreter that runs it.
+
+``y = h(x) (+) F(x)``, ``x_next = f(y)`` (paper Eqn 1-2). :func:`unit_plan` turns a unit's
+options into a :class:`UnitPlan`: which ops form the residual function F, the shortcut h, the
+after-addition activation f, the pre-activation and where it sits, and the gate. Every
+implementation of a unit executes that plan with :func:`run_unit`, supplying only how a single
+op is computed (a :class:`UnitBackend`):
+
+* ``keras_preact.units.ResidualUnit`` -- Keras sublayers, one per op;
+* ``keras_preact.stacked.StackedStage`` -- TensorFlow ops over one unit's slice of stacked
+  weights, inside a ``tf.while_loop``;
+* ``keras_preact.export.fold`` -- folded inference layers (conv -> BN merged).
+
+So the order of F, h and f, the pre-activation rules and the shortcut formula
+(:class:`Combination`) are written once; a new option is added here and every implementation has it.
+
+An op is a tuple ``(op, name, *args)``: ``("bn", name)``, ``("relu", name)``,
+``("conv", name, kernel, filters, strides)``, ``("zero_pad", name, filters, strides)``,
+``("dropout", name, rate)``. Names are the sublayer names of ``ResidualUnit`` (and so the
+weight paths of saved models).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from keras import ops
+
+from keras_preact.common import EXPANSION, GATED_SHORTCUTS, PREACT_ORDERS
+
+
+@dataclasses.dataclass(frozen=True)
+class Combination:
+    """How h(x) and F(x) are added: the shortcut variant and its constants."""
+
+    shortcut: str = "identity"
+    shortcut_scale: float = 0.5
+    scale_residual: bool = False
+
+    def __call__(self, shortcut, residual, gate=None):
+        """``y = h(x) (+) F(x)`` for each shortcut variant (paper Fig. 2, Table 1): the one
+        place this formula lives."""
+        kind = self.shortcut
+        if kind == "constant_scaling":
+            lam = self.shortcut_scale
+            return lam * shortcut + ((1.0 - lam) * residual if self.scale_residual else residual)
+        if kind == "exclusive_gating":
+            return (1.0 - gate) * shortcut + gate * residual
+        if kind == "shortcut_only_gating":
+            return (1.0 - gate) * shortcut + residual
+        return ops.add(shortcut, residual)
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitPlan:
+    """One residual unit as data; see the module docstring for the op tuples.
+
+    ``preactivation`` says where ``preact`` runs: ``"branch"`` (F's input only, the shortcut
+    sees the raw x: Eqn 4 holds), ``"shared"`` (before the split: the paper's appendix, for
+    dimension-changing units) or ``"none"`` (the caller applied it: the first unit). ``gate``
+    is ``(filters, strides)`` of the gate's 1x1 conv, or None.
+    """
+
+    preactivation: str
+    preact: tuple
+    branch: tuple
+    shortcut: tuple
+    gate: tuple | None
+    post: tuple
+    combination: Combination
+
+    def ops(self, part: str) -> tuple:
+        return getattr(self, part)
+
+    def bn_names(self) -> list:
+        """Names of the unit's BN ops, in execution order of the parts."""
+        return [name for part in ("preact", "branch", "shortcut", "post")
+                for kind, name, *_ in self.ops(part) if kind == "bn"]
+
+
+def conv_specs(kind: str, filters: int, strides: int, stride_at: str) -> list:
+    """(kernel, filters, strides) of each weight layer of F, in order."""
+    c = filters
+    if kind == "basic":
+        specs = [[3, c, 1], [3, c, 1]]
+    elif kind == "bottleneck":
+        specs = [[1, c, 1], [3, c, 1], [1, 4 * c, 1]]
+    else:
+        specs = [[3, c, 1]]
+    # "first": the paper's CIFAR code strides the first conv (the 1x1 of a bottleneck);
+    # "3x3": fb.resnet.torch strides the 3x3. Same thing for basic and single units.
+    at = 0 if stride_at == "first" else [k for k, _, _ in specs].index(3)
+    specs[at][2] = strides
+    return [tuple(s) for s in specs]
+
+
+def unit_plan(
+    *,
+    in_channels: int,
+    filters: int,
+    kind: str,
+    order: str,
+    shortcut: str,
+    strides: int,
+    downsample: str,
+    stride_at: str,
+    preactivation: str,
+    shortcut_scale: float,
+    scale_residual: bool,
+    dropout_rate: float,
+) -> UnitPlan:
+    """The ops of one unit (paper Fig. 2 and Fig. 4; options as ``ResidualUnit``'s)."""
+    out_channels = filters * EXPANSION[kind]
+    post_act = order not in PREACT_ORDERS
+    preact = ()
+    if preactivation != "none":
+        if order == "full_preact":
+            preact = (("bn", "preact_bn"), ("relu", "preact_relu"))
+        elif order == "relu_only_preact":
+            preact = (("relu", "preact_relu"),)
+
+    branch = []
+    specs = conv_specs(kind, filters, strides, stride_at)
+    for i, (k, c, s) in enumerate(specs, start=1):
+        last = i == len(specs)
+        if order == "full_preact" and i > 1:
+            branch += [("bn", f"bn{i}"), ("relu", f"relu{i}")]
+        if order == "relu_only_preact" and i > 1:
+            branch.append(("relu", f"relu{i}"))
+        branch.append(("conv", f"conv{i}", k, c, s))
+        if order in ("original", "relu_before_addition", "relu_only_preact") or (
+            order == "bn_after_addition" and not last
+        ):
+            branch.append(("bn", f"bn{i}"))
+        if post_act and (not last or order == "relu_before_addition"):
+            branch.append(("relu", f"relu{i}"))
+
+    h = []
+    changes_dims = strides != 1 or in_channels != out_channels
+    if (changes_dims and downsample == "projection") or shortcut == "conv1x1":
+        h.append(("conv", "shortcut_conv", 1, out_channels, strides))
+        if post_act:  # [1]'s projection shortcut is conv + BN
+            h.append(("bn", "shortcut_bn"))
+    elif changes_dims:
+        h.append(("zero_pad", "shortcut_zero_pad", out_channels, strides))
+    if shortcut == "dropout":
+        h.append(("dropout", "shortcut_dropout", dropout_rate))
+
+    post = ()
+    if order == "original":
+        post = (("relu", "post_relu"),)
+    elif order == "bn_after_addition":
+        post = (("bn", "post_bn"), ("relu", "post_relu"))
+    return UnitPlan(
+        preactivation=preactivation,
+        preact=preact,
+        branch=tuple(branch),
+        shortcut=tuple(h),
+        gate=(out_channels, strides) if shortcut in GATED_SHORTCUTS else None,
+        post=post,
+        combination=Combination(shortcut, float(shortcut_scale), bool(scale_residual)),
+    )
+
+
+class UnitBackend:
+    """How one implementation computes a single op; :func:`run_unit` does the rest."""
+
+    def op(self, op: tuple, x):
+        raise NotImplementedError
+
+    def gate(self, x):
+        raise NotImplementedError
+
+    def sequence(self, op_list, x):
+        for op in op_list:
+            x = self.op(op, x)
+        return x
+
+    def combine(self, plan: UnitPlan, shortcut, residual, gate):
+        return plan.combination(shortcut, residual, gate)
+
+
+def run_unit(plan: UnitPlan, x, backend: UnitBackend):
+    """``f(h(x) (+) F(x))`` with the pre-activation where the plan puts it."""
+    if plan.preactivation == "shared":
+        x = backend.sequence(plan.preact, x)
+        branch_in = x
+    elif plan.preactivation == "branch":
+        branch_in = backend.sequence(plan.preact, x)
+    else:
+        branch_in = x
+    residual = backend.sequence(plan.branch, branch_in)
+    shortcut = backend.sequence(plan.shortcut, x)
+    gate = backend.gate(x) if plan.gate is not None else None
+    y = backend.combine(plan, shortcut, residual, gate)
+    return backend.sequence(plan.post, y)

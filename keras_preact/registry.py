@@ -1,0 +1,199 @@
+"""The model registry: every network name the package knows, resolved in one place.
+
+* the paper's named networks (``list_models()``): CIFAR ResNet-20/32/44/56/110/1202 (basic
+  units), ResNet-164/1001 (bottleneck), and ImageNet ResNet-18/34 (basic) and
+  ResNet-50/101/152/200 (bottleneck), with the stage tables of [1];
+* ``resnet<depth>`` for any valid CIFAR depth: a net of ``d`` layers with units of ``L`` weight
+  layers has ``(d - 2) / (3 L)`` units in each of its three stages (basic: 6n+2, bottleneck:
+  9n+2, single: 3n+2);
+* aliases: case and separators are ignored (``ResNet-164``, ``resnet_164``), a ``preact``
+  prefix is accepted, and ``resnet110_1layer`` is ResNet-110 with 1-layer units (paper Table 2's
+  "ResNet-110(1layer)").
+
+Trainers, export, diagnostics, the ablation runner and the benchmarks resolve names only here.
+
+    >>> import keras_preact
+    >>> model = keras_preact.ResNet1001(preact=True)        # CIFAR-10, 10,327,706 parameters
+    >>> model = keras_preact.ResNet110(unit="single")       # ResNet-110(1layer)
+    >>> model = keras_preact.get_model("resnet200", preact=False)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from keras_preact.common import KINDS, LAYERS_PER_UNIT, check_choice
+from keras_preact.model import ResNet
+
+CIFAR_MODELS = {
+    "resnet20": 20,
+    "resnet32": 32,
+    "resnet44": 44,
+    "resnet56": 56,
+    "resnet110": 110,
+    "resnet164": 164,
+    "resnet1001": 1001,
+    "resnet1202": 1202,
+}
+CIFAR_BOTTLENECK_DEPTHS = (164, 1001)  # the paper's bottleneck nets; the rest are basic
+
+IMAGENET_MODELS = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3)),
+    "resnet152": ("bottleneck", (3, 8, 36, 3)),
+    "resnet200": ("bottleneck", (3, 24, 36, 3)),
+}
+
+# alias -> (name, unit kind it fixes)
+ALIASES = {"resnet1101layer": ("resnet110", "single")}
+
+MODEL_NAMES = tuple(CIFAR_MODELS) + tuple(IMAGENET_MODELS)
+_DEPTH_NAME = re.compile(r"^resnet(\d+)$")
+
+
+class ModelNameError(ValueError):
+    """A name or unit kind the registry cannot resolve; ``argument`` is ``"name"`` or ``"unit"``."""
+
+    def __init__(self, argument: str, message: str):
+        super().__init__(message)
+        self.argument = argument
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A resolved name: what ``get_model`` builds."""
+
+    name: str  # canonical model name, also the built model's default name
+    family: str
+    unit: str
+    units_per_stage: tuple
+
+    @property
+    def depth(self) -> int:
+        """Weight layers: stem conv + units x layers per unit + classifier."""
+        return 2 + sum(self.units_per_stage) * LAYERS_PER_UNIT[self.unit]
+
+
+def list_models() -> tuple:
+    """The registered names (the paper's networks), CIFAR first."""
+    return MODEL_NAMES + tuple(f"{ALIASES[a][0]}_1layer" for a in ALIASES)
+
+
+def _key(name) -> str:
+    key = re.sub(r"[\s_\-]", "", str(name).lower())
+    return key[len("preact"):] if key.startswith("preactresnet") else key
+
+
+def default_unit(depth: int) -> str:
+    """The unit kind of a CIFAR net of ``depth`` layers when none is given."""
+    return "bottleneck" if depth in CIFAR_BOTTLENECK_DEPTHS else "basic"
+
+
+def cifar_units_per_stage(depth: int, unit: str) -> tuple:
+    """Units per stage of a CIFAR net of ``depth`` layers, or a ValueError saying why not."""
+    check_choice("unit kind", unit, KINDS)
+    per_unit = LAYERS_PER_UNIT[unit]
+    n, rem = divmod(int(depth) - 2, 3 * per_unit)
+    if rem or n < 1:
+        examples = ", ".join(str(3 * per_unit * k + 2) for k in (1, 3, 5, 9, 18))
+        raise ModelNameError(
+            "name",
+            f"Impossible depth {depth} for CIFAR {unit} units: depth must be "
+            f"{3 * per_unit}n+2 (e.g. {examples}).",
+        )
+    return (n, n, n)
+
+
+def resolve(name, unit: str | None = None) -> ModelSpec:
+    """The :class:`ModelSpec` of ``name`` (optionally with another CIFAR unit kind).
+
+    Raises :class:`ModelNameError` (a ValueError) naming the valid choices.
+    """
+    key = _key(name)
+    if unit is not None and unit not in KINDS:
+        raise ModelNameError("unit", f"Unknown unit kind {unit!r}. Valid choices: {', '.join(KINDS)}.")
+    if key in ALIASES:
+        key, fixed = ALIASES[key]
+        if unit not in (None, fixed):
+            raise ModelNameError("unit", f"{name!r} has {fixed} units; got unit={unit!r}.")
+        unit = fixed
+    if key in IMAGENET_MODELS:
+        fixed, stages = IMAGENET_MODELS[key]
+        if unit not in (None, fixed):
+            raise ModelNameError(
+                "unit", f"{key} fixes its unit kind ({fixed}); use build_resnet for others."
+            )
+        return ModelSpec(key, "imagenet", fixed, stages)
+    match = _DEPTH_NAME.match(key)
+    if not match:
+        raise ModelNameError(
+            "name",
+            f"Unknown model {name!r}. Valid choices: {', '.join(list_models())}, or "
+            "resnet<depth> for a CIFAR depth 6n+2 (basic), 9n+2 (bottleneck), 3n+2 (single).",
+        )
+    depth = int(match.group(1))
+    unit = unit or default_unit(depth)
+    try:
+        stages = cifar_units_per_stage(depth, unit)
+    except ModelNameError as error:
+        raise ModelNameError(
+            "name", f"Unknown model {name!r}: {error} Named models: {', '.join(list_models())}."
+        ) from None
+    return ModelSpec(key + ("_1layer" if unit == "single" else ""), "cifar", unit, stages)
+
+
+def model_family(name) -> str:
+    return resolve(name).family
+
+
+def get_model(name, **kwargs) -> ResNet:
+    """Build a network by name, e.g. ``get_model("resnet164", preact=True, num_classes=100)``.
+
+    Keyword arguments go to :class:`keras_preact.ResNet` (``unit=`` picks another unit kind at
+    the same CIFAR depth). ImageNet nets default to 1000 classes.
+    """
+    spec = resolve(name, kwargs.pop("unit", None))
+    kwargs.setdefault("name", spec.name)
+    if spec.family == "imagenet":
+        kwargs.setdefault("num_classes", 1000)
+    return ResNet(spec.units_per_stage, family=spec.family, unit=spec.unit, **kwargs)
+
+
+def cifar_resnet(depth: int, unit: str | None = None, **kwargs) -> ResNet:
+    """A CIFAR ResNet of any valid depth; ``unit`` defaults to bottleneck for 164 and 1001."""
+    return get_model(f"resnet{int(depth)}", unit=unit, **kwargs)
+
+
+def _constructor(name: str):
+    spec = resolve(name)
+    family = "CIFAR" if spec.family == "cifar" else "ImageNet"
+
+    def constructor(**kwargs) -> ResNet:
+        return get_model(name, **kwargs)
+
+    constructor.__name__ = constructor.__qualname__ = "ResNet" + name[len("resnet"):]
+    constructor.__doc__ = (
+        f"{family} {name} ({spec.unit} units). Keyword arguments go to ``keras_preact.ResNet`` "
+        "(preact, order, shortcut, num_classes, input_shape, include_top, pooling, ...)"
+        + ("; ``unit=`` picks another unit kind at the same depth." if spec.family == "cifar" else ".")
+    )
+    return constructor
+
+
+ResNet20 = _constructor("resnet20")
+ResNet32 = _constructor("resnet32")
+ResNet44 = _constructor("resnet44")
+ResNet56 = _constructor("resnet56")
+ResNet110 = _constructor("resnet110")
+ResNet164 = _constructor("resnet164")
+ResNet1001 = _constructor("resnet1001")
+ResNet1202 = _constructor("resnet1202")
+ResNet18 = _constructor("resnet18")
+ResNet34 = _constructor("resnet34")
+ResNet50 = _constructor("resnet50")
+ResNet101 = _constructor("resnet101")
+ResNet152 = _constructor("resnet152")
+ResNet200 = _constructor("resnet200")

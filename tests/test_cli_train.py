@@ -1,0 +1,416 @@
+"""keras_preact.cli.train: flags -> Settings (each bad flag named by its FlagError), run(settings)
+in-process, main's exit statuses, and the real trainer scripts end to end in a few processes.
+
+Runs that need a fresh TensorFlow (2 logical CPU devices for a mirrored run, kill -9) start
+``trainers/cifar.py`` in a subprocess (tests/trainer_runs.py); everything else runs here.
+"""
+
+import ast
+import concurrent.futures
+import dataclasses
+import inspect
+import io
+import json
+import math
+import os
+import pathlib
+import re
+import signal
+import time
+
+import pytest
+import tensorflow as tf
+from absl import flags
+
+import trainer_runs
+from keras_preact import registry
+from keras_preact.cli import train
+from keras_preact.training import DivergenceError, read_metrics
+from keras_preact.training import strategy as strategy_lib
+
+PACKAGE = pathlib.Path(train.__file__).resolve().parents[1]
+
+
+def parse(family, *argv):
+    flag_values = flags.FlagValues()
+    train.define_flags(family, flag_values)
+    flag_values(["trainer", *argv])
+    return flag_values
+
+
+def check(family, *argv):
+    return train.settings_from_flags(family, parse(family, *argv), argv=("trainer", *argv))
+
+
+@pytest.fixture(scope="module")
+def cifar_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar_folder")
+    return trainer_runs.make_image_folder(root, {"train": 16, "test": 4})
+
+
+# --- flags -> Settings ------------------------------------------------------------------------
+
+
+def test_cifar_defaults_train_the_embedded_sample():
+    settings = check("cifar")
+    assert settings.source == "cifar10_sample" and settings.model_name == "resnet20"
+    assert (settings.dataset, settings.data_dir, settings.data_flag) == ("cifar10_sample", None, "dataset")
+    assert settings.recipe.name == "cifar10_sample" and settings.model_kwargs["order"] == "full_preact"
+    assert settings.model_dir == os.path.join("runs", "cifar10_sample_resnet20")
+    assert (settings.train_split, settings.eval_split, settings.eval_sizes) == ("train", "test", ())
+
+
+def test_real_datasets_get_the_paper_recipe():
+    cifar = check("cifar", "--dataset=cifar10", "--model=resnet164")
+    assert cifar.recipe.name == "cifar" and cifar.recipe.total_steps(390) == 64000
+    imagenet = check("imagenet", "--model=resnet200")
+    assert imagenet.recipe.name == "imagenet" and imagenet.eval_sizes == (224, 320)
+    assert imagenet.recipe.lr_reference_batch == 256 and imagenet.eval_split == "validation"
+
+
+def test_overrides_reach_the_recipe_and_the_model(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / split).mkdir()
+    settings = check(
+        "cifar", f"--data_dir={tmp_path}", "--model=resnet110", "--unit=single", "--preact=false",
+        "--shortcut=constant_scaling", "--lr_schedule=cosine", "--label_smoothing=0.1",
+        "--decay_bn=false", "--epochs=3", "--warmup_steps=400", "--batch_size=64", "--nesterov",
+    )
+    assert settings.source == str(tmp_path) and settings.data_flag == "data_dir"
+    assert settings.dataset is None and settings.recipe.name == "cifar"
+    assert settings.model_name == "resnet110_1layer"  # the registry's name for Table 2's net
+    assert settings.model_kwargs == {"order": "original", "shortcut": "constant_scaling", "unit": "single"}
+    assert settings.model_dir == os.path.join("runs", f"{tmp_path.name}_resnet110_1layer")
+    recipe = settings.recipe
+    assert (recipe.schedule, recipe.label_smoothing, recipe.decay_bn, recipe.nesterov) == ("cosine", 0.1, False, True)
+    assert (recipe.epochs, recipe.train_steps, recipe.warmup_steps, recipe.batch_size) == (3, None, 400, 64)
+
+
+def test_every_run_value_is_in_the_settings(tmp_path):
+    argv = (
+        "--strategy=mirrored", "--cpu_devices=2", "--sync_bn", "--tpu=grpc://1.2.3.4:8470",
+        "--checkpoint_every=5", "--keep_checkpoints=2", "--log_every=3", "--eval_every=7",
+        "--seed=4", "--export", f"--export_dir={tmp_path / 'exports'}", f"--model_dir={tmp_path / 'run'}",
+        f"--tfds_dir={tmp_path / 'tfds'}", "--train_split=train[:90%]", "--eval_split=train[90%:]",
+    )
+    settings = check("cifar", "--dataset=cifar100", *argv)
+    assert dataclasses.asdict(settings) | {"recipe": None, "model_kwargs": None} == {
+        "family": "cifar", "model_name": "resnet20", "recipe": None, "model_kwargs": None,
+        "model_dir": str(tmp_path / "run"), "dataset": "cifar100", "data_dir": None,
+        "tfds_dir": str(tmp_path / "tfds"), "manual_dir": None, "train_split": "train[:90%]",
+        "eval_split": "train[90%:]", "augment": "scale", "color": True, "eval_sizes": (),
+        "strategy_name": "mirrored", "cpu_devices": 2, "tpu": "grpc://1.2.3.4:8470", "sync_bn": True,
+        "checkpoint_every": 5, "keep_checkpoints": 2, "log_every": 3, "eval_every": 7, "seed": 4,
+        "export": True, "export_dir": str(tmp_path / "exports"), "argv": ("trainer", "--dataset=cifar100", *argv),
+    }
+    imagenet = check("imagenet", f"--manual_dir={tmp_path}", "--augment=inception", "--nocolor",
+                     "--eval_sizes=320")
+    assert (imagenet.manual_dir, imagenet.augment, imagenet.color, imagenet.eval_sizes) == (
+        str(tmp_path), "inception", False, (320,))
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet8", "ResNet-164", "resnet_1001", "resnet110_1layer", "RESNET50", "resnet26"]
+)
+def test_model_names_resolve_through_the_registry(name):
+    settings = check("cifar", f"--model={name}")
+    assert settings.model_name == registry.resolve(name).name
+
+
+def test_stacked_stage_flags_reach_the_model():
+    settings = check("cifar", "--model=resnet1001", "--stacked_stages", "--recompute")
+    assert settings.model_kwargs["stacked_stages"] is True
+    assert settings.model_kwargs["recompute"] is True
+
+
+BAD_FLAGS = {
+    "unknown_model": (("cifar", "--model=vgg16"), "model", "Unknown model 'vgg16'"),
+    "bad_depth": (("cifar", "--model=resnet21"), "model", "Impossible depth 21"),
+    "bad_depth_for_unit": (("cifar", "--model=resnet32", "--unit=bottleneck"), "model", "Impossible depth 32"),
+    "unit_on_imagenet_net": (("imagenet", "--model=resnet50", "--unit=basic"), "unit", "fixes its unit kind"),
+    "unit_on_1layer_alias": (("cifar", "--model=resnet110_1layer", "--unit=basic"), "unit", "single units"),
+    "order_contradicts_preact": (("cifar", "--preact=false", "--order=full_preact"), "order", "contradicts"),
+    "recompute_alone": (("cifar", "--recompute"), "recompute", "needs stacked_stages"),
+    "stacked_dropout": (("cifar", "--stacked_stages", "--shortcut=dropout"), "stacked_stages", "dropout"),
+    "stacked_sync_bn": (("cifar", "--stacked_stages", "--sync_bn"), "sync_bn", "not supported"),
+    "missing_data": (("cifar", "--data_dir=/nonexistent/cifar"), "data_dir", "no folder '/nonexistent/cifar/train'"),
+    "steps_and_epochs": (("cifar", "--epochs=2", "--train_steps=10"), "epochs", "not both"),
+    "bad_boundaries": (("cifar", "--lr_boundaries=half"), "lr_boundaries", "Bad learning-rate boundary 'half'"),
+    "bad_eval_size": (("imagenet", "--eval_sizes=256"), "eval_sizes", "224 and 320"),
+    "eval_size_not_a_number": (("imagenet", "--eval_sizes=big"), "eval_sizes", "integers"),
+    "zero_batch": (("cifar", "--batch_size=0"), "batch_size", ">= 1"),
+    "zero_cpu_devices": (("cifar", "--cpu_devices=0"), "cpu_devices", ">= 1"),
+    "negative_checkpoint_every": (("cifar", "--checkpoint_every=-1"), "checkpoint_every", ">= 0"),
+    "zero_lr": (("cifar", "--lr=0"), "lr", "positive"),
+    "label_smoothing_one": (("cifar", "--label_smoothing=1"), "label_smoothing", r"\[0, 1\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FLAGS))
+def test_bad_flags_name_the_flag(case):
+    args, flag, message = BAD_FLAGS[case]
+    with pytest.raises(train.FlagError, match=message) as error:
+        check(*args)
+    assert error.value.flag == flag and str(error.value).startswith(f"--{flag}: ")
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_strategy_is_refused_while_parsing():
+    with pytest.raises(flags.IllegalFlagValueError, match="horovod"):
+        parse("cifar", "--strategy=horovod")
+
+
+# --- structured errors -> flags -------------------------------------------------------------
+
+
+def test_every_strategy_error_argument_has_a_flag():
+    assert set(train.STRATEGY_ARGUMENT_FLAGS) == set(strategy_lib.ERROR_ARGUMENTS)
+    with pytest.raises(ValueError, match="Unknown StrategyError argument"):
+        strategy_lib.StrategyError("message", "batch")
+
+
+def test_uneven_batch_is_blamed_on_batch_size():
+    two_replicas = type("TwoReplicas", (), {"num_replicas_in_sync": 2})()
+    with pytest.raises(strategy_lib.StrategyError) as error:
+        strategy_lib.per_replica_batch(127, two_replicas)
+    assert train.STRATEGY_ARGUMENT_FLAGS[error.value.argument] == "batch_size"
+
+
+def test_run_blames_strategy_when_there_is_no_tpu(monkeypatch, tmp_path):
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    monkeypatch.setattr(strategy_lib, "local_tpu_present", lambda: False)
+    settings = check("imagenet", "--strategy=tpu", f"--model_dir={tmp_path}")
+    with pytest.raises(train.FlagError, match="no TPU on this machine") as error:
+        train.run(settings)
+    assert error.value.flag == "strategy" and not os.listdir(tmp_path)
+
+
+def test_run_blames_cpu_devices_once_tensorflow_has_started(tmp_path):
+    have = len(tf.config.list_logical_devices("CPU"))  # starts the runtime: the layout is fixed
+    settings = check("cifar", f"--cpu_devices={have + 1}", f"--model_dir={tmp_path}")
+    with pytest.raises(train.FlagError, match="already initialised") as error:
+        train.run(settings)
+    assert error.value.flag == "cpu_devices"
+
+
+def test_unreadable_data_is_blamed_on_the_flag_that_chose_it(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / "empty" / split).mkdir(parents=True)
+    folder = check("cifar", f"--data_dir={tmp_path / 'empty'}", f"--model_dir={tmp_path / 'a'}")
+    with pytest.raises(train.FlagError) as error:
+        train.run(folder)
+    assert error.value.flag == "data_dir"
+    sample = check("cifar", "--eval_split=no_such_split", f"--model_dir={tmp_path / 'b'}")
+    with pytest.raises(train.FlagError) as error:
+        train.run(sample)
+    assert error.value.flag == "dataset"
+
+
+# --- run(settings) in-process ---------------------------------------------------------------
+
+
+def test_run_trains_records_and_resumes_in_process(tmp_path):
+    argv = ("--model=resnet8", "--train_steps=3", "--batch_size=32", "--log_every=1", "--seed=3",
+            "--lr_boundaries=0.5", f"--model_dir={tmp_path}")
+    settings = check("cifar", *argv)
+    out = io.StringIO()
+    results = train.run(settings, stream=out)
+
+    assert set(results) == {"test"} and results["test"]["count"] == 1000
+    assert 0.0 <= results["test"]["error"] <= 1.0 and math.isfinite(results["test"]["loss"])
+    text = out.getvalue()
+    assert "resnet8 (75,770 parameters) on cifar10_sample train (5000 images, 10 classes, 32x32)" in text
+    assert f"Final test error: {100 * results['test']['error']:.2f}% " in text and "after 3 steps" in text
+
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["final"] == results  # the returned evaluations, exactly
+    assert (record["model"], record["steps"], record["global_batch"], record["seed"]) == ("resnet8", 3, 32, 3)
+    assert record["parameters"] == registry.get_model("resnet8").count_params() == 75770
+    assert record["recipe"]["train_steps"] == 3 and record["recipe"]["lr_boundaries"] == ["0.5"]
+    assert record["source"] == "cifar10_sample" and record["argv"] == ["trainer", *argv]
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert [int(r["step"]) for r in rows if r["train_loss"]] == [1, 2, 3]
+    [final] = [r for r in rows if r["test_error"]]
+    assert (int(final["step"]), final["eval_name"]) == (3, "test")
+    assert float(final["test_error"]) == pytest.approx(results["test"]["error"])
+    assert (tmp_path / "labels.txt").read_text().startswith("airplane\nautomobile\n")
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-3")
+
+    longer = dataclasses.replace(settings, recipe=settings.recipe.replace(train_steps=5))
+    out = io.StringIO()
+    train.run(longer, stream=out)
+    assert "at step 3 " in out.getvalue() and "after 5 steps" in out.getvalue()
+    assert json.loads((tmp_path / "results.json").read_text())["steps"] == 5
+    assert [int(r["step"]) for r in read_metrics(tmp_path / "metrics.csv") if r["train_loss"]] == [1, 2, 3, 4, 5]
+
+
+def test_imagenet_run_evaluates_at_224_and_320(tmp_path):
+    root = trainer_runs.make_image_folder(tmp_path / "data", {"train": 4, "validation": 2}, size=48)
+    settings = check(
+        "imagenet", f"--data_dir={root}", "--model=resnet18", "--batch_size=4", "--train_steps=2",
+        "--augment=inception", f"--model_dir={tmp_path / 'run'}",
+    )
+    out = io.StringIO()
+    results = train.run(settings, stream=out)
+    assert set(results) == {"validation@224", "validation@320"}
+    assert all(result["count"] == 6 for result in results.values())
+    assert "lr 0.0015625" in out.getvalue()  # 0.1 for 256, scaled to the batch of 4
+    for size in (224, 320):
+        assert re.search(rf"Final validation@{size} error: .* on 6 images after 2 steps", out.getvalue())
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert {r["eval_name"] for r in rows if r["test_error"]} == {"validation@224", "validation@320"}
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["final"] == results
+
+
+def test_export_at_the_end(cifar_folder, tmp_path):
+    settings = check(
+        "cifar", f"--data_dir={cifar_folder}", "--model=resnet8", "--batch_size=8", "--train_steps=2",
+        f"--model_dir={tmp_path / 'run'}", "--export", f"--export_dir={tmp_path / 'exports'}",
+    )
+    out = io.StringIO()
+    train.run(settings, stream=out)
+    version = tmp_path / "exports" / "resnet8" / "1"
+    assert f"Exported to {version}" in out.getvalue()
+    assert (version / "saved_model.pb").exists()
+    assert (version / "assets.extra" / "labels.txt").read_text().split() == ["cat", "dog", "ship"]
+
+
+# --- main: exit statuses --------------------------------------------------------------------
+
+
+def test_main_trains_the_default_model_on_the_embedded_sample(tmp_path):
+    argv = ("--train_steps=2", "--batch_size=16", f"--model_dir={tmp_path}")
+    out = io.StringIO()
+    train.main("cifar", parse("cifar", *argv), argv=argv, stream=out)
+    text = out.getvalue()
+    assert "resnet20" in text and "cifar10_sample train (5000 images, 10 classes, 32x32)" in text
+    assert re.search(r"Final test error: \d+\.\d\d% \(accuracy \d+\.\d\d%\) on 1000 images after 2 steps", text)
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_main_bad_flag_is_one_line_and_exit_2(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        train.main("cifar", parse("cifar", "--model=resnet21", f"--model_dir={tmp_path}"), argv=())
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --model: ") and "Impossible depth 21" in err and err.count("\n") == 1
+    assert not os.listdir(tmp_path)
+
+
+def test_main_divergence_is_exit_3(capsys, cifar_folder, tmp_path):
+    flag_values = parse("cifar", f"--data_dir={cifar_folder}", "--model=resnet8", "--batch_size=8",
+                        "--train_steps=4", "--lr=1e30", f"--model_dir={tmp_path}")
+    with pytest.raises(SystemExit) as exit_:
+        train.main("cifar", flag_values, argv=(), stream=io.StringIO())
+    assert exit_.value.code == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: Training loss is ") and "diverged" in err
+    assert not (tmp_path / "results.json").exists()
+    assert issubclass(DivergenceError, RuntimeError)
+
+
+# --- structure ------------------------------------------------------------------------------
+
+
+def test_only_settings_from_flags_reads_flags():
+    source = inspect.getsource(train)
+    assert "FLAGS." not in source
+    for function in (train.run, train.build_data, train.write_results, train.model_settings):
+        assert "flag_values" not in inspect.getsource(function)
+
+
+def test_cli_is_the_top_layer_and_imports_at_module_top():
+    """No lower module imports keras_preact.cli; the CLI has no function-local package imports."""
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+        names = [node.module or "" for node in imports if isinstance(node, ast.ImportFrom)]
+        names += [alias.name for node in imports if isinstance(node, ast.Import) for alias in node.names]
+        if "cli" not in path.relative_to(PACKAGE).parts:
+            assert not [n for n in names if n.startswith("keras_preact.cli")], path
+        else:
+            top = {id(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))}
+            local = [node for node in imports if id(node) not in top]
+            assert not local, (path, [ast.unparse(node) for node in local])
+
+
+# --- the real trainer scripts, end to end ---------------------------------------------------
+
+PROCESS_CASES = {
+    "bad_depth": (("cifar", "--model=resnet21"), "error: --model: ", "Impossible depth 21"),
+    "batch_not_divisible": (
+        ("cifar", "--strategy=mirrored", "--cpu_devices=2", "--batch_size=127"),
+        "error: --batch_size: ", "--batch_size=127 is not divisible by the 2 replicas",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def outcomes():
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(PROCESS_CASES)) as pool:
+        futures = {
+            name: pool.submit(trainer_runs.run, args[0], *args[1:], timeout=90)
+            for name, (args, _, _) in PROCESS_CASES.items()
+        }
+        return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.mark.parametrize("case", sorted(PROCESS_CASES))
+def test_trainer_process_fails_fast_with_one_line(outcomes, case):
+    code, out, err, seconds = outcomes[case]
+    _, prefix, message = PROCESS_CASES[case]
+    assert code == 2, (out, err[-2000:])
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(prefix) and message in errors[0], err[-2000:]
+    assert seconds < 60  # the TensorFlow import dominates; no model is built, no data read
+    assert "step " not in out
+
+
+def test_mirrored_folder_run_then_resume(cifar_folder, tmp_path):
+    flags_ = [
+        f"--data_dir={cifar_folder}", "--strategy=mirrored", "--cpu_devices=2", "--batch_size=8",
+        "--log_every=1", f"--model_dir={tmp_path}", "--lr_boundaries=0.5",
+        "--model=resnet8",  # any CIFAR depth 6n+2 is accepted: the smallest, for speed
+    ]
+    code, out, err, _ = trainer_runs.run("cifar", *flags_, "--train_steps=4")
+    assert code == 0, err[-3000:]
+    assert "strategy mirrored with 2 replica(s)" in out and "Final test error" in out
+    assert "3 classes" in out
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-4")
+    code, out, err, _ = trainer_runs.run("cifar", *flags_, "--train_steps=7")
+    assert code == 0, err[-3000:]
+    assert "at step 4 (epoch 0, batch 4)" in out and "after 7 steps" in out
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert [int(r["step"]) for r in rows if r["train_loss"]] == list(range(1, 8))
+    assert os.listdir(tmp_path / "tensorboard")
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["steps"] == 7 and record["argv"][1:] == [*flags_, "--train_steps=7"]
+
+
+def test_kill_9_loses_at_most_the_work_since_the_last_checkpoint(cifar_folder, tmp_path):
+    flags_ = [
+        f"--data_dir={cifar_folder}", "--batch_size=8", "--checkpoint_every=3", "--log_every=1",
+        f"--model_dir={tmp_path}", "--lr_boundaries=100", "--model=resnet8",
+    ]
+    process = trainer_runs.start("cifar", *flags_, "--train_steps=100000")
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+            if latest and int(latest.rsplit("-", 1)[1]) >= 6:
+                break
+            time.sleep(0.2)
+        process.send_signal(signal.SIGKILL)  # whatever it was doing, mid-step or mid-save
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+    saved = int(tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).rsplit("-", 1)[1])
+    assert saved >= 6
+    code, out, err, _ = trainer_runs.run("cifar", *flags_, f"--train_steps={saved + 2}")
+    assert code == 0, err[-3000:]
+    assert f"at step {saved} " in out and f"after {saved + 2} steps" in out
