@@ -5,11 +5,15 @@ Backends, each with and without BN folding (``keras_preact.export.fold_batch_nor
 * ``keras``        the Keras model called in a ``tf.function`` (``training=False``);
 * ``saved_model``  the exported SavedModel's ``predict_images`` signature, loaded with
                    ``tf.saved_model.load`` (includes the softmax/top-k outputs);
-* ``tflite_<v>``   the TFLite float32, float16 and int8 models (``tf.lite.Interpreter``).
+* ``litert_<v>``   the TFLite float32, float16 and int8 models, run by LiteRT
+                   (``ai_edge_litert.interpreter``, ``--threads`` threads);
+* ``onnxruntime``  the ONNX export (``keras_preact.export.onnx``: Keras' ``model.export(format="onnx")``)
+                   run by ONNX Runtime on CPU (``--threads`` intra-op threads). Needs
+                   ``pip install "keras_preact[onnx]"``.
 
 For each: batch-1 latency (median and 90th percentile over ``--runs`` calls, after warm-up)
 and batch throughput (images/s from the median time of ``--batch_runs`` calls at
-``--batch``), timed in ``--rounds`` interleaved rounds. TFLite op counts of the folded and unfolded graphs are recorded too, which shows
+``--batch``), timed in ``--rounds`` interleaved rounds. TFLite op counts of the folded and unfolded graphs are recorded too (and the ONNX ones), which shows
 how much of the folding the converter already does on its own. A timing probe (the folded
 TFLite float32 graph without the multiply-adds that remain of the unfoldable leading BNs; not
 the network's function) measures what those cost. Prints a Markdown table and
@@ -24,6 +28,7 @@ comparable with each other, not across machines.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -38,6 +43,7 @@ import tensorflow as tf
 from keras_preact import registry
 from keras_preact.data import cifar10_sample_dir
 from keras_preact.export import ChannelAffine, fold_batch_norm
+from keras_preact.export import onnx as onnx_lib
 from keras_preact.export.exporter import image_folder_split, load_model_file
 from keras_preact.export.parity import preprocess_encoded
 from keras_preact.export.saved_model import eval_image_size, write_saved_model
@@ -54,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=int, default=200, help="Batch-1 calls timed per backend.")
     parser.add_argument("--batch_runs", type=int, default=20, help="Batch calls timed per backend.")
     parser.add_argument("--rounds", type=int, default=5, help="Interleaved timing rounds.")
-    parser.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads.")
+    parser.add_argument("--threads", type=int, default=2, help="LiteRT and ONNX Runtime threads.")
     parser.add_argument("--calibration", type=int, default=100, help="int8 calibration images.")
     parser.add_argument("--out", default="benchmarks/results/inference.json", help="JSON output path.")
     return parser
@@ -121,6 +127,10 @@ def main(argv=None) -> int:
         size = eval_image_size(args.recipe)
     except ValueError as error:
         parser.error(f"argument --recipe: {error}")
+    try:
+        onnx_lib.require()
+    except ImportError as error:
+        parser.error(str(error))
     model = build_model(args, parser, size)
     num_classes = int(model.outputs[0].shape[-1])
     folded = fold_batch_norm(model)
@@ -130,11 +140,11 @@ def main(argv=None) -> int:
     calibration = calibration_images(args.recipe, size, args.calibration)
 
     backends = {}  # name -> (callable, extra info)
-    tflite_info = {}
+    artefact_info = {}  # name -> file size and op counts (LiteRT and ONNX backends)
     tmp = tempfile.mkdtemp(prefix="keras_preact_bench_")
     names = [str(i) for i in range(num_classes)]
     steps = [("unfolded", model), ("folded", folded)]
-    total = len(steps) * (2 + len(VARIANTS)) + 1
+    total = len(steps) * (3 + len(VARIANTS)) + 1
     done = 0
 
     def progress(what):
@@ -153,13 +163,17 @@ def main(argv=None) -> int:
         for variant in VARIANTS:
             flatbuffer = convert_model(net, variant, size, calibration if variant == "int8" else None)
             runner = TFLiteRunner(flatbuffer, num_threads=args.threads)
-            backends[f"tflite_{variant}/{tag}"] = runner
-            tflite_info[f"tflite_{variant}/{tag}"] = {"bytes": len(flatbuffer), "ops": op_counts(flatbuffer)}
-            progress(f"tflite_{variant}/{tag}")
+            backends[f"litert_{variant}/{tag}"] = runner
+            artefact_info[f"litert_{variant}/{tag}"] = {"bytes": len(flatbuffer), "ops": op_counts(flatbuffer)}
+            progress(f"litert_{variant}/{tag}")
+        onnx_model = onnx_lib.convert_model(net, size)
+        backends[f"onnxruntime/{tag}"] = onnx_lib.OnnxRunner(onnx_model, num_threads=args.threads)
+        artefact_info[f"onnxruntime/{tag}"] = {"bytes": len(onnx_model), "ops": onnx_lib.op_counts(onnx_model)}
+        progress(f"onnxruntime/{tag}")
     probe = convert_model(without_affine(folded), "float32", size)
-    backends["tflite_float32/probe_no_affine"] = TFLiteRunner(probe, num_threads=args.threads)
-    tflite_info["tflite_float32/probe_no_affine"] = {"bytes": len(probe), "ops": op_counts(probe)}
-    progress("tflite_float32/probe_no_affine (timing probe: unfoldable BNs removed)")
+    backends["litert_float32/probe_no_affine"] = TFLiteRunner(probe, num_threads=args.threads)
+    artefact_info["litert_float32/probe_no_affine"] = {"bytes": len(probe), "ops": op_counts(probe)}
+    progress("litert_float32/probe_no_affine (timing probe: unfoldable BNs removed)")
 
     # Interleaved rounds: every backend is timed a little in each round, so a burst of load
     # from other processes on the shared machine hits all backends alike, not one of them.
@@ -180,7 +194,7 @@ def main(argv=None) -> int:
             "latency_ms_median": 1000 * float(np.median(latency[name])),
             "latency_ms_p90": 1000 * float(np.percentile(latency[name], 90)),
             "throughput_img_s": args.batch / float(np.median(per_batch[name])),
-            **tflite_info.get(name, {}),
+            **artefact_info.get(name, {}),
         }
 
     report = {
@@ -191,9 +205,11 @@ def main(argv=None) -> int:
         "runs": args.runs,
         "batch_runs": args.batch_runs,
         "rounds": args.rounds,
-        "tflite_threads": args.threads,
+        "threads": args.threads,
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
+        "ai_edge_litert": importlib.metadata.version("ai-edge-litert"),
+        "onnxruntime": importlib.metadata.version("onnxruntime"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "results": results,
     }
@@ -202,7 +218,8 @@ def main(argv=None) -> int:
         json.dump(report, f, indent=2)
 
     print(f"\n{report['model']} ({report['parameters']:,} parameters), input {size}x{size}, "
-          f"TF {tf.__version__}, TFLite threads {args.threads}, {report['machine']}\n")
+          f"TF {tf.__version__}, LiteRT {report['ai_edge_litert']}, ONNX Runtime {report['onnxruntime']}, "
+          f"{args.threads} threads (LiteRT, ONNX Runtime), {report['machine']}\n")
     print("| backend | BN folded | batch-1 latency ms (median) | p90 ms | "
           f"throughput img/s (batch {args.batch}) | size bytes |")
     print("|---|---|---|---|---|---|")
@@ -212,14 +229,16 @@ def main(argv=None) -> int:
         print(f"| {backend} | {folded_column} | {row['latency_ms_median']:.3f} | "
               f"{row['latency_ms_p90']:.3f} | {row['throughput_img_s']:.0f} | {row.get('bytes', '-')} |")
     for variant in VARIANTS:
-        a, b = tflite_info[f"tflite_{variant}/unfolded"]["ops"], tflite_info[f"tflite_{variant}/folded"]["ops"]
+        a, b = artefact_info[f"litert_{variant}/unfolded"]["ops"], artefact_info[f"litert_{variant}/folded"]["ops"]
         print(f"\nTFLite {variant} ops unfolded: {a}\nTFLite {variant} ops folded:   {b}"
               + ("  (identical)" if a == b else ""))
-    probe_row, folded_row = results["tflite_float32/probe_no_affine"], results["tflite_float32/folded"]
+    a, b = artefact_info["onnxruntime/unfolded"]["ops"], artefact_info["onnxruntime/folded"]["ops"]
+    print(f"\nONNX ops unfolded: {a}\nONNX ops folded:   {b}")
+    probe_row, folded_row = results["litert_float32/probe_no_affine"], results["litert_float32/folded"]
     print(f"\nCost of the BNs no converter can fold (TFLite float32, folded minus probe): "
           f"{folded_row['latency_ms_median'] - probe_row['latency_ms_median']:+.3f} ms batch-1 latency, "
           f"throughput {folded_row['throughput_img_s']:.0f} vs {probe_row['throughput_img_s']:.0f} img/s; "
-          f"probe ops {tflite_info['tflite_float32/probe_no_affine']['ops']}")
+          f"probe ops {artefact_info['litert_float32/probe_no_affine']['ops']}")
     print(f"\nJSON: {args.out}")
     return 0
 

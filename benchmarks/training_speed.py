@@ -11,10 +11,21 @@ optimised variants are options of the same public models:
     stacked_recompute  fused + stacked_stages=True + recompute=True
     folded             (inference) keras_preact.export.fold_batch_norm of the fused build
 
-Ratios are against the plain build measured in the same run. Usage:
+Any variant takes suffixes (also through ``--also``, which adds them to every variant of a case):
+
+    +bf16   dtype_policy="mixed_bfloat16"  (plain+bf16 is Keras' BN under bf16, fused+bf16 the
+            fused kernel on bf16 inputs: the pair shows what the fused path buys)
+    +fp16   dtype_policy="mixed_float16", with dynamic loss scaling (LossScaleOptimizer)
+    +jit    the step compiled with XLA (tf.function(jit_compile=True))
+
+Ratios are against the plain float32 build measured in the same run. ``--repeats=N`` runs every
+case N times with the variants interleaved (ABCABC...) and reports the median; quote numbers
+only from an otherwise idle machine. The CPU model and its bf16/AMX flags are printed first.
+Usage:
 
     python benchmarks/training_speed.py                      # the full table (~25 min)
     python benchmarks/training_speed.py --cases=resnet110    # one model
+    python benchmarks/training_speed.py --cases=resnet20,resnet110,resnet164 --also=bf16 --repeats=3
     python benchmarks/training_speed.py --quick              # tiny smoke run
 
 Writes benchmarks/results/training_speed.json.
@@ -55,8 +66,11 @@ VARIANTS = {
     # folded into the conv, the other BNs as per-channel multiply-adds).
     "folded": dict(fused_bn=True),
 }
+SUFFIXES = {"bf16": dict(dtype_policy="mixed_bfloat16"), "fp16": dict(dtype_policy="mixed_float16"),
+            "jit": {}}
 # (model, mode, batch, variants, timed steps)
 CASES = [
+    ("resnet20", "train", 128, ("plain", "fused"), 10),
     ("resnet110", "train", 128, ("plain", "fused", "stacked"), 8),
     ("resnet164", "train", 128, ("plain", "fused", "stacked", "stacked_recompute"), 6),
     ("resnet164", "infer", 128, ("plain", "fused", "stacked", "folded"), 10),
@@ -66,33 +80,66 @@ CASES = [
 QUICK_CASES = [("resnet20", "train", 32, ("plain", "fused", "stacked_recompute"), 3)]
 
 
+def split_variant(name: str) -> tuple:
+    """``"fused+bf16+jit"`` -> (model kwargs, base variant, jit_compile)."""
+    base, *suffixes = name.split("+")
+    if base not in VARIANTS or any(s not in SUFFIXES for s in suffixes):
+        raise ValueError(f"Unknown variant {name!r}: a base of {sorted(VARIANTS)} with suffixes "
+                         f"+{', +'.join(SUFFIXES)}.")
+    kwargs = dict(VARIANTS[base])
+    for suffix in suffixes:
+        kwargs.update(SUFFIXES[suffix])
+    return kwargs, base, "jit" in suffixes
+
+
+def cpu_description() -> dict:
+    """The CPU model and the flags that decide whether bf16 can pay (Linux /proc/cpuinfo)."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx512_vnni")
+    return {"model": model, "flags": [f for f in wanted if f in flags]}
+
+
 def worker(spec: dict) -> dict:
     """Build, trace and time one case in this (fresh) process."""
     keras.utils.set_random_seed(0)
-    model = get_model(spec["model"], **VARIANTS[spec["variant"]])
-    if spec["variant"] == "folded":
+    kwargs, base, jit = split_variant(spec["variant"])
+    model = get_model(spec["model"], **kwargs)
+    if base == "folded":
         model = fold_batch_norm(model)
     batch = spec["batch"]
     rng = np.random.RandomState(0)
     x = tf.constant(rng.rand(batch, 32, 32, 3).astype("float32"))
     y = tf.constant(rng.randint(0, 10, batch).astype("int32"))
     optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    if kwargs.get("dtype_policy") == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
 
     if spec["mode"] == "train":
-        @tf.function
+        @tf.function(jit_compile=jit)
         def step(x, y):
             with tf.GradientTape() as tape:
-                logits = model(x, training=True)
+                logits = tf.cast(model(x, training=True), tf.float32)
                 loss = tf.reduce_mean(
                     tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
                 )
-            grads = tape.gradient(loss, model.trainable_weights)
+                scaled = optimizer.scale_loss(loss)
+            grads = tape.gradient(scaled, model.trainable_weights)
             optimizer.apply(grads, model.trainable_weights)
             return loss
     else:
-        @tf.function
+        @tf.function(jit_compile=jit)
         def step(x, y):
-            return tf.reduce_sum(model(x, training=False))
+            return tf.reduce_sum(tf.cast(model(x, training=False), tf.float32))
 
     float(step(x, y))
     first = time.perf_counter() - PROCESS_START
@@ -141,6 +188,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=1,
                         help="run every case this many times, variants interleaved (ABAB...), "
                              "and report the median images/s: the machines are noisy")
+    parser.add_argument("--also", default="",
+                        help="suffixes added to every variant of every case, e.g. bf16,jit,bf16+jit")
     parser.add_argument("--output", default=os.path.join(HERE, "results", "training_speed.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -155,8 +204,21 @@ def main(argv=None):
         except ModelNameError as error:
             parser.error(f"argument --cases: {error}")
         cases = [c for c in cases if c[0] in keep]
+    extra = [s.strip() for s in args.also.split(",") if s.strip()]
+    if extra:
+        cases = [(m, mode, b, tuple(variants) + tuple(f"{v}+{s}" for s in extra for v in variants), n)
+                 for m, mode, b, variants, n in cases]
+    for _, _, _, variants, _ in cases:
+        for variant in variants:
+            try:
+                split_variant(variant)
+            except ValueError as error:
+                parser.error(f"argument --also: {error}")
+    cpu = cpu_description()
+    print(f"CPU: {cpu['model']}; {os.cpu_count()} logical CPUs; flags: "
+          f"{', '.join(cpu['flags']) or 'no avx512/bf16/amx'}; TensorFlow {tf.__version__}")
     rows = []
-    header = (f"{'model':<11}{'mode':<6}{'batch':>6} {'variant':<18}{'params':>11}"
+    header = (f"{'model':<11}{'mode':<6}{'batch':>6} {'variant':<28}{'params':>11}"
               f"{'first step s':>13}{'img/s':>9}{'x plain':>8}{'peak GB':>9}")
     print(header)
     print("-" * len(header))
@@ -170,7 +232,7 @@ def main(argv=None):
         for variant in variants:
             r = _median_run(runs[variant])
             if "error" in r:
-                print(f"{model:<11}{mode:<6}{batch:>6} {variant:<18} ERROR: {r['error']}")
+                print(f"{model:<11}{mode:<6}{batch:>6} {variant:<28} ERROR: {r['error']}")
                 rows.append(r)
                 continue
             if variant == "plain":
@@ -183,13 +245,13 @@ def main(argv=None):
             )
             rows.append(r)
             ratio = f"{r['speedup_vs_plain']:.2f}" if base else "-"
-            print(f"{model:<11}{mode:<6}{batch:>6} {variant:<18}{r['params']:>11,}"
+            print(f"{model:<11}{mode:<6}{batch:>6} {variant:<28}{r['params']:>11,}"
                   f"{r['first_step_s']:>13.1f}{r['images_per_s']:>9.1f}{ratio:>8}"
                   f"{r['peak_rss_gb']:>9.2f}", flush=True)
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump({
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+            "machine": {"cpus": os.cpu_count(), "cpu": cpu, "platform": platform.platform(),
                         "python": platform.python_version(), "tensorflow": tf.__version__},
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "results": rows,

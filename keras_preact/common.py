@@ -8,6 +8,8 @@ the valid ones.
 
 from __future__ import annotations
 
+import argparse
+
 # Registered package name of every serializable class (``.keras`` files store it).
 PACKAGE = "keras_preact"
 
@@ -42,6 +44,8 @@ DOWNSAMPLES = ("projection", "zero_pad")
 STRIDE_AT = ("first", "3x3")
 PREACTIVATIONS = ("branch", "shared", "none")
 POOLINGS = ("avg", "max", None)
+# Keras dtype policies a network can be built with (float32 weights in every case).
+DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def check_choice(name: str, value, choices) -> None:
@@ -58,3 +62,36 @@ def strided_shape(input_shape, strides: int, channels: int) -> tuple:
     h = None if h is None else -(-h // strides)
     w = None if w is None else -(-w // strides)
     return (n, h, w, channels)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """``argparse`` for the package's tools: a usage error is ONE line on stderr, exit status 2.
+
+    Plain argparse prints the whole usage block first; the line that matters is then easy to
+    miss. ``--help`` still prints the full help and exits 0.
+    """
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())}\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value

@@ -23,8 +23,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import keras
+
 from keras_preact.common import (
     DOWNSAMPLES,
+    EXPANSION,
     FAMILIES,
     KINDS,
     ORDERS,
@@ -32,11 +35,16 @@ from keras_preact.common import (
     PREACT_ORDERS,
     SHORTCUTS,
     STRIDE_AT,
+    DTYPE_POLICIES,
     check_choice,
 )
 from keras_preact.norm import BN_EPSILON, BN_MOMENTUM
+from keras_preact.padding import PADDINGS
 
-STEMS = FAMILIES  # "cifar": 3x3 conv; "imagenet": 7x7/2 conv, BN-ReLU, 3x3/2 max pool
+# "cifar": 3x3 conv, BN-ReLU; "imagenet" (fb.resnet.torch, the paper's ImageNet code): 7x7/2
+# conv, BN-ReLU, 3x3/2 max pool; "timm" (timm's ResNetV2): 7x7/2 conv, 3x3/2 max pool, and the
+# BN-ReLU inside the first unit, before its split (its projection takes the activated input).
+STEMS = ("cifar", "imagenet", "timm")
 # Smallest input side each family accepts: every stride must still see at least one pixel.
 MIN_SIDE = {"cifar": 8, "imagenet": 32}
 DEFAULT_WIDTHS = {"cifar": (16, 32, 64), "imagenet": (64, 128, 256, 512)}
@@ -110,6 +118,8 @@ class ResNetConfig:
     unit: str = "basic"
     widths: tuple | None = None
     stem: str | None = None
+    stem_width: int | None = None
+    padding: str = "symmetric"
     order: str = "full_preact"
     shortcut: str = "identity"
     downsample: str | None = None
@@ -128,6 +138,7 @@ class ResNetConfig:
     fused_bn: bool = True
     stacked_stages: bool = False
     recompute: bool = False
+    dtype_policy: str | None = None  # None: Keras' global policy when the config is made
 
     @classmethod
     def create(cls, units_per_stage: Sequence[int], *, preact: bool | None = None,
@@ -142,6 +153,9 @@ class ResNetConfig:
         check_choice("order", self.order, ORDERS)
         check_choice("shortcut", self.shortcut, SHORTCUTS)
         check_choice("pooling", self.pooling, POOLINGS)
+        if self.dtype_policy is None:
+            set_("dtype_policy", keras.config.dtype_policy().name)
+        check_choice("dtype_policy", self.dtype_policy, DTYPE_POLICIES)
         family = self.family
         if self.recompute and not self.stacked_stages:
             raise ValueError("recompute=True needs stacked_stages=True.")
@@ -152,6 +166,12 @@ class ResNetConfig:
             )
         set_("stem", family if self.stem is None else self.stem)
         check_choice("stem", self.stem, STEMS)
+        check_choice("padding", self.padding, PADDINGS)
+        if self.stem == "timm" and self.order not in PREACT_ORDERS:
+            raise ValueError(
+                "stem='timm' leaves the first activation to the first unit, which only the "
+                f"pre-activation orders ({', '.join(PREACT_ORDERS)}) have; got order={self.order!r}."
+            )
         if self.downsample is None:
             cifar_plain = family == "cifar" and self.unit != "bottleneck"
             set_("downsample", "zero_pad" if cifar_plain else "projection")
@@ -175,6 +195,10 @@ class ResNetConfig:
             raise ValueError(f"Widths must be positive, got {widths}.")
         set_("units_per_stage", stages)
         set_("widths", widths)
+        if self.stem_width is None:
+            set_("stem_width", widths[0] if self.stem == "cifar" else IMAGENET_STEM_WIDTH)
+        if isinstance(self.stem_width, bool) or not isinstance(self.stem_width, int) or self.stem_width < 1:
+            raise ValueError(f"stem_width must be a positive integer, got {self.stem_width!r}.")
         if self.include_top and (
             isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
             or self.num_classes < 1
@@ -203,7 +227,7 @@ class ResNetConfig:
             downsample=self.downsample, stride_at=self.stride_at,
             shortcut_scale=self.shortcut_scale, scale_residual=self.scale_residual,
             gate_bias_init=self.gate_bias_init, dropout_rate=self.dropout_rate,
-            bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+            bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, padding=self.padding,
         )
 
     def layout(self) -> list:
@@ -213,8 +237,15 @@ class ResNetConfig:
             for u in range(1, n + 1):
                 if not self.is_preact:
                     preactivation = "branch"  # unused by post-activation units
+                elif u == 1 and s > 1:
+                    preactivation = "shared"
                 elif u == 1:
-                    preactivation = "none" if s == 1 else "shared"
+                    # The first unit's activation is the stem's BN-ReLU, unless the stem has
+                    # none (timm): then the unit applies it, before its split if its shortcut
+                    # is a projection (dimensions change), else on its branch only.
+                    changes = self.stem_width != width * EXPANSION[self.unit]
+                    preactivation = "none" if self.stem != "timm" else (
+                        "shared" if changes else "branch")
                 else:
                     preactivation = "branch"
                 strides = 2 if (u == 1 and s > 1) else 1

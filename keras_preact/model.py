@@ -8,6 +8,9 @@ for CIFAR, fb.resnet.torch for ImageNet):
   3x3/2 max pool. With pre-activation the stem's BN-ReLU is the first unit's pre-activation
   (appendix), so the stem is ``conv -> BN -> ReLU`` (ReLU only for ``relu_only_preact``) and
   fb.resnet.torch's max pool comes after it; the post-activation orders use the same stem, as [1].
+  ``stem="timm"`` is timm's ResNetV2 stem (conv, pool; the first unit applies the BN-ReLU).
+* Padding: ``"symmetric"`` (the default) pads strided convs and the stem pool as the paper's
+  Torch code does; ``"same"`` is TensorFlow's (``keras_preact.padding``).
 * The units and their pre-activation placement: ``ResNetConfig.layout``.
 * Last unit: the pre-activation orders end with an extra BN-ReLU (ReLU only for
   ``relu_only_preact``) after the last addition, before pooling; the others end at the unit.
@@ -26,7 +29,8 @@ import keras
 
 from keras_preact import norm
 from keras_preact.common import PACKAGE
-from keras_preact.config import IMAGENET_STEM_WIDTH, ResNetConfig
+from keras_preact.config import ResNetConfig
+from keras_preact.padding import max_pool
 from keras_preact.stacked import STACKED_OPTIONS, StackedStage, transfer_weights
 from keras_preact.units import ResidualUnit
 
@@ -39,14 +43,15 @@ def _graph(config: ResNetConfig):
 
     inputs = keras.Input(shape=config.input_shape, name="image")
     if config.stem == "cifar":
-        x = norm.conv(config.widths[0], 3, 1, name="stem_conv")(inputs)
+        x = norm.conv(config.stem_width, 3, 1, name="stem_conv")(inputs)
     else:
-        x = norm.conv(IMAGENET_STEM_WIDTH, 7, 2, name="stem_conv")(inputs)
-    if config.order != "relu_only_preact":
-        x = bn("stem_bn")(x)
-    x = keras.layers.ReLU(name="stem_relu")(x)
-    if config.stem == "imagenet":
-        x = keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
+        x = norm.conv(config.stem_width, 7, 2, name="stem_conv", padding=config.padding)(inputs)
+    if config.stem != "timm":
+        if config.order != "relu_only_preact":
+            x = bn("stem_bn")(x)
+        x = keras.layers.ReLU(name="stem_relu")(x)
+    if config.stem != "cifar":
+        x = max_pool(3, 2, config.padding, name="stem_pool")(x)
 
     options = config.unit_options()
     for slot in config.layout():
@@ -65,15 +70,27 @@ def _graph(config: ResNetConfig):
         x = keras.layers.ReLU(name="final_relu")(x)
 
     if config.include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        # The head runs in float32 under any policy: float32 logits (and loss) in mixed precision.
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool", dtype="float32")(x)
         x = keras.layers.Dense(
-            config.num_classes, activation=config.classifier_activation, name="predictions"
+            config.num_classes, activation=config.classifier_activation, name="predictions",
+            dtype="float32",
         )(x)
     elif config.pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     elif config.pooling == "max":
         x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
     return inputs, x
+
+
+def _graph_in_policy(config: ResNetConfig):
+    """``_graph(config)`` with every layer made under ``config.dtype_policy``."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.dtype_policy)
+    try:
+        return _graph(config)
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -87,7 +104,12 @@ class ResNet(keras.Model):
       unit: ``"basic"``, ``"bottleneck"`` or ``"single"``.
       widths: width of each stage's 3x3 convs (default CIFAR 16/32/64, ImageNet
         64/128/256/512). Bottleneck stages output 4x this.
-      stem: ``"cifar"`` or ``"imagenet"`` (default: the family's).
+      stem: ``"cifar"``, ``"imagenet"`` (default: the family's) or ``"timm"`` (timm's
+        ResNetV2: no BN-ReLU in the stem; the first unit applies it before its split).
+      stem_width: channels of the stem conv (default: ``widths[0]`` for CIFAR, 64 otherwise).
+      padding: ``"symmetric"`` (default; Torch's, as the paper's code, fb.resnet.torch and timm)
+        or ``"same"`` (TensorFlow's; networks of keras_preact 0.1 were built with it). Only
+        strided ops with kernels larger than 1 differ; the parameter count does not.
       preact / order: ``preact=True`` is ``order="full_preact"`` (the default), ``False`` is
         ``"original"``; ``order`` selects any of ``keras_preact.common.ORDERS`` (paper Fig. 4).
       shortcut: a name from ``keras_preact.common.SHORTCUTS`` (paper Fig. 2), for every unit.
@@ -109,6 +131,10 @@ class ResNet(keras.Model):
         whose size does not grow with depth. For very deep nets (ResNet-1001).
       recompute: with ``stacked_stages``, recompute each unit in the backward pass instead of
         storing its intermediates (gradient checkpointing): far less memory, a little slower.
+      dtype_policy: ``"float32"``, ``"mixed_float16"`` or ``"mixed_bfloat16"`` (default: Keras'
+        global policy when the model is built). Mixed policies keep float32 weights and BN
+        statistics, compute convs and activations in half precision, and the head (pooling and
+        the classifier) in float32, so the logits are float32.
       name: the model's name (default ``"resnet"``).
     """
 
@@ -116,7 +142,7 @@ class ResNet(keras.Model):
                  order: str | None = None, name: str | None = None, trainable: bool = True,
                  **architecture):
         config = ResNetConfig.create(units_per_stage, preact=preact, order=order, **architecture)
-        inputs, outputs = _graph(config)
+        inputs, outputs = _graph_in_policy(config)
         super().__init__(inputs=inputs, outputs=outputs, name=name or "resnet", trainable=trainable)
         self.architecture = config
 
@@ -186,3 +212,16 @@ def unstack(model: ResNet) -> ResNet:
     if not model.architecture.stacked_stages:
         return model
     return model.rebuild(stacked_stages=False, recompute=False)
+
+
+def float32_model(model: ResNet) -> ResNet:
+    """The same network computing in float32: ``model`` itself, or a mixed-precision model
+    rebuilt with ``dtype_policy="float32"`` and its (already float32) weights copied.
+
+    Export calls this, so a model trained under ``mixed_float16`` / ``mixed_bfloat16`` serves
+    the same float32 signatures and TFLite files as one trained in float32.
+    """
+    model = as_resnet(model, "float32_model")
+    if model.architecture.dtype_policy == "float32":
+        return model
+    return model.rebuild(dtype_policy="float32")

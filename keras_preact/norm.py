@@ -21,15 +21,22 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_preact.common import PACKAGE
+from keras_preact.common import PACKAGE, check_choice
+from keras_preact.padding import PADDINGS, SymmetricConv2D
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
+# Input dtypes TensorFlow's fused BatchNorm kernel takes (with float32 parameters/statistics).
+FUSED_INPUT_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
 
 
 # -- BatchNorm math -------------------------------------------------------------------------
 def batch_norm_forward(x, gamma, beta, moving_mean, moving_variance, epsilon, training):
-    """BatchNorm of an NHWC float32 tensor with TensorFlow's fused kernel.
+    """BatchNorm of an NHWC tensor with TensorFlow's fused kernel.
+
+    ``x`` may be float32, float16 or bfloat16 (mixed precision); the parameters and statistics
+    are float32 whatever ``x`` is (the kernel computes its statistics in float32 and returns
+    ``y`` in ``x``'s dtype), so a half-precision network keeps float32 BN statistics.
 
     Returns ``(y, batch_mean, batch_variance)``; in training mode the statistics are the
     batch's (variance *biased*, as Keras and this package keep it in the moving average), in
@@ -84,8 +91,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     much faster: on the 2-core benchmark machine it is the largest single speed-up of
     ResNet training (see benchmarks/training_speed.py). The result is the same layer: same
     variables, same config, same normalisation, and the moving statistics are updated exactly
-    as Keras does (biased batch variance). Anything the fused kernel cannot do (masks, other
-    axes or ranks, non-float32 inputs, renorm, synchronized BN) falls back to Keras' own path.
+    as Keras does (biased batch variance). Under a mixed-precision policy (``mixed_float16``,
+    ``mixed_bfloat16``) the inputs arrive in half precision and the fused kernel takes them as
+    they are, with the float32 gamma, beta and statistics (no cast of the activations to float32
+    and back, which is what Keras' own path does). Anything the fused kernel cannot do (masks,
+    other axes or ranks, float64 inputs, renorm, synchronized BN) falls back to Keras' own path.
     """
 
     def _fusable(self, inputs, mask):
@@ -93,9 +103,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             mask is None
             and len(inputs.shape) == 4
             and self.axis in (-1, 3)
-            and inputs.dtype == tf.float32
+            and tf.as_dtype(inputs.dtype) in FUSED_INPUT_DTYPES
             and self.scale
             and self.center
+            and tf.as_dtype(self.gamma.dtype) == tf.float32
             and not self.renorm
             and not getattr(self, "synchronized", False)
         )
@@ -144,15 +155,17 @@ class HeNormalFanOut(keras.initializers.Initializer):
         return {"seed": self.seed}
 
 
-def conv(filters: int, kernel_size: int, strides: int = 1, name=None, use_bias=False, **kwargs):
-    """A 'same'-padded convolution, He-initialised (the paper's weight layer W), bias-free by default."""
-    return keras.layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="same",
-        use_bias=use_bias,
-        kernel_initializer=HeNormalFanOut(),
-        name=name,
-        **kwargs,
-    )
+def conv(filters: int, kernel_size: int, strides: int = 1, name=None, use_bias=False,
+         padding: str = "same", **kwargs):
+    """A He-initialised convolution (the paper's weight layer W), bias-free by default.
+
+    ``padding="symmetric"`` pads as Torch does (``keras_preact.padding``); it only differs from
+    TensorFlow's ``"same"`` for strided convolutions with kernels larger than 1, so those are
+    the only ones that get a :class:`~keras_preact.padding.SymmetricConv2D`.
+    """
+    check_choice("padding", padding, PADDINGS)
+    options = dict(strides=strides, use_bias=use_bias, kernel_initializer=HeNormalFanOut(),
+                   name=name, **kwargs)
+    if padding == "symmetric" and strides > 1 and kernel_size > 1:
+        return SymmetricConv2D(filters, kernel_size, **options)
+    return keras.layers.Conv2D(filters, kernel_size, padding="same", **options)

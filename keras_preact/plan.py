@@ -16,7 +16,8 @@ So the order of F, h and f, the pre-activation rules and the shortcut formula
 
 An op is a tuple ``(op, name, *args)``: ``("bn", name)``, ``("relu", name)``,
 ``("conv", name, kernel, filters, strides)``, ``("zero_pad", name, filters, strides)``,
-``("dropout", name, rate)``. Names are the sublayer names of ``ResidualUnit`` (and so the
+``("dropout", name, rate)``. A conv's padding convention is the plan's ``padding``
+(``keras_preact.padding``). Names are the sublayer names of ``ResidualUnit`` (and so the
 weight paths of saved models).
 """
 
@@ -68,6 +69,7 @@ class UnitPlan:
     gate: tuple | None
     post: tuple
     combination: Combination
+    padding: str = "same"  # of the strided convs: "symmetric" (Torch) or "same" (TensorFlow)
 
     def ops(self, part: str) -> tuple:
         return getattr(self, part)
@@ -108,6 +110,7 @@ def unit_plan(
     shortcut_scale: float,
     scale_residual: bool,
     dropout_rate: float,
+    padding: str = "same",
 ) -> UnitPlan:
     """The ops of one unit (paper Fig. 2 and Fig. 4; options as ``ResidualUnit``'s)."""
     out_channels = filters * EXPANSION[kind]
@@ -159,6 +162,7 @@ def unit_plan(
         gate=(out_channels, strides) if shortcut in GATED_SHORTCUTS else None,
         post=post,
         combination=Combination(shortcut, float(shortcut_scale), bool(scale_residual)),
+        padding=padding,
     )
 
 

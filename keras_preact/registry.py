@@ -25,6 +25,7 @@ import re
 
 from keras_preact.common import KINDS, LAYERS_PER_UNIT, check_choice
 from keras_preact.model import ResNet
+from keras_preact.weights import file_architecture, load_weights
 
 CIFAR_MODELS = {
     "resnet20": 20,
@@ -149,17 +150,61 @@ def model_family(name) -> str:
     return resolve(name).family
 
 
-def get_model(name, **kwargs) -> ResNet:
+# Architecture arguments a weights file may fix (keras_preact.weights.implied_architecture).
+FILE_FIXED = ("stem", "padding", "stem_width", "order", "stride_at", "downsample")
+
+
+def weights_options(spec: ModelSpec, weights: str, kwargs: dict) -> tuple:
+    """``(kwargs with the options the weights file fixes, whether the head is new)``.
+
+    Raises ValueError when ``kwargs`` contradict the file (another stem, padding, family).
+    """
+    implied = file_architecture(weights)
+    kwargs = dict(kwargs)
+    if implied.get("family", spec.family) != spec.family:
+        raise ValueError(f"{weights} holds an {implied['family']} network; {spec.name} is a "
+                         f"{spec.family} network.")
+    fixed = {k: v for k, v in implied.items() if k in FILE_FIXED}
+    new_head = False
+    if kwargs.get("include_top", True) and "num_classes" in implied:
+        if kwargs.get("num_classes", implied["num_classes"]) != implied["num_classes"]:
+            new_head = True  # fine-tuning: the backbone from the file, a fresh classifier
+        else:
+            fixed["num_classes"] = implied["num_classes"]
+    if kwargs.get("preact") is False:
+        kwargs.pop("preact")
+        kwargs.setdefault("order", "original")
+    for key, value in fixed.items():
+        if key in kwargs and kwargs[key] != value:
+            raise ValueError(f"{weights} fixes {key}={value!r}; got {key}={kwargs[key]!r}.")
+    kwargs.update(fixed)
+    return kwargs, new_head
+
+
+def get_model(name, weights: str | None = None, **kwargs) -> ResNet:
     """Build a network by name, e.g. ``get_model("resnet164", preact=True, num_classes=100)``.
 
     Keyword arguments go to :class:`keras_preact.ResNet` (``unit=`` picks another unit kind at
     the same CIFAR depth). ImageNet nets default to 1000 classes.
+
+    ``weights``: a local file to initialise from, as in ``keras.applications``: a ``.keras`` or
+    ``.weights.h5`` file, or a timm ResNetV2 / PyTorch state dict (``.safetensors``, ``.pth``;
+    see ``keras_preact.weights``). The options such a file fixes (timm: stem, padding, classes)
+    are taken from it; passing a contradicting value is an error. With ``include_top=False``,
+    or a ``num_classes`` other than the file's (fine-tuning), the file's classifier is left
+    out and the model gets a freshly initialised one.
     """
     spec = resolve(name, kwargs.pop("unit", None))
     kwargs.setdefault("name", spec.name)
+    new_head = False
+    if weights is not None:
+        kwargs, new_head = weights_options(spec, weights, kwargs)
     if spec.family == "imagenet":
         kwargs.setdefault("num_classes", 1000)
-    return ResNet(spec.units_per_stage, family=spec.family, unit=spec.unit, **kwargs)
+    model = ResNet(spec.units_per_stage, family=spec.family, unit=spec.unit, **kwargs)
+    if weights is not None:
+        load_weights(model, weights, skip_head=new_head or not model.architecture.include_top)
+    return model
 
 
 def cifar_resnet(depth: int, unit: str | None = None, **kwargs) -> ResNet:

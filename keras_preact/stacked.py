@@ -16,6 +16,11 @@ this module only supplies how one op reads its slice of the stacked weights. Bat
 moving statistics are updated exactly once per call, after the loop, from the batch statistics
 each unit reports, also under recompute (the recomputed forward pass does not update them).
 
+Mixed precision: the stacked weights and the BN statistics stay float32 (the statistics'
+TensorArrays are float32 whatever the activations are); each conv reads its kernel cast to the
+activations' dtype, as a Keras layer under a ``mixed_*`` policy does, and BatchNorm takes the
+half-precision activations with float32 parameters (``norm.batch_norm_forward``).
+
 Limits: every unit must keep its shape (stride 1, same channels), so a stage's first unit stays
 a :class:`ResidualUnit`; the ``dropout`` shortcut is not supported (its random mask would differ
 between the forward pass and the recomputation).
@@ -52,8 +57,8 @@ class _StackedBackend(UnitBackend):
         p = self.p
         if kind == "relu":
             return tf.nn.relu(x)
-        if kind == "conv":
-            return tf.nn.conv2d(x, p[(name, "kernel")], 1, "SAME")
+        if kind == "conv":  # float32 weights, cast to the activations' dtype (mixed precision)
+            return tf.nn.conv2d(x, tf.cast(p[(name, "kernel")], x.dtype), 1, "SAME")
         y, mean, variance = norm.batch_norm_forward(
             x, p[(name, "gamma")], p[(name, "beta")], p[(name, "moving_mean")],
             p[(name, "moving_variance")], self.epsilon, self.training,
@@ -63,7 +68,8 @@ class _StackedBackend(UnitBackend):
         return y
 
     def gate(self, x):
-        return tf.sigmoid(tf.nn.conv2d(x, self.p[("gate", "kernel")], 1, "SAME") + self.p[("gate", "bias")])
+        kernel, bias = (tf.cast(self.p[("gate", key)], x.dtype) for key in ("kernel", "bias"))
+        return tf.sigmoid(tf.nn.conv2d(x, kernel, 1, "SAME") + bias)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -201,6 +207,8 @@ class StackedStage(keras.layers.Layer):
             (tf.constant(0), inputs, *arrays),
             # Shapes are fixed by the loop; parallel_iterations=1 keeps memory to one unit.
             parallel_iterations=1,
+            # A fixed trip count: XLA (jit_compile) needs it to size the gradient's accumulators.
+            maximum_iterations=self.num_units,
         )
         if training:
             m = self.unit_options["bn_momentum"]

@@ -61,6 +61,7 @@ from keras_preact.common import (
     check_choice,
     strided_shape,
 )
+from keras_preact.padding import PADDINGS
 from keras_preact.plan import UnitBackend, UnitPlan, run_unit, unit_plan
 from keras_preact.shortcuts import ShortcutGate, ZeroPadShortcut
 
@@ -72,7 +73,7 @@ __all__ = [
 # Options that shape the plan (the rest are BN settings and the gate's initial bias).
 PLAN_OPTIONS = (
     "filters", "kind", "order", "shortcut", "strides", "downsample", "stride_at",
-    "preactivation", "shortcut_scale", "scale_residual", "dropout_rate",
+    "preactivation", "shortcut_scale", "scale_residual", "dropout_rate", "padding",
 )
 
 
@@ -131,6 +132,10 @@ class ResidualUnit(keras.layers.Layer):
       bn_momentum, bn_epsilon: BatchNorm settings (paper code: 0.9 / 1e-5 in Keras terms).
       fused_bn: compute BatchNorm with TensorFlow's fused kernel (same results, faster; see
         ``keras_preact.norm.FusedBatchNormalization``). ``False`` uses Keras' own layer.
+      padding: of the strided 3x3 conv: ``"symmetric"`` pads as Torch (the paper's code)
+        does, ``"same"`` as TensorFlow does (see ``keras_preact.padding``). The layer's
+        default stays ``"same"`` so that units saved before this option load unchanged;
+        networks built by ``keras_preact.ResNet`` default to ``"symmetric"``.
     """
 
     def __init__(
@@ -150,9 +155,11 @@ class ResidualUnit(keras.layers.Layer):
         bn_momentum: float = norm.BN_MOMENTUM,
         bn_epsilon: float = norm.BN_EPSILON,
         fused_bn: bool = True,
+        padding: str = "same",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        check_choice("padding", padding, PADDINGS)
         check_choice("unit kind", kind, KINDS)
         check_choice("order", order, ORDERS)
         check_choice("shortcut", shortcut, SHORTCUTS)
@@ -180,6 +187,7 @@ class ResidualUnit(keras.layers.Layer):
         self.bn_momentum = float(bn_momentum)
         self.bn_epsilon = float(bn_epsilon)
         self.fused_bn = bool(fused_bn)
+        self.padding = padding
         self.out_channels = self.filters * EXPANSION[kind]
 
     # -- structure -------------------------------------------------------------------------
@@ -194,7 +202,7 @@ class ResidualUnit(keras.layers.Layer):
         if kind == "relu":
             return keras.layers.ReLU(name=name)
         if kind == "conv":
-            return norm.conv(args[1], args[0], args[2], name=name)
+            return norm.conv(args[1], args[0], args[2], name=name, padding=self.padding)
         if kind == "zero_pad":
             return ZeroPadShortcut(args[0], args[1], name=name)
         return keras.layers.Dropout(args[0], name=name)

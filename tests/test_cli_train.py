@@ -19,6 +19,7 @@ import signal
 import time
 
 import pytest
+import numpy as np
 import tensorflow as tf
 from absl import flags
 
@@ -70,7 +71,8 @@ def test_real_datasets_get_the_paper_recipe():
 
 def test_overrides_reach_the_recipe_and_the_model(tmp_path):
     for split in ("train", "test"):
-        (tmp_path / split).mkdir()
+        for name in ("cat", "dog"):
+            (tmp_path / split / name).mkdir(parents=True)
     settings = check(
         "cifar", f"--data_dir={tmp_path}", "--model=resnet110", "--unit=single", "--preact=false",
         "--shortcut=constant_scaling", "--lr_schedule=cosine", "--label_smoothing=0.1",
@@ -92,6 +94,7 @@ def test_every_run_value_is_in_the_settings(tmp_path):
         "--checkpoint_every=5", "--keep_checkpoints=2", "--log_every=3", "--eval_every=7",
         "--seed=4", "--export", f"--export_dir={tmp_path / 'exports'}", f"--model_dir={tmp_path / 'run'}",
         f"--tfds_dir={tmp_path / 'tfds'}", "--train_split=train[:90%]", "--eval_split=train[90%:]",
+        "--strict", "--divergence_factor=50", "--divergence_window=5",
     )
     settings = check("cifar", "--dataset=cifar100", *argv)
     assert dataclasses.asdict(settings) | {"recipe": None, "model_kwargs": None} == {
@@ -102,6 +105,8 @@ def test_every_run_value_is_in_the_settings(tmp_path):
         "strategy_name": "mirrored", "cpu_devices": 2, "tpu": "grpc://1.2.3.4:8470", "sync_bn": True,
         "checkpoint_every": 5, "keep_checkpoints": 2, "log_every": 3, "eval_every": 7, "seed": 4,
         "export": True, "export_dir": str(tmp_path / "exports"), "argv": ("trainer", "--dataset=cifar100", *argv),
+        "strict": True, "divergence_factor": 50.0, "divergence_window": 5, "init_weights": None,
+        "jit_compile": False, "steps_per_loop": None,  # None: 1, or 100 under TPUStrategy
     }
     imagenet = check("imagenet", f"--manual_dir={tmp_path}", "--augment=inception", "--nocolor",
                      "--eval_sizes=320")
@@ -195,7 +200,8 @@ def test_run_blames_cpu_devices_once_tensorflow_has_started(tmp_path):
 
 def test_unreadable_data_is_blamed_on_the_flag_that_chose_it(tmp_path):
     for split in ("train", "test"):
-        (tmp_path / "empty" / split).mkdir(parents=True)
+        for name in ("cat", "dog"):  # two classes, but no image in them
+            (tmp_path / "empty" / split / name).mkdir(parents=True)
     folder = check("cifar", f"--data_dir={tmp_path / 'empty'}", f"--model_dir={tmp_path / 'a'}")
     with pytest.raises(train.FlagError) as error:
         train.run(folder)
@@ -262,6 +268,44 @@ def test_imagenet_run_evaluates_at_224_and_320(tmp_path):
     assert json.loads((tmp_path / "run" / "results.json").read_text())["final"] == results
 
 
+def test_epochs_on_a_folder_decay_the_rate_at_half_and_three_quarters(cifar_folder, tmp_path):
+    """The CIFAR recipe's drops at 32k and 48k of 64k iterations ([1] section 4.2) move to 50 %
+    and 75 % of a 3-epoch run; read back from the logged learning rate."""
+    settings = check(
+        "cifar", f"--data_dir={cifar_folder}", "--model=resnet8", "--batch_size=8", "--epochs=3",
+        "--log_every=1", "--checkpoint_every=0", f"--model_dir={tmp_path}",
+    )
+    assert settings.recipe.lr_boundaries == ("0.5", "0.75")
+    out = io.StringIO()
+    train.run(settings, stream=out)
+    rows = [r for r in read_metrics(tmp_path / "metrics.csv") if r["train_loss"]]
+    rates = [float(r["learning_rate"]) for r in rows]
+    assert len(rates) == 18  # 48 images / 8 = 6 steps per epoch
+    # Row k is logged after step k, trained at iteration k - 1: 9 steps at 0.1, 5 at 0.01, 4 at 0.001.
+    assert rates == pytest.approx([0.1] * 9 + [0.01] * 5 + [0.001] * 4, rel=1e-6)
+    assert "step /10 at [9, 14] (the cifar recipe's 32000, 48000 of 64000 steps, moved to the same " \
+           "fractions 0.5, 0.75 of this run)" in out.getvalue()
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("lr_boundaries", "9,18", "falls at step 18, after the end of the run .18 steps."),
+    ("lr_boundaries", "3ep", "after the end of the run"),
+    ("warmup_steps", "18", "warm-up of 18 steps does not end inside the run .18 steps."),
+])
+def test_schedule_that_does_not_fit_the_run_names_the_flag(cifar_folder, tmp_path, flag, value, message):
+    settings = check("cifar", f"--data_dir={cifar_folder}", "--batch_size=8", "--epochs=3",
+                     f"--{flag}={value}", f"--model_dir={tmp_path}")
+    with pytest.raises(train.FlagError, match=message) as error:
+        train.run(settings, stream=io.StringIO())
+    assert error.value.flag == flag and not os.listdir(tmp_path)
+
+
+def test_imagenet_epoch_boundaries_follow_the_run():
+    settings = check("imagenet", "--epochs=9")
+    assert [float(b) for b in settings.recipe.lr_boundaries] == pytest.approx([1 / 3, 2 / 3])
+    assert check("imagenet").recipe.lr_boundaries == ("30ep", "60ep")
+
+
 def test_export_at_the_end(cifar_folder, tmp_path):
     settings = check(
         "cifar", f"--data_dir={cifar_folder}", "--model=resnet8", "--batch_size=8", "--train_steps=2",
@@ -273,6 +317,49 @@ def test_export_at_the_end(cifar_folder, tmp_path):
     assert f"Exported to {version}" in out.getvalue()
     assert (version / "saved_model.pb").exists()
     assert (version / "assets.extra" / "labels.txt").read_text().split() == ["cat", "dog", "ship"]
+
+
+def test_mixed_precision_xla_loop_run_exports_float32_signatures(cifar_folder, tmp_path):
+    """A model trained under mixed_bfloat16 (with XLA, 2 steps per loop) exports the float32
+    serving signatures of a float32 model, with the trained weights."""
+    settings = check(
+        "cifar", f"--data_dir={cifar_folder}", "--model=resnet8", "--batch_size=8", "--train_steps=4",
+        "--dtype_policy=mixed_bfloat16", "--jit_compile", "--steps_per_loop=2", "--log_every=2",
+        f"--model_dir={tmp_path / 'run'}", "--export", f"--export_dir={tmp_path / 'exports'}",
+    )
+    assert settings.model_kwargs["dtype_policy"] == "mixed_bfloat16"
+    assert (settings.jit_compile, settings.steps_per_loop) == (True, 2)
+    out = io.StringIO()
+    train.run(settings, stream=out)
+    assert "; mixed_bfloat16; XLA; up to 2 steps per loop; batch 8" in out.getvalue()
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.csv") if r["train_loss"]]
+    assert [int(r["step"]) for r in rows] == [2, 4] and all(math.isfinite(float(r["train_loss"])) for r in rows)
+    loaded = tf.saved_model.load(str(tmp_path / "exports" / "resnet8" / "1"))
+    predict = loaded.signatures["predict_images"]
+    assert predict.structured_input_signature[1]["images"].dtype == tf.float32
+    images = tf.random.stateless_uniform((2, 32, 32, 3), (1, 2))
+    outputs = predict(images=images)
+    assert all(t.dtype in (tf.float32, tf.int32, tf.int64, tf.string) for t in outputs.values())
+    assert any(t.dtype == tf.float32 for t in outputs.values())
+
+
+def test_speed_flags_defaults_and_conflicts():
+    settings = check("cifar")
+    assert "dtype_policy" not in settings.model_kwargs  # float32: the models' default
+    assert (settings.jit_compile, settings.steps_per_loop) == (False, None)
+    assert train.steps_per_loop(settings) == 1
+    tpu = dataclasses.replace(settings, strategy_name="tpu")
+    assert train.steps_per_loop(tpu) == train.TPU_STEPS_PER_LOOP
+    assert check("cifar", "--dtype_policy=mixed_float16").model_kwargs["dtype_policy"] == "mixed_float16"
+    for argv, flag, message in [
+        (("--jit_compile", "--sync_bn"), "jit_compile", "not with --sync_bn"),
+        (("--steps_per_loop=0",), "steps_per_loop", ">= 1"),
+    ]:
+        with pytest.raises(train.FlagError, match=message) as error:
+            check("cifar", *argv)
+        assert error.value.flag == flag
+    with pytest.raises(flags.IllegalFlagValueError):
+        parse("cifar", "--dtype_policy=float64")
 
 
 # --- main: exit statuses --------------------------------------------------------------------
@@ -304,7 +391,7 @@ def test_main_divergence_is_exit_3(capsys, cifar_folder, tmp_path):
         train.main("cifar", flag_values, argv=(), stream=io.StringIO())
     assert exit_.value.code == 3
     err = capsys.readouterr().err
-    assert err.startswith("error: Training loss is ") and "diverged" in err
+    assert err.startswith("error: Training diverged at step ") and "no known-good checkpoint" in err
     assert not (tmp_path / "results.json").exists()
     assert issubclass(DivergenceError, RuntimeError)
 
@@ -391,7 +478,9 @@ def test_mirrored_folder_run_then_resume(cifar_folder, tmp_path):
 def test_kill_9_loses_at_most_the_work_since_the_last_checkpoint(cifar_folder, tmp_path):
     flags_ = [
         f"--data_dir={cifar_folder}", "--batch_size=8", "--checkpoint_every=3", "--log_every=1",
-        f"--model_dir={tmp_path}", "--lr_boundaries=100", "--model=resnet8",
+        # A constant rate, so the killed run and the shorter resumed one share their schedule
+        # (a boundary past the end of the resumed run would be refused; fractions would move).
+        f"--model_dir={tmp_path}", "--lr_decay=1", "--model=resnet8",
     ]
     process = trainer_runs.start("cifar", *flags_, "--train_steps=100000")
     deadline = time.monotonic() + 120
@@ -414,3 +503,74 @@ def test_kill_9_loses_at_most_the_work_since_the_last_checkpoint(cifar_folder, t
     code, out, err, _ = trainer_runs.run("cifar", *flags_, f"--train_steps={saved + 2}")
     assert code == 0, err[-3000:]
     assert f"at step {saved} " in out and f"after {saved + 2} steps" in out
+
+
+def test_lr_1e6_stops_within_a_few_steps_names_a_finite_checkpoint_that_resumes(capsys, tmp_path):
+    """Issue 14's scenario: 10 sane warm-up steps, then --lr=1e6 from step 11."""
+    from keras_preact.training import checkpoints as ckpt_lib
+
+    common = ("--model=resnet8", "--batch_size=16", "--checkpoint_every=2", "--keep_checkpoints=1",
+              "--log_every=1", f"--model_dir={tmp_path}")
+    diverging = parse("cifar", *common, "--train_steps=40", "--lr=1e6", "--warmup_steps=10", "--warmup_lr=0.05")
+    with pytest.raises(SystemExit) as exit_:
+        train.main("cifar", diverging, argv=(), stream=io.StringIO())
+    assert exit_.value.code == train.EXIT_DIVERGED
+    err = capsys.readouterr().err.strip()
+    match = re.fullmatch(r"error: Training diverged at step (\d+): .*last known-good checkpoint is (\S+); "
+                         r"resuming this run directory starts from it\. .*", err)
+    assert match, err
+    assert 11 <= int(match.group(1)) <= 14  # within a few steps of the explosion
+    named = match.group(2)
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == named
+    prefixes = [os.path.join(root, f[:-6]) for root, _, names in os.walk(tmp_path) for f in names
+                if f.endswith(".index")]
+    assert named + ".index" in [p + ".index" for p in prefixes]
+    assert all(not ckpt_lib.non_finite_tensors(p) for p in prefixes)  # nothing non-finite on disk
+    step = int(named.rsplit("-", 1)[1])
+    assert 2 <= step <= 10
+
+    out = io.StringIO()
+    sane = parse("cifar", *common, f"--train_steps={step + 6}", "--lr=0.05")
+    train.main("cifar", sane, argv=(), stream=out)
+    assert f"Resumed from {named} at step {step} " in out.getvalue()
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["steps"] == step + 6 and math.isfinite(record["final"]["test"]["loss"])
+    assert record["final"]["test"]["loss"] < 5  # sane: ln(10) = 2.3 is chance level
+
+
+def test_init_weights_fine_tunes_an_imported_backbone_with_a_new_head(cifar_folder, tmp_path):
+    from keras_preact import weights
+
+    source = registry.get_model("resnet8", num_classes=10)  # e.g. trained elsewhere, 10 classes
+    path = str(tmp_path / "backbone.safetensors")
+    weights.write_safetensors(weights.torch_tensors(source), path)
+    settings = check("cifar", f"--data_dir={cifar_folder}", "--model=resnet8", "--batch_size=8",
+                     "--train_steps=2", "--lr=1e-9", f"--init_weights={path}",
+                     f"--model_dir={tmp_path / 'run'}")
+    assert settings.init_weights == path
+    train.run(settings, stream=io.StringIO())
+    prefix = tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints"))
+    stored = {name: tf.train.load_variable(prefix, name) for name, _ in tf.train.list_variables(prefix)
+              if "/.ATTRIBUTES/" in name and "optimizer" not in name}
+    [stem] = [v for k, v in stored.items() if "stem_conv" in k and "kernel" in k]
+    [head] = [v for k, v in stored.items() if "predictions" in k and "kernel" in k]
+    # The backbone starts from the file (a 1e-9 rate leaves it there); the head is new: 3 classes.
+    np.testing.assert_allclose(stem, source.get_layer("stem_conv").kernel, rtol=1e-5, atol=1e-7)
+    assert head.shape == (64, 3)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: None, "No weights file"),
+    (lambda p: open(p, "wb").write(b"not a weights file"), "Cannot tell the format"),
+])
+def test_bad_init_weights_name_the_flag(tmp_path, make, message):
+    path = str(tmp_path / "w.bin5")
+    make(path)
+    with pytest.raises(train.FlagError, match=message) as error:
+        check("cifar", f"--init_weights={path}")
+    assert error.value.flag == "init_weights"
+
+
+def test_padding_flag_reaches_the_model():
+    assert check("cifar", "--padding=same").model_kwargs["padding"] == "same"
+    assert "padding" not in check("cifar").model_kwargs  # the default: symmetric

@@ -162,3 +162,70 @@ def test_bad_arguments_name_the_choices(folder):
         build_dataset(folder, "train", batch_size=2, training=True, recipe="imagenet")
     with pytest.raises(ValueError, match="batch_size"):
         build_dataset(folder, "train", batch_size=0, training=True)
+
+
+# --- the image-safety guard in the training pipeline (issue 14) --------------------------------
+
+
+def write_bomb_png(path, side=16000):
+    """A real, valid PNG of ``side x side`` black RGB pixels (768 MB decoded), under 1 MB on disk.
+
+    Written row by row through one zlib stream, so making it needs no big buffer either.
+    """
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor = zlib.compressobj(9)
+    row = b"\0" * (1 + 3 * side)  # filter byte + pixels
+    body = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    with open(path, "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+BOMB_PROBE = r"""
+import json, resource, sys
+from keras_preact import data
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ds, info = data.build_dataset(sys.argv[1], "train", batch_size=4, training=True, seed=0)
+labels = [int(l) for _, batch in ds for l in batch.numpy()]
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"rise_mb": (after - before) / 1024, "images": len(labels), "bad": info.bad_files.files,
+                  "skips": info.bad_files.skips}))
+"""
+
+
+def test_a_decompression_bomb_in_a_training_folder_is_skipped_and_counted(tmp_path):
+    """16000x16000 declared, < 1 MB on disk: refused from its header, memory barely moves."""
+    import json
+    import subprocess
+    import sys
+
+    import trainer_runs
+
+    root = trainer_runs.make_image_folder(tmp_path, {"train": 4}, classes=("cat", "dog"))
+    bomb = tmp_path / "train" / "cat" / "0002_bomb.png"
+    write_bomb_png(bomb)
+    assert bomb.stat().st_size < 1_000_000
+    done = subprocess.run([sys.executable, "-c", BOMB_PROBE, root], capture_output=True, text=True,
+                          env=trainer_runs.env(), cwd=trainer_runs.ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["images"] == 8 and result["skips"] == 1  # 9 files, the bomb dropped
+    assert [os.path.basename(f) for f in result["bad"]] == ["0002_bomb.png"]
+    assert result["rise_mb"] < 200, result
+
+
+def test_strict_fails_on_a_bomb_naming_it(tmp_path):
+    import trainer_runs
+
+    root = trainer_runs.make_image_folder(tmp_path, {"train": 2}, classes=("cat", "dog"))
+    bomb = tmp_path / "train" / "dog" / "bomb.png"
+    write_bomb_png(bomb, side=5000)  # 25 M pixels declared: above the 16.8 M serving limit
+    ds, _ = build_dataset(root, "train", batch_size=2, training=True, seed=0, strict=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bomb.png"):
+        for _ in ds:
+            pass

@@ -3,6 +3,7 @@ a training checkpoint; model names resolved by the registry; bad flags named in 
 
 import json
 import os
+import sys
 
 import keras
 import numpy as np
@@ -113,3 +114,32 @@ def test_bad_arguments_exit_2_with_a_message(argv, message, capsys, tmp_path, mo
     for fragment in (message,) if isinstance(message, str) else message:
         assert fragment in err
     assert not os.listdir(tmp_path)  # nothing exported
+
+
+def test_onnx_flag_writes_model_onnx_next_to_the_other_artefacts(tmp_path):
+    model = trained_like(keras_preact.build_resnet((1, 1, 1), widths=(8, 16, 16)))
+    path = str(tmp_path / "tiny.keras")
+    model.save(path)
+    base = str(tmp_path / "saved_models")
+    assert main(["--model_file", path, "--class_names", ",".join(CLASSES), "--base_dir", base,
+                 "--onnx", *FAST]) == 0
+    extra = os.path.join(base, "tiny", "1", "assets.extra")
+    assert sorted(os.listdir(extra)) == ["labels.txt", "model.onnx", "parity.json", "tflite"]
+    with open(os.path.join(extra, "parity.json")) as f:
+        report = json.load(f)
+    assert report["comparisons"]["onnx"]["passed"] and report["comparisons"]["onnx"]["max_rel_diff"] <= 1e-4
+    assert report["onnx"]["bytes"] == os.path.getsize(os.path.join(extra, "model.onnx"))
+
+
+def test_onnx_flag_without_the_onnx_extra_exits_2_and_exports_nothing(tmp_path, capsys, monkeypatch):
+    model = keras_preact.build_resnet((1, 1, 1), widths=(8, 16, 16))
+    path = str(tmp_path / "tiny.keras")
+    model.save(path)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    base = tmp_path / "saved_models"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model_file", path, "--class_names", ",".join(CLASSES), "--base_dir", str(base),
+              "--onnx", *FAST])
+    assert exit_info.value.code == 2
+    assert 'pip install "keras_preact[onnx]"' in capsys.readouterr().err
+    assert not base.exists()

@@ -45,8 +45,9 @@ FLOAT = "predict_images"
 BAD_REQUESTS = {
     "empty bytes": ({"instances": [b64(b"")]}, "Empty image bytes"),
     "non-image bytes": (
-        {"instances": [b64(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")]}, "neither JPEG nor PNG"
+        {"instances": [b64(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")]}, "unknown file signature"
     ),
+    "empty batch": ({"instances": []}, "Empty request: the batch holds no images"),
     "truncated jpeg": ({"instances": [b64(JPEG[: len(JPEG) // 2])]}, "Invalid JPEG data"),
     "one bad image in a batch": ({"instances": [b64(JPEG), b64(JPEG[:-200])]}, "Invalid JPEG data"),
     "decompression bomb": ({"instances": [b64(jpeg_declaring(65000, 65000))]}, "above the limit"),

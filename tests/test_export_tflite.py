@@ -1,4 +1,7 @@
-"""TFLite conversion through the SavedModel: parity with Keras, builtin ops only, variants."""
+"""TFLite conversion through the SavedModel: parity with Keras (run by LiteRT), builtin ops only
+(read from the flatbuffer), variants, and no deprecated TensorFlow interpreter on the way."""
+
+import warnings
 
 import keras
 import numpy as np
@@ -6,9 +9,10 @@ import pytest
 import tensorflow as tf
 
 import keras_preact
+from ai_edge_litert.interpreter import Interpreter as LiteRTInterpreter
 
 from keras_preact.export import TFLiteRunner, check_builtin_ops, convert_to_tflite, fold_batch_norm, op_counts
-from keras_preact.export.tflite import non_builtin_ops
+from keras_preact.export.tflite import interpreter_for, non_builtin_ops
 from helpers import batch_norm_layers
 
 X = np.random.RandomState(0).normal(size=(24, 32, 32, 3)).astype(np.float32)
@@ -133,3 +137,44 @@ def test_builtin_check_catches_flex_ops():
     assert non_builtin_ops(flex_model) == ["FlexMatrixDeterminant"]
     with pytest.raises(ValueError, match="Flex"):
         check_builtin_ops(flex_model)
+
+
+def test_litert_runs_the_models_and_nothing_deprecated_is_used(model, monkeypatch):
+    """Conversion (int8 calibration included), the op check and running never build TensorFlow's
+    deprecated interpreter, set no warning filter, and raise no deprecation warning."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("TensorFlow's deprecated TFLite interpreter was constructed")
+
+    filters = []
+    monkeypatch.setattr(tf.lite.Interpreter, "__init__", forbidden)
+    monkeypatch.setattr(warnings, "filterwarnings", lambda *a, **k: filters.append((a, k)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        int8 = convert_to_tflite(model, "int8", 32, representative_images=X[:4])
+        check_builtin_ops(int8)
+        runner = TFLiteRunner(int8, num_threads=1)
+        runner.logits(X[:3])
+    assert filters == []
+    deprecations = [str(w.message) for w in caught
+                    if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning))
+                    or "deprecated" in str(w.message).lower()]
+    assert deprecations == []
+    assert isinstance(runner.interpreter, LiteRTInterpreter)
+    assert type(runner.interpreter).__module__ == "ai_edge_litert.interpreter"
+
+
+def test_op_counts_are_read_from_the_flatbuffer(model):
+    """One CONV_2D per Conv2D layer of the network, one FULLY_CONNECTED for the head."""
+    flatbuffer = convert_to_tflite(model, "float32", 32)
+    counts = op_counts(flatbuffer)
+    convs = sum(isinstance(layer, keras.layers.Conv2D) for layer in fold_batch_norm(model).layers)
+    assert convs == 7 and counts["CONV_2D"] == convs
+    assert counts["FULLY_CONNECTED"] == 1 and counts["SOFTMAX"] == 1
+    assert all(name.isupper() for name in counts)  # builtin enum names, no custom ops
+    # The same model file runs: the counted graph is the one LiteRT executes.
+    assert interpreter_for(flatbuffer).get_signature_list() == {
+        "serving_default": {"inputs": ["images"], "outputs": ["logits", "probabilities"]}
+    }
+    with pytest.raises(ValueError, match="Not a TFLite flatbuffer"):
+        op_counts(b"\x00" * 64)

@@ -302,10 +302,11 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 @pytest.mark.parametrize("name,rebuild", [
     ("legacy_tiny", lambda: build_resnet((1, 2), widths=(4, 8), input_shape=(8, 8, 3),
-                                         num_classes=3, shortcut="exclusive_gating")),
+                                         num_classes=3, shortcut="exclusive_gating",
+                                         padding="same")),
     ("legacy_tiny_stacked", lambda: build_resnet((1, 3), widths=(4, 8), input_shape=(8, 8, 3),
                                                  num_classes=3, unit="bottleneck",
-                                                 stacked_stages=True)),
+                                                 stacked_stages=True, padding="same")),
 ])
 def test_files_of_the_previous_version_load_and_convert(name, rebuild):
     io = np.load(os.path.join(FIXTURES, "legacy_io.npz"))
@@ -315,3 +316,31 @@ def test_files_of_the_previous_version_load_and_convert(name, rebuild):
     new = rebuild()
     new.set_weights(old.get_weights())
     np.testing.assert_allclose(new(io["x"], training=False), io[name], rtol=1e-6, atol=1e-6)
+
+
+def test_dtype_policy_option_and_float32_copy():
+    """``dtype_policy`` is an architecture argument: every layer but the float32 head computes
+    in half precision, weights stay float32, the config round-trips, and ``float32_model``
+    (what export uses) is the same network computing in float32."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_preact.model import ResNet, float32_model
+
+    model = ResNet((1, 1, 1), widths=(4, 8, 8), input_shape=(8, 8, 3), dtype_policy="mixed_bfloat16")
+    assert model.architecture.dtype_policy == "mixed_bfloat16"
+    assert model.get_layer("stem_conv").compute_dtype == "bfloat16"
+    assert model.get_layer("predictions").compute_dtype == "float32"
+    assert {v.dtype for v in model.variables} == {"float32"}
+    assert ResNet.from_config(model.get_config()).get_layer("stem_conv").compute_dtype == "bfloat16"
+    x = np.random.RandomState(0).rand(2, 8, 8, 3).astype("float32")
+    assert model(x).dtype == tf.float32
+    plain = float32_model(model)
+    assert plain.architecture.dtype_policy == "float32"
+    assert plain.get_layer("stem_conv").compute_dtype == "float32"
+    for a, b in zip(model.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(plain(x), model(x), atol=0.05)
+    assert float32_model(plain) is plain
+    with pytest.raises(ValueError, match="dtype_policy"):
+        ResNet((1, 1, 1), dtype_policy="float64")

@@ -88,3 +88,36 @@ def test_conv_layer_serializes_its_initializer():
     clone = keras.layers.deserialize(config)
     assert isinstance(clone.kernel_initializer, norm.HeNormalFanOut)
     assert clone.strides == (2, 2) and not clone.use_bias and clone.padding == "same"
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_fused_batch_norm_runs_the_fused_kernel_on_half_inputs(policy, monkeypatch):
+    """Mixed precision: half-precision inputs go through the fused kernel (never Keras' slow
+    path) with float32 gamma, beta and statistics, and give Keras' float32 BN up to rounding."""
+    x = (RNG.randn(8, 6, 6, 5) * 3 + 1).astype("float32")
+    fused = FusedBatchNormalization(momentum=0.9, epsilon=1e-5, dtype=policy)
+    reference = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    for layer in (fused, reference):
+        layer.build(x.shape)
+    fallbacks = []
+    original = keras.layers.BatchNormalization.call
+    monkeypatch.setattr(keras.layers.BatchNormalization, "call",
+                        lambda self, *a, **k: fallbacks.append(self) or original(self, *a, **k))
+    half = fused.compute_dtype
+    with tf.GradientTape() as tape:
+        xt = tf.cast(x, half)
+        tape.watch(xt)
+        y = fused(xt, training=True)
+        loss = tf.reduce_sum(tf.cast(y, "float32") ** 2)
+    gradients = tape.gradient(loss, [xt, fused.gamma, fused.beta])
+    assert fallbacks == [] and y.dtype == half
+    assert [g.dtype for g in gradients] == [half, tf.float32, tf.float32]
+    assert {v.dtype for v in fused.weights} == {"float32"}
+    expected = original(reference, tf.constant(x), training=True)
+    tolerance = 0.05 if half == "bfloat16" else 5e-3  # 8 / 11 significant bits
+    np.testing.assert_allclose(tf.cast(y, "float32"), expected, atol=tolerance * 4)
+    # Statistics computed in float32 from the half inputs: as close as the inputs are.
+    np.testing.assert_allclose(fused.moving_mean, reference.moving_mean, atol=tolerance)
+    np.testing.assert_allclose(fused.moving_variance, reference.moving_variance, rtol=tolerance)
+    y_eval = fused(xt, training=False)
+    assert y_eval.dtype == half and fallbacks == []

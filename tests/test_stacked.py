@@ -152,3 +152,32 @@ def test_unstack_gives_the_unit_by_unit_network():
     np.testing.assert_allclose(fold_batch_norm(fast)(x), fast(x, training=False),
                                rtol=1e-4, atol=1e-4)
     assert len(propagation_norms(fast, x, np.arange(4))["units"]) == 9
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_stacked_stages_under_mixed_precision(policy):
+    """Half-precision activations, float32 stacked weights and BN statistics; the same network
+    as the unit-by-unit build under the same policy, with recompute and under XLA."""
+    plain = build_resnet((3, 3), widths=(8, 16), input_shape=(16, 16, 3), dtype_policy=policy)
+    fast = build_resnet((3, 3), widths=(8, 16), input_shape=(16, 16, 3), dtype_policy=policy,
+                        stacked_stages=True, recompute=True)
+    transfer_weights(plain, fast)
+    assert {v.dtype for v in fast.variables} == {"float32"}
+    x = RNG.rand(4, 16, 16, 3).astype("float32")
+    tolerance = 0.05 if policy == "mixed_bfloat16" else 5e-3
+
+    def step(model):
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = tf.reduce_sum(logits ** 2)
+        return logits, tape.gradient(loss, model.trainable_weights)
+
+    logits_p, grads_p = step(plain)
+    logits_f, grads_f = tf.function(step, jit_compile=True)(fast)
+    assert logits_f.dtype == tf.float32 and all(g.dtype == tf.float32 for g in grads_f)
+    np.testing.assert_allclose(logits_f, logits_p, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(float(tf.linalg.global_norm(grads_f)),
+                               float(tf.linalg.global_norm(grads_p)), rtol=2 * tolerance)
+    for a, b in zip(canonical_unit_weights(plain), canonical_unit_weights(fast)):  # BN updates
+        for wa, wb in zip(a, b):
+            np.testing.assert_allclose(wa, wb, rtol=tolerance, atol=tolerance)

@@ -62,3 +62,39 @@ def test_unknown_schedule_names_the_choices():
 def test_linear_scaling_with_batch():
     assert schedules.scale_learning_rate(0.1, 1024, 256) == pytest.approx(0.4)
     assert schedules.scale_learning_rate(0.1, 64, None) == 0.1
+
+
+def test_absolute_boundaries_become_fractions_of_the_run():
+    # The paper's 32k and 48k of 64k iterations ([1] section 4.2) are 0.5 and 0.75 of the run;
+    # ImageNet's epochs 30 and 60 of 90 are 1/3 and 2/3.
+    assert schedules.relative_boundaries(["32000", "48000"], train_steps=64000) == ("0.5", "0.75")
+    thirds = schedules.relative_boundaries(["30ep", "60ep"], epochs=90)
+    assert [float(f) for f in thirds] == pytest.approx([1 / 3, 2 / 3])
+    assert schedules.resolve_boundaries(thirds, 90 * 5005, 5005) == (150150, 300300)  # unchanged length
+    # Fractions, and units that do not match the run's, stay as they are.
+    assert schedules.relative_boundaries(["0.5", "30ep"], train_steps=1000) == ("0.5", "30ep")
+
+
+def test_recipe_boundaries_follow_a_new_run_length():
+    from keras_preact.training import recipes
+
+    cifar = recipes.get_recipe("cifar")
+    short = cifar.replace(train_steps=600)
+    assert short.lr_boundaries == ("0.5", "0.75")
+    assert schedules.resolve_boundaries(short.lr_boundaries, short.total_steps(100)) == (300, 450)
+    by_epochs = cifar.replace(epochs=3)  # 3 epochs of 200 steps: decays at steps 300 and 450
+    assert schedules.resolve_boundaries(by_epochs.lr_boundaries, by_epochs.total_steps(200)) == (300, 450)
+    imagenet = recipes.get_recipe("imagenet").replace(epochs=9)
+    assert schedules.resolve_boundaries(imagenet.lr_boundaries, imagenet.total_steps(10), 10) == (30, 60)
+    # An explicit boundary is kept; the recipe's own length keeps the paper's iterations.
+    assert cifar.replace(train_steps=600, lr_boundaries=("100",)).lr_boundaries == ("100",)
+    assert cifar.replace(momentum=0.8).lr_boundaries == ("32000", "48000")
+
+
+@pytest.mark.parametrize("spec", ["600", "700", "6ep"])
+def test_absolute_boundary_at_or_after_the_end_is_an_error(spec):
+    with pytest.raises(ValueError, match="after the end of the run"):
+        schedules.resolve_boundaries([spec], 600, 100, within_run=True)
+    assert schedules.resolve_boundaries(["599", "0.9999"], 600, 100, within_run=True) == (599, 600)
+    # Without within_run (a library run that will be resumed into a longer one) it is kept.
+    assert schedules.resolve_boundaries([spec], 600, 100)[0] >= 600

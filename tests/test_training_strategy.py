@@ -84,6 +84,23 @@ def test_mirrored_stacked_stages_keep_replicas_identical(tmp_path):
     assert np.all(np.isfinite(losses(result)))
 
 
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mirrored_two_cpus_under_mixed_precision(one_replica, tmp_path, policy):
+    """Mixed precision under MirroredStrategy with synchronised BN, 4 steps per loop (a log row
+    every 4): replicas stay identical (float16: the loss-scale verdict is agreed across
+    replicas) and the curve tracks the float32 one-replica run within half-precision rounding."""
+    out = str(tmp_path)
+    result = training_worker.run_local(
+        out, "--strategy=mirrored", "--cpu_devices=2", "--sync_bn", f"--dtype_policy={policy}",
+        "--steps_per_loop=4", "--log_every=4", f"--steps={STEPS}", f"--model_dir={out}/run"
+    )
+    assert result["replicas"] == 2 and result["final_step"] == STEPS
+    assert_replicas_identical(result)
+    assert (result["loss_scale"] is not None) == (policy == "mixed_float16")
+    rows = np.array([result["losses"][step] for step in ("4", "8")])  # 4-step means
+    np.testing.assert_allclose(rows, losses(one_replica).reshape(2, 4).mean(axis=1), rtol=0.05)
+
+
 def test_multi_worker_two_local_processes(one_replica, tmp_path):
     results = training_worker.run_cluster(
         str(tmp_path), 2, "--sync_bn", f"--steps={STEPS}", f"--model_dir={tmp_path}/run"

@@ -124,6 +124,10 @@ def main(argv=None):
     parser.add_argument("--checkpoint_every", type=int, default=0)
     parser.add_argument("--stacked", action="store_true", help="stacked stages + recompute")
     parser.add_argument("--step_delay", type=float, default=0.0, help="seconds slept per step")
+    parser.add_argument("--dtype_policy", default="float32")
+    parser.add_argument("--jit_compile", action="store_true")
+    parser.add_argument("--steps_per_loop", type=int, default=1)
+    parser.add_argument("--log_every", type=int, default=1)
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -152,8 +156,10 @@ def main(argv=None):
         keras.utils.set_random_seed(0)
         if args.stacked:
             return keras_preact.build_resnet((2, 3, 2), widths=(4, 8, 8), input_shape=(8, 8, 3),
-                                             stacked_stages=True, recompute=True)
-        return keras_preact.build_resnet((1, 1, 1), widths=(4, 8, 8), input_shape=(8, 8, 3))
+                                             stacked_stages=True, recompute=True,
+                                             dtype_policy=args.dtype_policy)
+        return keras_preact.build_resnet((1, 1, 1), widths=(4, 8, 8), input_shape=(8, 8, 3),
+                                         dtype_policy=args.dtype_policy)
 
     recipe = training.get_recipe("cifar").replace(
         train_steps=args.steps, lr_boundaries=("0.5",), label_smoothing=0.0
@@ -167,8 +173,10 @@ def main(argv=None):
         model_dir=args.model_dir,
         sync_bn=args.sync_bn,
         checkpoint_every=args.checkpoint_every,
-        log_every=1,
+        log_every=args.log_every,
         verbose=True,
+        jit_compile=args.jit_compile,
+        steps_per_loop=args.steps_per_loop,
     )
     start_step = trainer.checkpoints.restore()
     trainer.fit(dataset)
@@ -186,6 +194,7 @@ def main(argv=None):
         "chief": training.is_chief(strategy),
         "losses": {r["step"]: float(r["train_loss"]) for r in rows if r["train_loss"]},
         "variables": {v.path: replicas(v) for v in trainer.model.variables},
+        "loss_scale": float(trainer.optimizer.dynamic_scale.numpy()) if trainer.loss_scaling else None,
     }
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "result.json"), "w") as handle:

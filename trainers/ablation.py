@@ -28,7 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from keras_preact.cli import train as train_cli  # noqa: E402
 from keras_preact.training import ablation  # noqa: E402
@@ -43,17 +43,28 @@ DEFAULT_VARIANTS = [
 TRAINER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cifar.py")
 EXIT_FLAG_ERROR, EXIT_DIVERGED = train_cli.EXIT_FLAG_ERROR, train_cli.EXIT_DIVERGED
 
-flags.DEFINE_list("variants", DEFAULT_VARIANTS, "Variants: order/shortcut, order, or shortcut.")
-flags.DEFINE_string("base_order", "original", "Unit order of variants given as a shortcut only.")
-flags.DEFINE_list("seeds", ["0", "1"], "Seeds; every variant is trained once per seed.")
-flags.DEFINE_string("model", "resnet20", "CIFAR model (trainers/cifar.py --model).")
-flags.DEFINE_string("data_dir", None, "Image folder <root>/{train,test}/<class>/<image>.")
-flags.DEFINE_string("dataset", None, "TFDS dataset or cifar10_sample (when no --data_dir).")
-flags.DEFINE_float("epochs", 3, "Epochs per run (the budget).")
-flags.DEFINE_integer("batch_size", None, "Batch size (default: the recipe's, 128).")
-flags.DEFINE_list("lr_boundaries", ["0.5", "0.75"], "Step-decay boundaries (fractions of the run).")
-flags.DEFINE_string("out", os.path.join("runs", "ablation"), "Output folder.")
-flags.DEFINE_bool("dry_run", False, "Print the trainer commands and exit.")
+FlagError = train_cli.FlagError
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """Declare the runner's flags in ``flag_values`` (the script: ``flags.FLAGS``)."""
+    def define(definer, *args):
+        definer(*args, flag_values=flag_values)
+
+    define(flags.DEFINE_list, "variants", DEFAULT_VARIANTS, "Variants: order/shortcut, order, or shortcut.")
+    define(flags.DEFINE_string, "base_order", "original", "Unit order of variants given as a shortcut only.")
+    define(flags.DEFINE_list, "seeds", ["0", "1"], "Seeds; every variant is trained once per seed.")
+    define(flags.DEFINE_string, "model", "resnet20", "CIFAR model (trainers/cifar.py --model).")
+    define(flags.DEFINE_string, "data_dir", None, "Image folder <root>/{train,test}/<class>/<image>.")
+    define(flags.DEFINE_string, "dataset", None, "TFDS dataset or cifar10_sample (when no --data_dir).")
+    define(flags.DEFINE_float, "epochs", 3, "Epochs per run (the budget).")
+    define(flags.DEFINE_integer, "batch_size", None, "Batch size (default: the recipe's, 128).")
+    define(flags.DEFINE_list, "lr_boundaries", ["0.5", "0.75"], "Step-decay boundaries (fractions of the run).")
+    define(flags.DEFINE_string, "out", os.path.join("runs", "ablation"), "Output folder.")
+    define(flags.DEFINE_bool, "dry_run", False, "Print the trainer commands and exit.")
+
+
+define_flags(flags.FLAGS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,23 +97,34 @@ class Options:
 
 
 def options_from_flags(flag_values, argv) -> Options:
-    """The only code that reads flag values; app.UsageError names a bad one."""
+    """The only code that reads flag values; a FlagError names a bad one.
+
+    Then ``validate`` checks every trainer command the runner would launch.
+    """
     F = flag_values
     extra_flags = argv[1:]  # everything after "--" goes to every trainer run
     bad = [a for a in extra_flags if not a.startswith("--")]
     if bad:
-        raise app.UsageError(f"Unexpected arguments {bad}; trainer flags go after -- as --name=value.")
+        raise FlagError("-", f"unexpected arguments {bad}; trainer flags go after -- as --name=value.")
     try:
         variants = ablation.parse_variants(F.variants, F.base_order)
-        seeds = [int(s) for s in F.seeds]
     except ValueError as error:
-        raise app.UsageError(f"--variants/--seeds: {error}")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise app.UsageError(f"--seeds: give distinct integers, got {F.seeds}.")
-    if F.epochs <= 0:
-        raise app.UsageError(f"--epochs: must be positive, got {F.epochs}.")
+        raise FlagError("variants", str(error)) from None
+    try:
+        seeds = [int(s) for s in F.seeds]
+    except ValueError:
+        raise FlagError("seeds", f"give integers, got {F.seeds}.") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise FlagError("seeds", f"give distinct non-negative integers, got {F.seeds}.")
+    if not (F.epochs > 0) or F.epochs == float("inf"):
+        raise FlagError("epochs", f"must be a positive number, got {F.epochs}.")
+    if F.batch_size is not None and F.batch_size < 1:
+        raise FlagError("batch_size", f"must be >= 1, got {F.batch_size}.")
     if F.data_dir and not os.path.isdir(F.data_dir):
-        raise app.UsageError(f"--data_dir: no folder {F.data_dir!r}.")
+        raise FlagError("data_dir", f"no folder {F.data_dir!r}.")
+    if F.data_dir and F.dataset:
+        raise FlagError("dataset", "give --data_dir or --dataset, not both.")
+    train_cli.check_writable_dir("out", F.out)
     return Options(
         variants=tuple(variants),
         seeds=tuple(seeds),
@@ -127,10 +149,32 @@ def check_out_dir(out_dir: str, shared: dict) -> None:
         changed = {k: (previous.get(k), v) for k, v in shared.items() if previous.get(k) != v}
         if changed:
             detail = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            raise app.UsageError(
-                f"{out_dir} holds runs made with other settings ({detail}). "
+            raise FlagError(
+                "out", f"{out_dir} holds runs made with other settings ({detail}). "
                 "Use a new --out, or the original settings to resume."
             )
+
+
+def validate(options: Options) -> None:
+    """Check every trainer command as ``trainers/cifar.py`` would, before anything is written.
+
+    A FlagError names the runner's flag, or for a flag after ``--`` the trainer's.
+    """
+    for variant in options.variants:
+        for seed in options.seeds:
+            command = trainer_command(options, variant, seed)
+            flag_values = flags.FlagValues()
+            train_cli.define_flags("cifar", flag_values)
+            try:
+                train_cli.parse_command_line(flag_values, command[1:])
+                train_cli.settings_from_flags("cifar", flag_values)
+            except FlagError as error:
+                runner_flag = error.flag if error.flag in ("model", "data_dir", "dataset", "epochs",
+                                                           "batch_size", "lr_boundaries") else None
+                if runner_flag or any(a.startswith(f"--{error.flag}=") or a == f"--{error.flag}"
+                                      for a in options.trainer_flags):
+                    raise
+                raise FlagError("variants", f"{variant.name}: {error}") from None
 
 
 def trainer_command(options: Options, variant, seed) -> list:
@@ -167,6 +211,7 @@ def run_ablation(options: Options) -> int:
         for variant, seed in jobs:
             print(" ".join(trainer_command(options, variant, seed)))
         return 0
+    validate(options)
     check_out_dir(options.out, shared)
     os.makedirs(options.out, exist_ok=True)
     with open(os.path.join(options.out, "ablation.json"), "w") as handle:
@@ -190,7 +235,7 @@ def run_ablation(options: Options) -> int:
         code = run_trainer(trainer_command(options, variant, seed), path, header)
         timings.append(time.monotonic() - run_started)
         if code == EXIT_FLAG_ERROR:  # the same flags would fail every run: stop now
-            raise app.UsageError(f"the trainer rejected its flags (see {path}/trainer.log).")
+            raise FlagError("-", f"the trainer rejected its flags (see {path}/trainer.log); stopped.")
         if code == EXIT_DIVERGED:
             status[(variant, seed)] = "diverged"
         elif code != 0:
@@ -212,11 +257,24 @@ def run_ablation(options: Options) -> int:
     return 1 if any(s.startswith("failed") for s in status.values()) else 0
 
 
-def main(argv):
-    code = run_ablation(options_from_flags(flags.FLAGS, argv))
-    if code:
-        sys.exit(code)
+def console_main(argv=None, flag_values: flags.FlagValues = flags.FLAGS) -> int:
+    """The whole command line: ``--help`` exits 0; a bad flag (the runner's or a trainer flag
+    after ``--``) is one line ``error: --flag: problem`` and exit 2, before anything is written."""
+    argv = list(sys.argv if argv is None else argv)
+    if train_cli.wants_help(argv):
+        print(flag_values.main_module_help() or flag_values.get_help())
+        return 0
+    try:
+        rest = train_cli.parse_command_line(flag_values, argv)
+        options = options_from_flags(flag_values, rest)
+        if options.dry_run:
+            validate(options)
+        return run_ablation(options)
+    except FlagError as error:
+        message = str(error)[5:] if error.flag == "-" else str(error)
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_FLAG_ERROR
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(console_main())

@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from keras_preact.cli import train as train_cli  # noqa: E402
 
@@ -24,11 +24,10 @@ train_cli.define_flags("imagenet")
 flags.adopt_module_key_flags(train_cli)  # --help lists the trainer flags, not only absl's
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    train_cli.main("imagenet")
+def main(argv=None) -> int:
+    """Exit status 0; 2 for a bad flag (one line naming it); 3 on divergence. --help exits 0."""
+    return train_cli.console_main("imagenet", sys.argv if argv is None else argv)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

@@ -19,15 +19,20 @@ never by their text: ``registry.ModelNameError.argument`` (name or unit),
 that was given (``--data_dir`` or ``--dataset``), and for the architecture the flag whose
 value ``ResNetConfig`` refused when the flags are added to it one at a time.
 
-``main(family)`` is the body of a trainer script: one line ``error: --flag: message`` on
-stderr and exit status 2 for a bad flag, 3 when training diverges.
+``console_main(family)`` is a trainer script's whole command line: ``--help`` exits 0; a
+malformed, unknown or out-of-range flag is one line ``error: --flag: message`` on stderr and
+exit status 2 (no traceback, nothing written); 3 when training diverges (the message names the
+last known-good checkpoint the run directory now resumes from) or a checkpoint to resume holds
+non-finite values.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import sys
 import time
 
@@ -38,11 +43,13 @@ from absl import logging as absl_logging
 from keras_preact import data as data_lib
 from keras_preact import export as export_lib
 from keras_preact import registry
-from keras_preact.common import FAMILIES, KINDS, ORDERS, SHORTCUTS
+from keras_preact.common import DTYPE_POLICIES, FAMILIES, KINDS, ORDERS, SHORTCUTS
 from keras_preact.config import ResNetConfig, resolve_order
+from keras_preact.padding import PADDINGS
 from keras_preact.training import recipes as recipes_lib
 from keras_preact.training import schedules
 from keras_preact.training import strategy as strategy_lib
+from keras_preact.training import divergence as divergence_lib
 from keras_preact.training.loop import DivergenceError, Trainer
 from keras_preact.training.observe import RESULTS_FILE
 
@@ -60,6 +67,13 @@ STRATEGY_ARGUMENT_FLAGS = {  # strategy.StrategyError.argument
     "cpu_devices": "cpu_devices",
     "global_batch": "batch_size",
 }
+
+# --steps_per_loop under TPUStrategy when unset: a host round-trip per step would idle the TPU
+# (loops still stop at every log row, evaluation and checkpoint).
+TPU_STEPS_PER_LOOP = 100
+
+JIT_SYNC_BN = ("not with --sync_bn: synchronised BatchNorm all-reduces inside the compiled step, "
+               "which XLA cannot hold; drop one of them.")
 
 EXIT_FLAG_ERROR = 2
 EXIT_DIVERGED = 3
@@ -122,6 +136,24 @@ def define_flags(family: str, flag_values: flags.FlagValues = FLAGS) -> None:
             "Run each stage's repeated units as one loop over stacked weights (very deep nets).")
     _define(flag_values, flags.DEFINE_bool, "recompute", False,
             "With --stacked_stages: recompute units in the backward pass (less memory).")
+    _define(flag_values, flags.DEFINE_enum, "padding", "symmetric", list(PADDINGS),
+            "Padding of strided convs: symmetric (Torch's, as the paper's code; the default) or "
+            "same (TensorFlow's; runs of keras_preact 0.1 used it).")
+    _define(flag_values, flags.DEFINE_string, "init_weights", None,
+            "Start from this weights file (timm ResNetV2 or PyTorch .safetensors/.pth, .keras): "
+            "its backbone, and a fresh classifier when its class count differs (fine-tuning). "
+            "Options the file fixes (timm: stem, padding) are taken from it. A resumed run "
+            "continues from its checkpoint instead.")
+    _define(flag_values, flags.DEFINE_enum, "dtype_policy", "float32", list(DTYPE_POLICIES),
+            "Keras dtype policy: float32, or mixed precision (float32 weights; mixed_float16 with "
+            "dynamic loss scaling for GPUs, mixed_bfloat16 for TPUs and CPUs with bf16).")
+    # Speed.
+    _define(flag_values, flags.DEFINE_bool, "jit_compile", False,
+            "Compile the train and evaluation steps with XLA.")
+    _define(flag_values, flags.DEFINE_integer, "steps_per_loop", None,
+            f"Training steps per tf.function call (one host sync); default 1, "
+            f"{TPU_STEPS_PER_LOOP} under --strategy=tpu. Logs, evaluations and checkpoints stay "
+            "on their steps.")
     # Distribution.
     _define(flag_values, flags.DEFINE_enum, "strategy", "default", list(strategy_lib.STRATEGIES), "tf.distribute strategy.")
     _define(flag_values, flags.DEFINE_integer,
@@ -155,6 +187,13 @@ def define_flags(family: str, flag_values: flags.FlagValues = FLAGS) -> None:
     _define(flag_values, flags.DEFINE_integer, "seed", 0, "Random seed (initialisation, shuffling, augmentation).")
     _define(flag_values, flags.DEFINE_bool, "export", False, "Export a TF Serving SavedModel at the end.")
     _define(flag_values, flags.DEFINE_string, "export_dir", "saved_models", "Base directory of exports.")
+    # Safety (issue 14).
+    _define(flag_values, flags.DEFINE_bool, "strict", False,
+            "Fail on the first unreadable, corrupt or oversized image instead of skipping and counting it.")
+    _define(flag_values, flags.DEFINE_float, "divergence_factor", divergence_lib.DEFAULT_FACTOR,
+            "Stop when a step's loss exceeds this many times its recent average (0: only NaN/inf stop).")
+    _define(flag_values, flags.DEFINE_integer, "divergence_window", divergence_lib.DEFAULT_WINDOW,
+            "Steps in the recent average of --divergence_factor.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,14 +224,21 @@ class Settings:
     cpu_devices: int | None = None
     tpu: str | None = None
     sync_bn: bool = False
+    # Speed.
+    jit_compile: bool = False
+    steps_per_loop: int | None = None  # None: 1, or TPU_STEPS_PER_LOOP under TPUStrategy
     # Run.
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     log_every: int = 50
     eval_every: int = 0
     seed: int = 0
+    init_weights: str | None = None  # weights file the model starts from (fresh runs only)
     export: bool = False
     export_dir: str = "saved_models"
+    strict: bool = False  # fail on a bad image file instead of skipping and counting it
+    divergence_factor: float = divergence_lib.DEFAULT_FACTOR
+    divergence_window: int = divergence_lib.DEFAULT_WINDOW
     argv: tuple = ()  # the command line, recorded in results.json
 
     @property
@@ -207,7 +253,8 @@ class Settings:
 
 
 def model_settings(name: str, *, unit=None, preact=None, order=None, shortcut="identity",
-                   stacked_stages=False, recompute=False) -> tuple:
+                   stacked_stages=False, recompute=False, dtype_policy="float32",
+                   padding="symmetric") -> tuple:
     """``(canonical model name, keyword arguments of registry.get_model)``, checked without building.
 
     The name goes through ``keras_preact.registry`` only; its ``ModelNameError.argument`` says
@@ -228,6 +275,8 @@ def model_settings(name: str, *, unit=None, preact=None, order=None, shortcut="i
         ("shortcut", {"shortcut": shortcut}),
         ("stacked_stages", {"stacked_stages": bool(stacked_stages)}),
         ("recompute", {"recompute": bool(recompute)}),
+        ("dtype_policy", {"dtype_policy": dtype_policy}),
+        ("padding", {"padding": padding}),
     ):
         arguments.update(added)
         try:
@@ -239,13 +288,93 @@ def model_settings(name: str, *, unit=None, preact=None, order=None, shortcut="i
         kwargs["unit"] = unit
     if stacked_stages:
         kwargs.update(stacked_stages=True, recompute=bool(recompute))
+    if dtype_policy != "float32":
+        kwargs["dtype_policy"] = dtype_policy
+    if padding != "symmetric":
+        kwargs["padding"] = padding
     return spec.name, kwargs
+
+
+def init_weights_options(model_name: str, path: str | None, model_kwargs: dict) -> dict:
+    """``model_kwargs`` with the options ``--init_weights`` fixes; FlagError if it cannot serve."""
+    if not path:
+        return model_kwargs
+    path = os.path.expanduser(path)
+    try:
+        # The class count comes from the data (a different one gets a fresh head), so only
+        # the architecture the file fixes is merged here.
+        kwargs, _ = registry.weights_options(
+            registry.resolve(model_name), path, {**model_kwargs, "include_top": False})
+        kwargs.pop("include_top")
+    except FileNotFoundError as error:
+        raise FlagError("init_weights", str(error)) from None
+    except ValueError as error:
+        raise FlagError("init_weights", str(error)) from None
+    return kwargs
 
 
 def _check_positive(values: dict, minimum: int = 1) -> None:
     for flag, value in values.items():
         if value is not None and value < minimum:
             raise FlagError(flag, f"must be >= {minimum}, got {value}.")
+
+
+# flag -> (lowest, highest, lowest allowed?, highest allowed?); None: no bound. Checked when set.
+NUMBER_RANGES = {
+    "lr": (0, None, False, True),
+    "momentum": (0, 1, True, False),
+    "weight_decay": (0, None, True, True),
+    "lr_decay": (0, 1, False, True),
+    "warmup_steps": (0, None, True, True),
+    "warmup_lr": (0, None, False, True),
+    "epochs": (0, None, False, True),
+    "seed": (0, None, True, True),
+    "divergence_window": (1, None, True, True),
+}
+
+
+def check_numbers(F) -> None:
+    """Every numeric flag finite and in its range (``NUMBER_RANGES``), else a FlagError naming it."""
+    for flag, (low, high, low_ok, high_ok) in NUMBER_RANGES.items():
+        value = getattr(F, flag, None)
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise FlagError(flag, f"must be a finite number, got {value}.")
+        if low is not None and (value < low or (value == low and not low_ok)):
+            raise FlagError(flag, f"must be {'>=' if low_ok else '>'} {low}, got {value}.")
+        if high is not None and (value > high or (value == high and not high_ok)):
+            raise FlagError(flag, f"must be {'<=' if high_ok else '<'} {high}, got {value}.")
+    try:
+        divergence_lib.check_settings(F.divergence_factor, F.divergence_window)
+    except ValueError as error:
+        raise FlagError("divergence_factor", str(error)) from None
+
+
+def check_classes(data_dir: str, split: str) -> None:
+    """An image folder's training split must hold at least two class folders."""
+    folder = os.path.join(data_dir, split)
+    classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    if len(classes) < 2:
+        raise FlagError(
+            "data_dir", f"{folder!r} holds {len(classes)} class folder(s) {classes}: a classifier needs at least two."
+        )
+
+
+def check_writable_dir(flag: str, path: str | None) -> None:
+    """``path`` is, or can be created as, a writable directory (nothing is created here)."""
+    if not path:
+        return
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FlagError(flag, f"{path!r} exists and is not a directory.")
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise FlagError(flag, f"cannot create {path!r}: {probe!r} is not a directory.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise FlagError(flag, f"cannot write to {probe!r} (permission denied).")
 
 
 def settings_from_flags(family: str, flag_values: flags.FlagValues = FLAGS, argv=()) -> Settings:
@@ -260,10 +389,14 @@ def settings_from_flags(family: str, flag_values: flags.FlagValues = FLAGS, argv
     imagenet = family == "imagenet"
     if F.stacked_stages and F.sync_bn:
         raise FlagError("sync_bn", "not supported with --stacked_stages (its BN is per replica).")
+    if F.jit_compile and F.sync_bn:
+        raise FlagError("jit_compile", JIT_SYNC_BN)
     model_name, model_kwargs = model_settings(
         F.model, unit=F.unit, preact=F.preact, order=F.order, shortcut=F.shortcut,
-        stacked_stages=F.stacked_stages, recompute=F.recompute,
+        stacked_stages=F.stacked_stages, recompute=F.recompute, dtype_policy=F.dtype_policy,
+        padding=F.padding,
     )
+    model_kwargs = init_weights_options(model_name, F.init_weights, model_kwargs)
     dataset, data_dir = F.dataset, None
     if F.data_dir:
         dataset, data_dir = None, os.path.expanduser(F.data_dir)
@@ -276,6 +409,7 @@ def settings_from_flags(family: str, flag_values: flags.FlagValues = FLAGS, argv
     if F.train_steps is not None and F.epochs is not None:
         raise FlagError("epochs", "give --train_steps or --epochs, not both.")
     _check_positive({"batch_size": F.batch_size, "train_steps": F.train_steps,
+                     "steps_per_loop": F.steps_per_loop,
                      "keep_checkpoints": F.keep_checkpoints, "log_every": F.log_every,
                      "cpu_devices": F.cpu_devices})
     _check_positive({"checkpoint_every": F.checkpoint_every, "eval_every": F.eval_every}, minimum=0)
@@ -285,6 +419,12 @@ def settings_from_flags(family: str, flag_values: flags.FlagValues = FLAGS, argv
         raise FlagError("lr", f"must be positive, got {F.lr}.")
     if F.label_smoothing is not None and not 0 <= F.label_smoothing < 1:
         raise FlagError("label_smoothing", f"must be in [0, 1), got {F.label_smoothing}.")
+    check_numbers(F)
+    if data_dir:
+        check_classes(data_dir, F.train_split)
+    check_writable_dir("model_dir", F.model_dir)
+    if F.export:
+        check_writable_dir("export_dir", F.export_dir)
     recipe = recipe.replace(
         batch_size=F.batch_size,
         base_lr=F.lr,
@@ -333,13 +473,19 @@ def settings_from_flags(family: str, flag_values: flags.FlagValues = FLAGS, argv
         cpu_devices=F.cpu_devices,
         tpu=F.tpu,
         sync_bn=F.sync_bn,
+        jit_compile=F.jit_compile,
+        steps_per_loop=F.steps_per_loop,
         checkpoint_every=F.checkpoint_every,
         keep_checkpoints=F.keep_checkpoints,
         log_every=F.log_every,
         eval_every=F.eval_every,
         seed=F.seed,
+        init_weights=os.path.expanduser(F.init_weights) if F.init_weights else None,
         export=F.export,
         export_dir=F.export_dir,
+        strict=F.strict,
+        divergence_factor=F.divergence_factor,
+        divergence_window=F.divergence_window,
         argv=tuple(argv),
     )
 
@@ -350,7 +496,7 @@ def _strategy_flag_error(error: strategy_lib.StrategyError) -> FlagError:
 
 def build_data(settings: Settings, global_batch: int) -> tuple:
     """(train dataset, train info, {eval name: dataset}); a FlagError if the data cannot be read."""
-    common = dict(seed=settings.seed, data_dir=settings.tfds_dir)
+    common = dict(seed=settings.seed, data_dir=settings.tfds_dir, strict=settings.strict)
     train_kwargs = {}
     if settings.family == "imagenet":
         common["manual_dir"] = settings.manual_dir
@@ -401,13 +547,15 @@ def run(settings: Settings, stream=None) -> dict:
         raise FlagError(
             "batch_size", f"{recipe.batch_size} is larger than the {info.num_examples} training examples."
         )
+    check_schedule_fits(recipe, steps_per_epoch)
     input_shape = (None, None, 3) if settings.family == "imagenet" else (*info.image_size, 3)
 
     def build_model():
         keras.utils.set_random_seed(settings.seed)
+        # A resumed run's checkpoint, restored by the Trainer, replaces these weights.
         return registry.get_model(
             settings.model_name, num_classes=info.num_classes, input_shape=input_shape,
-            **settings.model_kwargs,
+            weights=settings.init_weights, **settings.model_kwargs,
         )
 
     trainer = Trainer(
@@ -422,7 +570,11 @@ def run(settings: Settings, stream=None) -> dict:
         eval_every=settings.eval_every,
         log_every=settings.log_every,
         keep_checkpoints=settings.keep_checkpoints,
+        divergence_factor=settings.divergence_factor,
+        divergence_window=settings.divergence_window,
         stream=stream,
+        jit_compile=settings.jit_compile,
+        steps_per_loop=steps_per_loop(settings),
     )
     say = (lambda text: print(text, file=stream, flush=True)) if chief else (lambda text: None)
     if chief:
@@ -431,14 +583,20 @@ def run(settings: Settings, stream=None) -> dict:
         f"{trainer.model.name} ({trainer.model.count_params():,} parameters) on {info.source} "
         f"{settings.train_split} ({info.num_examples} images, {info.num_classes} classes, "
         f"{info.image_size[0]}x{info.image_size[1]}); strategy {settings.strategy_name} with "
-        f"{strategy.num_replicas_in_sync} replica(s); batch {recipe.batch_size}, "
+        f"{strategy.num_replicas_in_sync} replica(s)"
+        + "".join(f"; {item}" for item in speed_settings(settings, trainer))
+        + f"; batch {recipe.batch_size}, "
         f"{trainer.total_steps} steps ({trainer.total_steps / steps_per_epoch:.1f} epochs), "
         f"lr {trainer.base_lr:g} {recipe.schedule}"
         + (f" /{1 / recipe.decay_factor:g} at {list(trainer.boundaries)}" if trainer.boundaries else "")
+        + moved_boundaries_note(recipe)
         + f"; run directory {settings.model_dir}"
     )
     started = time.monotonic()
     results = trainer.fit(train, evals)
+    if info.bad_files.count:
+        say(f"Skipped {info.bad_files.count} unreadable, corrupt or oversized training image file(s) "
+            f"({info.bad_files.skips} time(s)), e.g. {info.bad_files.files[0]}; --strict fails instead.")
     for name, result in results.items():
         say(
             f"Final {name} error: {100 * result['error']:.2f}% "
@@ -458,6 +616,60 @@ def run(settings: Settings, stream=None) -> dict:
         )
         say(f"Exported to {path}")
     return results
+
+
+def steps_per_loop(settings: Settings) -> int:
+    """``--steps_per_loop``, or its default: 1, ``TPU_STEPS_PER_LOOP`` under TPUStrategy."""
+    if settings.steps_per_loop:
+        return settings.steps_per_loop
+    return TPU_STEPS_PER_LOOP if settings.strategy_name == "tpu" else 1
+
+
+def speed_settings(settings: Settings, trainer) -> list:
+    """The banner's words for the settings that are not the plain float32 loop."""
+    items = []
+    policy = settings.model_kwargs.get("dtype_policy", "float32")
+    if policy != "float32":
+        items.append(policy + (" with dynamic loss scaling" if trainer.loss_scaling else ""))
+    if settings.jit_compile:
+        items.append("XLA")
+    if trainer.steps_per_loop > 1:
+        items.append(f"up to {trainer.steps_per_loop} steps per loop")
+    return items
+
+
+def check_schedule_fits(recipe: recipes_lib.Recipe, steps_per_epoch: int) -> None:
+    """A FlagError for a step-decay boundary or a warm-up that does not fit in the run.
+
+    Only known once the data (hence the run's length in iterations) is: an iteration or epoch
+    boundary at or after the last step blames ``--lr_boundaries``; a warm-up as long as the
+    run blames ``--warmup_steps``.
+    """
+    total = recipe.total_steps(steps_per_epoch)
+    if recipe.schedule == "step":
+        try:
+            schedules.resolve_boundaries(recipe.lr_boundaries, total, steps_per_epoch, within_run=True)
+        except ValueError as error:
+            raise FlagError("lr_boundaries", str(error)) from None
+    if recipe.warmup_steps and recipe.warmup_steps >= total:
+        raise FlagError(
+            "warmup_steps", f"a warm-up of {recipe.warmup_steps} steps does not end inside the run "
+            f"({total} steps); shorten it or lengthen the run."
+        )
+
+
+def moved_boundaries_note(recipe: recipes_lib.Recipe) -> str:
+    """The banner's note when the recipe's absolute boundaries moved to fractions of this run."""
+    try:
+        base = recipes_lib.get_recipe(recipe.name)
+    except ValueError:
+        return ""
+    moved = base.relative_boundaries()
+    if recipe.schedule != "step" or base.lr_boundaries == moved or recipe.lr_boundaries != moved:
+        return ""
+    length = f"{base.train_steps} steps" if base.train_steps else f"{base.epochs:g} epochs"
+    return (f" (the {base.name} recipe's {', '.join(map(str, base.lr_boundaries))} of {length}, "
+            f"moved to the same fractions {', '.join(f'{float(f):.3g}' for f in moved)} of this run)")
 
 
 def write_results(settings: Settings, trainer, results: dict, seconds: float) -> str:
@@ -489,14 +701,71 @@ def write_results(settings: Settings, trainer, results: dict, seconds: float) ->
 
 
 def main(family: str, flag_values: flags.FlagValues = FLAGS, argv=None, stream=None) -> None:
-    """The body of a trainer's ``main(argv)``: parse, run; one line on stderr and exit 2 (bad
-    flag) or 3 (divergence)."""
+    """The body of a trainer's ``main(argv)`` once flags are parsed: run; one line on stderr and
+    exit 2 (bad flag) or 3 (divergence, or a checkpoint with non-finite values)."""
+    code = _run_settings(family, flag_values, sys.argv if argv is None else argv, stream)
+    if code:
+        sys.exit(code)
+
+
+def _run_settings(family, flag_values, argv, stream) -> int:
     try:
-        settings = settings_from_flags(family, flag_values, argv=sys.argv if argv is None else argv)
+        settings = settings_from_flags(family, flag_values, argv=argv)
         run(settings, stream)
     except FlagError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(EXIT_FLAG_ERROR)
+        return EXIT_FLAG_ERROR
     except DivergenceError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(EXIT_DIVERGED)
+        return EXIT_DIVERGED
+    return 0
+
+
+HELP_ARGUMENTS = ("-h", "-help", "--help", "-?", "--helpshort", "--helpfull")
+
+
+def wants_help(argv) -> bool:
+    """Whether the command line asks for help (before ``--``)."""
+    arguments = list(argv[1:])
+    if "--" in arguments:
+        arguments = arguments[: arguments.index("--")]
+    return any(a in HELP_ARGUMENTS for a in arguments)
+
+
+def parse_command_line(flag_values: flags.FlagValues, argv) -> list:
+    """Parse ``argv`` into ``flag_values``; a FlagError naming the flag for a malformed one.
+
+    Returns the remaining arguments (``argv[0]`` first), as absl does.
+    """
+    try:
+        return flag_values(list(argv))
+    except flags.UnrecognizedFlagError as error:
+        hint = str(error).split(". ", 1)[1].strip() if ". " in str(error) else "see --help"
+        raise FlagError(error.flagname, f"unknown flag ({hint}).") from None
+    except flags.Error as error:
+        text = " ".join(str(error).split())
+        match = re.match(r"flag --(\w+)(=\S*)?: (.*)", text) or re.search(r"flag --(\w+)()(.*)", text)
+        if match:
+            raise FlagError(match.group(1), match.group(3).strip(" :") or text) from None
+        raise FlagError("?", text) from None
+
+
+def console_main(family: str, argv=None, flag_values: flags.FlagValues = FLAGS, stream=None) -> int:
+    """A trainer script's whole command line: ``--help`` (exit 0), parse, validate, run.
+
+    Returns the exit status: 0, 2 (usage error: one line ``error: --flag: problem`` on stderr,
+    no traceback), 3 (training diverged or a checkpoint holds non-finite values).
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if wants_help(argv):
+        print(flag_values.main_module_help() or flag_values.get_help())
+        return 0
+    try:
+        rest = parse_command_line(flag_values, argv)
+        if len(rest) > 1:
+            print(f"error: unexpected argument {rest[1]!r}: flags are --name=value.", file=sys.stderr)
+            return EXIT_FLAG_ERROR
+    except FlagError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FLAG_ERROR
+    return _run_settings(family, flag_values, argv, stream)

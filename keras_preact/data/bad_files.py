@@ -1,5 +1,8 @@
 """Bookkeeping for undecodable files met while a pipeline runs: count them, log each once.
 
+"Undecodable" includes files the image-safety guard refuses (``keras_preact.data.guard``:
+a header declaring more pixels than the limits, e.g. a decompression bomb).
+
 A corrupt JPEG among a million must not end a multi-hour run with an opaque decoder error,
 so by default the pipeline drops it and reports it here; ``strict=True`` fails instead.
 """
@@ -45,7 +48,7 @@ class BadFileLog:
                     self.files.append(name)
             if first_time:
                 logger.warning(
-                    "Skipping unreadable or undecodable image file (not an image, truncated or corrupt): %s", name
+                    "Skipping unreadable or undecodable image file (not an image, truncated, corrupt, or above the image-size limits): %s", name
                 )
 
     def record_unnamed(self, n: int) -> None:

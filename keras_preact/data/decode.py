@@ -2,7 +2,9 @@
 
 Every image that enters the package (image folders, TFDS records, export signatures) goes
 through :func:`decode_image`, so JPEG, PNG, GIF, BMP, grayscale, RGBA and CMYK JPEG all come
-out as ``[H, W, 3]`` RGB. TensorFlow's JPEG decoder converts CMYK and YCCK JPEGs (such as the
+out as ``[H, W, 3]`` RGB, and every one first passes the image-safety guard
+(:func:`keras_preact.data.guard.checked_image_bytes`: declared size and pixel limits read from
+the header, so a decompression bomb is refused before any pixel buffer is allocated). TensorFlow's JPEG decoder converts CMYK and YCCK JPEGs (such as the
 22 CMYK files in the ImageNet training set) to RGB itself, so no re-encoding step is needed.
 """
 
@@ -12,16 +14,21 @@ from typing import Callable
 
 import tensorflow as tf
 
+from keras_preact.data.guard import checked_image_bytes
+
 # A crop window in pixels: (offset_y, offset_x, height, width), each an int32 scalar tensor.
 Window = tuple
 
 
-def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
+def decode_image(image_bytes: tf.Tensor, max_pixels: int | None = None, max_side: int | None = None) -> tf.Tensor:
     """Decode one encoded image (scalar string tensor) to an RGB ``uint8`` ``[H, W, 3]`` tensor.
 
     Works eagerly and inside ``tf.function`` / ``tf.data``. Undecodable bytes (truncated,
-    corrupt or not an image) raise ``tf.errors.InvalidArgumentError``.
+    corrupt or not an image) and images whose header declares more than ``max_pixels`` pixels
+    or a side above ``max_side`` (default: ``guard.DEFAULT_MAX_PIXELS`` / ``DEFAULT_MAX_SIDE``)
+    raise ``tf.errors.InvalidArgumentError``.
     """
+    image_bytes = checked_image_bytes(image_bytes, max_pixels, max_side)
     # channels=3 turns grayscale into RGB, drops alpha and asks libjpeg for RGB output from
     # CMYK; expand_animations=False keeps the rank at 3 for GIFs (first frame).
     image = tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
@@ -37,6 +44,8 @@ def decode_crop(image_bytes: tf.Tensor, window_fn: Callable[[tf.Tensor, tf.Tenso
     large images cheap. Other formats are decoded whole and then sliced, so PNG and friends
     take the same path with the same window.
     """
+
+    image_bytes = checked_image_bytes(image_bytes)
 
     def jpeg_window():
         shape = tf.image.extract_jpeg_shape(image_bytes, output_type=tf.int32)

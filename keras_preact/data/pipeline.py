@@ -10,7 +10,9 @@ Order of the stages and why:
 4. decode + augment/preprocess in parallel (``AUTOTUNE``), order-preserving when seeded;
 5. batch, prefetch. Nothing repeats: the trainer decides how many epochs.
 
-Files that cannot be decoded (image folders) are dropped by ``ignore_errors`` and named from
+Every image passes the shared image-safety guard (:mod:`keras_preact.data.guard`: declared size
+and pixel limits read from the header before decoding) inside ``decode_image``. Files that are
+refused or cannot be decoded (image folders) are dropped by ``ignore_errors`` and named from
 the gap they leave in the numbered stream (:func:`_decode_files_naming_failures`), so a corrupt
 JPEG is skipped, counted and logged once (or, with ``strict=True``, fails with its name), at
 no measurable cost per example.
@@ -133,7 +135,7 @@ def _decode_files_naming_failures(ds, transform, bad_files: BadFileLog, strict: 
         if strict:
             failed = tf.debugging.Assert(
                 False,
-                ["keras_preact: cannot decode image file(s) (not an image, truncated or corrupt):", names,
+                ["keras_preact: cannot decode image file(s) (not an image, truncated, corrupt or above the image-size limits):", names,
                  "Remove them, or pass strict=False to skip such files."],
                 summarize=_HISTORY,
             )
@@ -252,5 +254,7 @@ def build_dataset(
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=deterministic,
         )
+        if not strict:  # a record refused by the image guard or the decoder is skipped, logged
+            ds = ds.ignore_errors(log_warning=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
     return ds, info

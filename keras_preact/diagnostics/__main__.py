@@ -2,25 +2,31 @@
 
     python -m keras_preact.diagnostics --model resnet302 \\
         --variants full_preact/identity,full_preact/constant_scaling,original/identity \\
-        --batch_size 32 --out docs/figures/propagation.png
+        --batch_size 32 --out propagation.png
 
-Writes the PNG, a JSON file beside it (every number and the command line) and prints a table.
-Bad arguments (unknown model or variant, missing file) exit with status 2 and a one-line error.
+Writes the PNG (default ``./propagation.png``: the current directory, never the repository's
+``docs/``), a JSON file beside it (every number and the command line) and prints a table.
+Bad arguments (unknown model or variant, missing or unreadable file, out-of-range number)
+exit with status 2 and a one-line error; ``--help`` exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
 import time
+import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+
+from keras_preact.common import OneLineArgumentParser, positive_float, positive_int  # noqa: E402
 
 from keras_preact.diagnostics.batch import load_batch  # noqa: E402
 from keras_preact.diagnostics.plot import plot_propagation  # noqa: E402
@@ -40,7 +46,7 @@ class UsageError(Exception):
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="python -m keras_preact.diagnostics",
         description=(
             "Signal propagation (He et al. 2016, Eqn 4-8): per residual unit, the forward norm "
@@ -60,7 +66,7 @@ def make_parser() -> argparse.ArgumentParser:
     net.add_argument("--model_file", default=None,
                      help="measure this saved .keras model instead (one variant: the model "
                           "itself; --model and --variants do not apply)")
-    net.add_argument("--shortcut_scale", type=float, default=0.5,
+    net.add_argument("--shortcut_scale", type=positive_float, default=0.5,
                      help="lambda of the constant_scaling shortcut")
     net.add_argument("--gate_bias_init", type=float, default=-6.0,
                      help="initial gate bias b_g of the gating shortcuts")
@@ -75,14 +81,15 @@ def make_parser() -> argparse.ArgumentParser:
                       choices=("auto", "cifar", "imagenet_224", "imagenet_320"),
                       help="evaluation preprocessing; auto: cifar for images <= 64 px, "
                            "else imagenet_224")
-    data.add_argument("--batch_size", type=int, default=32,
+    data.add_argument("--batch_size", type=positive_int, default=32,
                       help="images in the batch (picked evenly across the split's classes)")
     data.add_argument("--mode", choices=("train", "eval"), default="train",
                       help="BatchNorm on batch statistics (train) or moving statistics (eval)")
     out = parser.add_argument_group("output")
-    out.add_argument("--out", default="docs/figures/propagation.png",
-                     help="PNG to write; the JSON goes beside it with the same name")
-    out.add_argument("--dpi", type=int, default=100, help="PNG resolution")
+    out.add_argument("--out", default="propagation.png",
+                     help="PNG to write (default: in the current directory); the JSON goes "
+                          "beside it with the same name")
+    out.add_argument("--dpi", type=positive_int, default=100, help="PNG resolution")
     return parser
 
 
@@ -126,7 +133,9 @@ def check_arguments(args) -> None:
         if args.variants is not None:
             raise UsageError("--variants does not apply to --model_file (the file is the variant).")
         if not os.path.isfile(args.model_file):
-            raise UsageError(f"Model file {args.model_file!r} does not exist.")
+            raise UsageError(f"--model_file: {args.model_file!r} does not exist.")
+        if not zipfile.is_zipfile(args.model_file):
+            raise UsageError(f"--model_file: {args.model_file!r} is not a .keras file (not a zip archive).")
     else:
         try:
             canonical_model_name(args.model)
@@ -139,6 +148,14 @@ def check_arguments(args) -> None:
         raise UsageError(f"--batch_size must be a positive integer, got {args.batch_size}.")
     if not args.out.lower().endswith(".png"):
         raise UsageError(f"--out must name a .png file, got {args.out!r}.")
+    if not math.isfinite(args.gate_bias_init):
+        raise UsageError(f"--gate_bias_init must be a finite number, got {args.gate_bias_init}.")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    probe = folder
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--out: cannot write into {folder!r} ({probe!r} is not a writable folder).")
 
 
 def load_model_file(path: str, batch: dict) -> keras.Model:

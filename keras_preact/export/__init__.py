@@ -1,4 +1,4 @@
-"""Export and deployment: SavedModel for TF Serving, TFLite, BN folding, verified parity.
+"""Export and deployment: SavedModel for TF Serving, TFLite, ONNX, BN folding, verified parity.
 
     >>> from keras_preact import export
     >>> path = export.export_model(model, "saved_models", name="resnet20", recipe="cifar",
@@ -8,7 +8,7 @@ The command line does the same from a ``.keras`` file or a training checkpoint::
 
     python -m keras_preact.export --model_file model.keras --name resnet20 --recipe cifar
 
-See ``docs/serving.md`` for the TF Serving and TFLite usage.
+See ``docs/serving.md`` for the TF Serving, TFLite (LiteRT) and ONNX usage.
 """
 
 from keras_preact.export.exporter import (
@@ -18,6 +18,7 @@ from keras_preact.export.exporter import (
     load_model_file,
 )
 from keras_preact.export.fold import ChannelAffine, FoldReport, fold_batch_norm
+from keras_preact.export.onnx import ONNX_FILE, OnnxRunner, convert_model as convert_to_onnx
 from keras_preact.export.parity import FLOAT_TOLERANCE, format_report, parity_report
 from keras_preact.export.request_guard import checked_image_bytes
 from keras_preact.export.saved_model import (
@@ -40,11 +41,14 @@ __all__ = [
     "FLOAT_SIGNATURE",
     "FLOAT_TOLERANCE",
     "FoldReport",
+    "ONNX_FILE",
+    "OnnxRunner",
     "SERVING_SIGNATURE",
     "TFLITE_VARIANTS",
     "TFLiteRunner",
     "check_builtin_ops",
     "checked_image_bytes",
+    "convert_to_onnx",
     "convert_to_tflite",
     "existing_versions",
     "export_model",

@@ -8,7 +8,8 @@
         --recipe cifar --name resnet20
 
 Writes ``<base_dir>/<name>/<version>/`` (see ``keras_preact.export.exporter``) and prints the
-parity report. Exit status 2 on bad arguments, 1 if the float32 parity check fails.
+parity report. ``--onnx`` adds ``assets.extra/model.onnx`` (needs ``pip install
+"keras_preact[onnx]"``). Exit status 2 on bad arguments, 1 if the float32 parity check fails.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -31,7 +33,9 @@ from keras_preact.export.exporter import (
 )
 from keras_preact.export.saved_model import eval_image_size
 from keras_preact.export.tflite import VARIANTS
-from keras_preact.training.checkpoints import VariableSet
+from keras_preact.common import OneLineArgumentParser, positive_int
+from keras_preact.training.checkpoints import VariableSet, check_finite_checkpoint
+from keras_preact.training.divergence import NonFiniteCheckpointError
 
 
 class ArgumentError(ValueError):
@@ -42,9 +46,10 @@ class ArgumentError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="python -m keras_preact.export",
-        description="Export a trained keras_preact model for TF Serving and TFLite, with a parity report.",
+        description="Export a trained keras_preact model for TF Serving, TFLite and (--onnx) ONNX, "
+        "with a parity report.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model_file", help="A .keras file.")
@@ -63,26 +68,32 @@ def build_parser() -> argparse.ArgumentParser:
         default="{}",
         help='JSON keyword arguments of the architecture, as at training, e.g. \'{"order": "original"}\'.',
     )
-    parser.add_argument("--num_classes", type=int, help="Outputs of --checkpoint's model (default: number of class names).")
+    parser.add_argument("--num_classes", type=positive_int, help="Outputs of --checkpoint's model (default: number of class names).")
     parser.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="Evaluation preprocessing the serving signature applies.")
     parser.add_argument("--name", help="Model name under --base_dir (default: from --model or the file name).")
     parser.add_argument("--base_dir", default="saved_models", help="TF Serving model base directory.")
-    parser.add_argument("--version", type=int, help="Version number (default: the next free one).")
+    parser.add_argument("--version", type=positive_int, help="Version number (default: the next free one).")
     parser.add_argument("--class_names", help="Comma-separated class names in label order.")
     parser.add_argument("--labels_file", help="labels.txt with one class name per line (default: next to the model).")
     parser.add_argument("--eval_dir", help="Image folder <root>/<split>/<class>/<image> for parity and int8 calibration.")
     parser.add_argument("--eval_split", default="test", help="Held-out split of --eval_dir.")
     parser.add_argument("--calibration_split", default="train", help="Calibration split of --eval_dir.")
-    parser.add_argument("--eval_limit", type=int, default=1000, help="Held-out images in the parity report.")
-    parser.add_argument("--calibration_size", type=int, default=200, help="int8 calibration images.")
+    parser.add_argument("--eval_limit", type=positive_int, default=1000, help="Held-out images in the parity report.")
+    parser.add_argument("--calibration_size", type=positive_int, default=200, help="int8 calibration images.")
     parser.add_argument(
         "--tflite",
         default=",".join(VARIANTS),
         help=f"Comma-separated TFLite variants ({', '.join(VARIANTS)}), or 'none'.",
     )
-    parser.add_argument("--no_fold", action="store_true", help="Convert the unfolded model to TFLite.")
-    parser.add_argument("--top_k", type=int, default=5, help="Classes returned per image.")
-    parser.add_argument("--max_image_pixels", type=int, help="Reject larger images at serving time.")
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="Also write assets.extra/model.onnx (input: the preprocessed float batch, output: "
+        "logits), checked with ONNX Runtime in the parity report. Needs the [onnx] extra.",
+    )
+    parser.add_argument("--no_fold", action="store_true", help="Convert the unfolded model to TFLite and ONNX.")
+    parser.add_argument("--top_k", type=positive_int, default=5, help="Classes returned per image.")
+    parser.add_argument("--max_image_pixels", type=positive_int, help="Reject larger images at serving time.")
     parser.add_argument(
         "--allow_parity_failure", action="store_true", help="Publish even if float32 parity fails."
     )
@@ -101,6 +112,8 @@ def _label_file_near(path: str) -> str | None:
 def resolve_class_names(args, source_path: str) -> list:
     if args.class_names:
         return [c.strip() for c in args.class_names.split(",") if c.strip()]
+    if args.labels_file is not None and not os.path.isfile(args.labels_file):
+        raise ArgumentError("--labels_file", f"no such file {args.labels_file!r}")
     labels_file = args.labels_file or _label_file_near(source_path)
     if labels_file is None:
         raise ValueError(
@@ -165,6 +178,10 @@ def restore_checkpoint(model, path: str) -> str:
     float variable is first set to NaN, and any NaN left after the restore is an error.
     """
     prefix = checkpoint_prefix(path)
+    try:
+        check_finite_checkpoint(prefix)
+    except NonFiniteCheckpointError as error:
+        raise ArgumentError("--checkpoint", str(error)) from None
     floats = [v for v in model.variables if v.dtype.startswith("float")]
     for variable in floats:
         variable.assign(np.full(variable.shape, np.nan, variable.dtype))
@@ -181,6 +198,32 @@ def restore_checkpoint(model, path: str) -> str:
     return prefix
 
 
+def check_arguments(args) -> None:
+    """Cheap checks before any model is loaded; ArgumentError names the flag."""
+    if args.model_file is not None:
+        if not os.path.isfile(args.model_file):
+            raise ArgumentError("--model_file", f"No model file {args.model_file!r}")
+        if not zipfile.is_zipfile(args.model_file):
+            raise ArgumentError("--model_file", f"{args.model_file!r} is not a .keras file (not a zip archive)")
+    elif not args.model:
+        raise ArgumentError("--model", "--checkpoint needs --model (the architecture to restore into)")
+    parse_model_kwargs(args.model_kwargs)
+    if args.num_classes is not None and args.num_classes < 2:
+        raise ArgumentError("--num_classes", f"a classifier needs at least two classes, got {args.num_classes}")
+    if args.labels_file is not None and not os.path.isfile(args.labels_file):
+        raise ArgumentError("--labels_file", f"no such file {args.labels_file!r}")
+    if args.eval_dir is not None and not os.path.isdir(args.eval_dir):
+        raise ArgumentError("--eval_dir", f"no folder {args.eval_dir!r}")
+    base = os.path.abspath(args.base_dir)
+    probe = base
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or (os.path.exists(base) and not os.path.isdir(base)):
+        raise ArgumentError("--base_dir", f"cannot create the folder {base!r}: {probe!r} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ArgumentError("--base_dir", f"cannot write to {probe!r} (permission denied)")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -192,7 +235,12 @@ def main(argv=None) -> int:
         if bad:
             raise ValueError(f"Unknown --tflite variant(s) {bad}. Valid: {', '.join(VARIANTS)}, or none.")
         source_path = args.model_file or args.checkpoint
+        if args.checkpoint and not args.model:
+            raise ArgumentError("--model", "--checkpoint needs --model (the architecture to restore into)")
         class_names = resolve_class_names(args, source_path)
+        check_arguments(args)
+        if len(class_names) < 2:
+            raise ArgumentError("--class_names", f"a classifier needs at least two classes, got {class_names}")
         if args.model_file:
             model = load_model_file(args.model_file)
             name = args.name or os.path.splitext(os.path.basename(args.model_file))[0]
@@ -226,6 +274,7 @@ def main(argv=None) -> int:
             class_names=class_names,
             top_k=args.top_k,
             tflite_variants=variants,
+            onnx=args.onnx,
             fold=not args.no_fold,
             eval_limit=args.eval_limit,
             calibration_size=args.calibration_size,
@@ -235,7 +284,7 @@ def main(argv=None) -> int:
     except ExportParityError as error:
         print(str(error), file=sys.stderr)
         return 1
-    except ValueError as error:
+    except (ValueError, ImportError) as error:  # ImportError: --onnx without the [onnx] extra
         parser.error(str(error))
     print(path)
     return 0

@@ -2,17 +2,18 @@
 
     python -m keras_preact.export.classify saved_models/cifar10_preact_resnet20 cat.jpg ship.png
     python -m keras_preact.export.classify saved_models/cifar10_preact_resnet20 cat.jpg --backend tflite/int8
+    python -m keras_preact.export.classify saved_models/<name> cat.jpg --backend onnx   # exported with --onnx
     python -m keras_preact.export.classify saved_models/cifar10_preact_resnet20 --eval_dir <root> --split test
 
 ``<model>`` is a model directory of the TF Serving layout (its newest version is used) or one
 version directory. The ``saved_model`` backend calls the ``serving_default`` signature on the
 encoded file bytes, exactly what TF Serving runs; ``tflite/<variant>`` runs a TFLite file of
-the same export on the export's evaluation preprocessing (``keras_preact.data``).
+the same export with LiteRT, and ``onnx`` its ``model.onnx`` with ONNX Runtime, both on the
+export's evaluation preprocessing (``keras_preact.data``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -21,6 +22,8 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+from keras_preact.common import OneLineArgumentParser, positive_int
+from keras_preact.data.guard import DEFAULT_MAX_PIXELS, FORMATS
 from keras_preact.export import parity
 from keras_preact.export.exporter import (
     EXTRA_DIR,
@@ -29,9 +32,11 @@ from keras_preact.export.exporter import (
     existing_versions,
     image_folder_split,
 )
+from keras_preact.export.onnx import ONNX_FILE, OnnxRunner
 from keras_preact.export.tflite import TFLiteRunner
 
 SAVED_MODEL = "saved_model"
+ONNX = "onnx"
 
 
 def version_dir(path: str) -> str:
@@ -47,7 +52,7 @@ def version_dir(path: str) -> str:
 
 
 class Release:
-    """One exported version: its SavedModel, TFLite files, class names and preprocessing recipe."""
+    """One exported version: its SavedModel, TFLite and ONNX files, class names and preprocessing recipe."""
 
     def __init__(self, path: str):
         self.path = version_dir(path)
@@ -56,13 +61,14 @@ class Release:
         self.class_names = list(self.export_info["class_names"])
         self.recipe = self.export_info["recipe"]
         self._saved_model = None
-        self._tflite = {}
+        self._runners = {}
 
     @property
     def backends(self) -> list:
         folder = os.path.join(self.path, EXTRA_DIR, TFLITE_DIR)
         variants = sorted(f[:-7] for f in os.listdir(folder) if f.endswith(".tflite")) if os.path.isdir(folder) else []
-        return [SAVED_MODEL] + [f"tflite/{v}" for v in variants]
+        onnx = [ONNX] if os.path.isfile(os.path.join(self.path, EXTRA_DIR, ONNX_FILE)) else []
+        return [SAVED_MODEL] + [f"tflite/{v}" for v in variants] + onnx
 
     def logits(self, encoded_images, backend: str = SAVED_MODEL, batch_size: int = 100) -> np.ndarray:
         """``[N, classes]`` logits of JPEG/PNG bytes through ``backend``."""
@@ -73,11 +79,13 @@ class Release:
             return parity.saved_model_logits(self._saved_model, "serving_default", encoded_images, batch_size)
         if backend not in self.backends:
             raise ValueError(f"Unknown backend {backend!r}. This export has: {', '.join(self.backends)}.")
-        if backend not in self._tflite:
+        if backend not in self._runners and backend == ONNX:
+            self._runners[backend] = OnnxRunner(os.path.join(self.path, EXTRA_DIR, ONNX_FILE))
+        elif backend not in self._runners:
             with open(os.path.join(self.path, EXTRA_DIR, TFLITE_DIR, backend.split("/", 1)[1] + ".tflite"), "rb") as f:
-                self._tflite[backend] = TFLiteRunner(f.read())
+                self._runners[backend] = TFLiteRunner(f.read())
         images = parity.preprocess_encoded(encoded_images, self.recipe)
-        return self._tflite[backend].logits(images, batch_size)
+        return self._runners[backend].logits(images, batch_size)
 
     def evaluate_folder(self, root: str, split: str, backends=None) -> dict:
         """Top-1 accuracy of each backend on every image of ``root/<split>/<class>/``.
@@ -119,16 +127,24 @@ def _top_k(logits: np.ndarray, class_names, k: int) -> list:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m keras_preact.export.classify", description=__doc__.split("\n")[0])
+    parser = OneLineArgumentParser(prog="python -m keras_preact.export.classify", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="Model directory (newest version) or one version directory.")
-    parser.add_argument("images", nargs="*", help="Image files (JPEG, PNG, GIF, BMP).")
-    parser.add_argument("--backend", default=SAVED_MODEL, help="saved_model (default) or tflite/<variant>.")
-    parser.add_argument("--top_k", type=int, default=3, help="Classes shown per image.")
+    parser.add_argument("images", nargs="*", help=f"Image files ({', '.join(FORMATS)}; the serving limits of "
+                        f"keras_preact.data.guard apply: at most {DEFAULT_MAX_PIXELS} pixels).")
+    parser.add_argument("--backend", default=SAVED_MODEL, help="saved_model (default), tflite/<variant> or onnx.")
+    parser.add_argument("--top_k", type=positive_int, default=3, help="Classes shown per image.")
     parser.add_argument("--eval_dir", help="Report accuracy on an image folder <root>/<split>/<class>/ instead.")
     parser.add_argument("--split", default="test", help="Split of --eval_dir.")
     args = parser.parse_args(argv)
     if not args.images and not args.eval_dir:
         parser.error("give image files, or --eval_dir.")
+    missing = [path for path in args.images if not os.path.isfile(path)]
+    if missing:
+        parser.error(f"argument images: no such file {missing[0]!r}")
+    if args.eval_dir is not None and not os.path.isdir(args.eval_dir):
+        parser.error(f"argument --eval_dir: no folder {args.eval_dir!r}")
+    if not os.path.isdir(args.model):
+        parser.error(f"argument model: no folder {args.model!r}")
     try:
         release = Release(args.model)
         if args.eval_dir:

@@ -8,6 +8,7 @@ Layout written (``<version>`` is an integer, the next free one by default)::
             parity.json                      the parity report (keras_preact.export.parity)
             labels.txt                       class names, one per line, in label order
             tflite/float32.tflite, float16.tflite, int8.tflite
+            model.onnx                       with onnx=True (``pip install "keras_preact[onnx]"``)
 
 The version directory is assembled in a hidden staging directory next to it and renamed into
 place only once everything is written and the float32 parity checks passed, so a TF Serving
@@ -34,10 +35,12 @@ import tensorflow as tf
 
 import keras_preact  # noqa: F401  (registers the package's serializable layers for load_model_file)
 from keras_preact.data import cifar10_sample_dir, list_image_folder, write_label_map
+from keras_preact.export import onnx as onnx_lib
 from keras_preact.export import parity as parity_lib
 from keras_preact.export import request_guard
 from keras_preact.export import tflite as tflite_lib
 from keras_preact.export.fold import fold_batch_norm
+from keras_preact.model import ResNet, float32_model
 from keras_preact.export.saved_model import (
     DEFAULT_TOP_K,
     check_model_for_export,
@@ -168,6 +171,7 @@ def export_model(
     class_names,
     top_k: int = DEFAULT_TOP_K,
     tflite_variants=tflite_lib.VARIANTS,
+    onnx: bool = False,
     fold: bool = True,
     eval_images=None,
     eval_labels=None,
@@ -192,8 +196,12 @@ def export_model(
       class_names: one name per output, in label order.
       top_k: how many classes the signatures return (capped at the number of classes).
       tflite_variants: which of ``"float32"``, ``"float16"``, ``"int8"`` to write (empty: none).
-      fold: convert the BN-folded model (``fold_batch_norm``) to TFLite; the SavedModel always
-        holds the original Keras model.
+      onnx: also write ``assets.extra/model.onnx`` (Keras' ``model.export(format="onnx")``;
+        input: the preprocessed float batch, output: logits) and check it with ONNX Runtime.
+        Needs ``pip install "keras_preact[onnx]"``; without it an ImportError is raised
+        before anything is written.
+      fold: convert the BN-folded model (``fold_batch_norm``) to TFLite and ONNX; the
+        SavedModel always holds the original Keras model.
       eval_images, eval_labels: held-out encoded images (JPEG/PNG bytes) and labels for the
         parity report; calibration_images: encoded images for int8 calibration (training
         images, ideally; default with ``eval_images`` given: the first of those). Defaults
@@ -209,11 +217,15 @@ def export_model(
     """
     if isinstance(model, (str, os.PathLike)):
         model = load_model_file(os.fspath(model))
+    if isinstance(model, ResNet):  # trained in mixed precision: served in float32 all the same
+        model = float32_model(model)
     size, _ = check_model_for_export(model, recipe, class_names)
     class_names = [str(c) for c in class_names]
     tflite_variants = tuple(tflite_variants or ())
     for variant in tflite_variants:
         tflite_lib.check_variant(variant)
+    if onnx:
+        onnx_lib.require()  # fail before writing anything if the optional extra is missing
     if not name or os.sep in name or name.startswith("."):
         raise ValueError(f"name must be a plain directory name, got {name!r}.")
 
@@ -230,7 +242,7 @@ def export_model(
         if calibration_images is None:
             calibration_images = eval_images[:calibration_size]
 
-    steps = _Steps(3 + len(tflite_variants) + (1 if fold else 0), verbose)
+    steps = _Steps(3 + len(tflite_variants) + (1 if onnx else 0) + (1 if fold else 0), verbose)
     os.makedirs(model_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir)
     try:
@@ -273,6 +285,21 @@ def export_model(
                 "non_builtin_ops": tflite_lib.non_builtin_ops(flatbuffer),
             }
             steps.done(f"TFLite {variant}: {len(flatbuffer)} bytes, builtin ops only")
+        onnx_model, onnx_info = None, None
+        if onnx:
+            onnx_model = onnx_lib.convert_model(folded if fold else model, size)
+            with open(os.path.join(extra, onnx_lib.ONNX_FILE), "wb") as f:
+                f.write(onnx_model)
+            onnx_info = {
+                "file": f"{EXTRA_DIR}/{onnx_lib.ONNX_FILE}",
+                "from": "bn_folded_model" if fold else "keras_model",
+                "bytes": len(onnx_model),
+                "opset": onnx_lib.OPSET,
+                "input": onnx_lib.INPUT_NAME,
+                "output": onnx_lib.OUTPUT_NAME,
+                "ops": onnx_lib.op_counts(onnx_model),
+            }
+            steps.done(f"ONNX: {len(onnx_model)} bytes, opset {onnx_lib.OPSET}")
 
         report = parity_lib.parity_report(
             model,
@@ -282,6 +309,7 @@ def export_model(
             saved_model_dir=staging,
             folded_model=folded,
             tflite_models=tflite_models,
+            onnx_model=onnx_model,
             progress=lambda artefact: steps.note(f"parity: {artefact} compared"),
         )
         report["data"] = data_source
@@ -298,6 +326,8 @@ def export_model(
             "max_image_side": int(max_image_side),
         }
         report["tflite"] = tflite_info
+        if onnx_info is not None:
+            report["onnx"] = onnx_info
         if fold:
             report["fold"] = fold_report.as_dict()
         with open(os.path.join(extra, PARITY_FILE), "w") as f:

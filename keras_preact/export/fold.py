@@ -87,15 +87,11 @@ def _folded_conv(conv: keras.layers.Conv2D, bn: keras.layers.BatchNormalization,
     kernel = np.asarray(conv.kernel.numpy(), np.float64) * scale
     bias = np.asarray(conv.bias.numpy(), np.float64) if conv.use_bias else 0.0
     bias = bias * scale + offset
-    folded = keras.layers.Conv2D(
-        conv.filters,
-        conv.kernel_size,
-        strides=conv.strides,
-        padding=conv.padding,
-        dilation_rate=conv.dilation_rate,
-        use_bias=True,
-        name=name,
-    )
+    # Same class (e.g. SymmetricConv2D keeps its padding), now with a bias.
+    config = {**conv.get_config(), "use_bias": True, "name": name}
+    config.pop("kernel_initializer", None)
+    config.pop("bias_initializer", None)
+    folded = type(conv).from_config(config)
     return folded, [kernel.astype(np.float32), bias.astype(np.float32)]
 
 

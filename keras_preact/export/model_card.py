@@ -173,8 +173,9 @@ def artefact_bytes(version_dir: str) -> dict:
         for name in files:
             path = os.path.join(root, name)
             relative = os.path.relpath(path, version_dir)
-            key = relative if relative.endswith(".tflite") else "SavedModel (saved_model.pb, variables/)"
-            if relative.startswith("assets.extra") and not relative.endswith(".tflite"):
+            artefact = relative.endswith((".tflite", ".onnx"))
+            key = relative if artefact else "SavedModel (saved_model.pb, variables/)"
+            if relative.startswith("assets.extra") and not artefact:
                 continue
             sizes[key] = sizes.get(key, 0) + os.path.getsize(path)
     return dict(sorted(sizes.items()))

@@ -6,7 +6,7 @@ For each artefact the report gives
 * ``max_abs_diff``: ``max |logits - keras_logits|`` over all images and classes;
 * ``max_rel_diff``: ``max_abs_diff / max |keras_logits|`` (the logit scale), checked against
   ``FLOAT_TOLERANCE`` (1e-4) for the float32 artefacts (SavedModel float and bytes signatures,
-  the BN-folded Keras model, TFLite float32);
+  the BN-folded Keras model, TFLite float32 run by LiteRT, ONNX run by ONNX Runtime);
 * ``top1_agreement``: fraction of images whose arg-max class equals Keras';
 * with labels: ``accuracy`` and ``accuracy_change_points`` (percentage points vs Keras), which
   for ``tflite/int8`` is checked against the target drop of at most ``INT8_MAX_DROP_POINTS``.
@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_preact.data import decode_image, preprocess_for_eval
+from keras_preact.export.onnx import OnnxRunner
 from keras_preact.export.saved_model import BYTES_INPUT, FLOAT_INPUT, FLOAT_SIGNATURE, SERVING_SIGNATURE
 from keras_preact.export.tflite import TFLiteRunner
 
@@ -32,6 +33,7 @@ FLOAT32_ARTEFACTS = (
     f"saved_model/{SERVING_SIGNATURE}",
     "keras_folded",
     "tflite/float32",
+    "onnx",
 )
 
 
@@ -90,6 +92,7 @@ def parity_report(
     saved_model_dir: str | None = None,
     folded_model=None,
     tflite_models: dict | None = None,
+    onnx_model: bytes | None = None,
     batch_size: int = 64,
     progress=None,
 ) -> dict:
@@ -102,7 +105,9 @@ def parity_report(
       labels: their integer labels, or None (then no accuracies).
       saved_model_dir: an export written by ``write_saved_model``; both signatures are checked.
       folded_model: the ``fold_batch_norm`` copy of ``model``.
-      tflite_models: ``{variant: flatbuffer bytes}``.
+      tflite_models: ``{variant: flatbuffer bytes}``, run with LiteRT.
+      onnx_model: a serialized ONNX model (``keras_preact.export.onnx.convert_model``), run
+        with ONNX Runtime on the same preprocessed images.
       progress: optional callable ``progress(name)`` called as each artefact is done.
     """
     encoded_images = list(encoded_images)
@@ -139,6 +144,8 @@ def parity_report(
         done("keras_folded", keras_logits(folded_model, images, batch_size))
     for variant, flatbuffer in (tflite_models or {}).items():
         done(f"tflite/{variant}", TFLiteRunner(flatbuffer).logits(images, batch_size))
+    if onnx_model is not None:
+        done("onnx", OnnxRunner(onnx_model).logits(images, batch_size))
 
     for name, row in rows.items():
         if name in FLOAT32_ARTEFACTS:

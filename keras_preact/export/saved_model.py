@@ -1,8 +1,8 @@
 """The SavedModel for TF Serving: Keras 3 ``ExportArchive`` with two signatures.
 
-``serving_default`` (input ``image_bytes``: ``tf.string [batch]``, JPEG or PNG, what TF Serving
-makes of a REST ``{"b64": "..."}`` value) checks each image's header
-(:mod:`keras_preact.export.request_guard`), decodes it with ``keras_preact.data.decode_image``
+``serving_default`` (input ``image_bytes``: ``tf.string [batch]``, JPEG, PNG, GIF or BMP, what
+TF Serving makes of a REST ``{"b64": "..."}`` value; an empty batch is refused) checks each
+image's header (the shared guard, :mod:`keras_preact.data.guard`), decodes it with ``keras_preact.data.decode_image``
 and applies ``keras_preact.data.preprocess_for_eval`` with the training recipe: the very code
 the evaluation ran, traced into the graph.
 
@@ -103,12 +103,16 @@ def serving_archive(
         return classification_outputs(model(images, training=False), names, k)
 
     def decode_and_preprocess(one_image_bytes):
-        checked = request_guard.checked_image_bytes(
-            one_image_bytes, max_pixels=max_image_pixels, max_side=max_image_side
-        )
-        return preprocess_for_eval(decode_image(checked), recipe)
+        # decode_image applies the shared image-safety guard (keras_preact.data.guard) first.
+        image = decode_image(one_image_bytes, max_pixels=max_image_pixels, max_side=max_image_side)
+        return preprocess_for_eval(image, recipe)
 
     def serve_image_bytes(image_bytes):
+        not_empty = tf.debugging.assert_positive(
+            tf.size(image_bytes), message="Empty request: the batch holds no images."
+        )
+        with tf.control_dependencies([not_empty]):
+            image_bytes = tf.identity(image_bytes)
         images = tf.map_fn(
             decode_and_preprocess, image_bytes, fn_output_signature=image_spec
         )
@@ -116,6 +120,11 @@ def serving_archive(
 
     def serve_images(images):
         images = tf.ensure_shape(images, [None, size, size, 3])
+        not_empty = tf.debugging.assert_positive(
+            tf.shape(images)[0], message="Empty request: the batch holds no images."
+        )
+        with tf.control_dependencies([not_empty]):
+            images = tf.identity(images)
         images = tf.debugging.assert_all_finite(images, "images contain NaN or Inf values.")
         return classify(images)
 

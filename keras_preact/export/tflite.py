@@ -16,7 +16,11 @@ Variants:
                drop-in replacement for the float models.
 
 Every variant is converted with ``supported_ops`` limited to TFLite builtins (no Flex /
-``SELECT_TF_OPS``), and :func:`check_builtin_ops` verifies the result op by op.
+``SELECT_TF_OPS``), and :func:`check_builtin_ops` verifies the result op by op, reading the
+flatbuffer's operator codes with the public TFLite schema package ``tflite`` (no interpreter).
+
+The files are run with LiteRT (``ai_edge_litert.interpreter``, the ``ai-edge-litert``
+package), the runtime that replaces TensorFlow's deprecated bundled interpreter.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from __future__ import annotations
 import collections
 import os
 import tempfile
-import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
+import tflite as tflite_schema  # the TFLite flatbuffer schema (PyPI ``tflite``), public
+from ai_edge_litert.interpreter import Interpreter
 
 VARIANTS = ("float32", "float16", "int8")
 TFLITE_SIGNATURE = "serving_default"
@@ -81,17 +86,17 @@ def convert_saved_model(
         calibration = np.asarray(representative_images, np.float32)
 
         def representative_dataset():
+            # A list of input arrays, not a {"images": ...} dict: for a dict the calibrator
+            # builds TensorFlow's deprecated interpreter only to look up the input by name.
             for image in calibration:
-                yield {"images": image[None]}
+                yield [image[None]]
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative_dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.float32
         converter.inference_output_type = tf.float32
-    with warnings.catch_warnings():  # int8 calibration runs the deprecated bundled interpreter
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
-        return converter.convert()
+    return converter.convert()
 
 
 def convert_model(
@@ -109,27 +114,45 @@ def convert_model(
         return convert_saved_model(source, variant, representative_images)
 
 
-def builtin_op_names() -> frozenset:
-    """Names of TFLite's builtin operators (the ``BuiltinOperator`` enum of the schema)."""
-    from tensorflow.lite.python import schema_py_generated as schema
+def _operator_names(tflite_model: bytes) -> list:
+    """``(name, is_builtin)`` of every operator of every subgraph, read from the flatbuffer.
 
-    return frozenset(
-        name for name, value in vars(schema.BuiltinOperator).items()
-        if name.isupper() and isinstance(value, int) and name != "CUSTOM"
-    )
+    A builtin's name is its ``BuiltinOperator`` enum name (``"CONV_2D"``); an operator with
+    code ``CUSTOM`` is not a builtin and is named by its custom code (Flex ops are custom ops
+    named ``Flex<TF op>``, e.g. ``"FlexMatrixDeterminant"``).
+    """
+    buffer = bytearray(tflite_model)
+    if not tflite_schema.Model.ModelBufferHasIdentifier(buffer, 0):
+        raise ValueError("Not a TFLite flatbuffer (its file identifier is not 'TFL3').")
+    model = tflite_schema.Model.GetRootAs(buffer, 0)
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        # Schema v3a: the operator is max(builtin_code, deprecated_builtin_code), the old
+        # int8 field still being set for codes below 127.
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == tflite_schema.BuiltinOperator.CUSTOM:
+            custom = code.CustomCode()
+            codes.append((custom.decode("utf-8") if custom else "CUSTOM", False))
+        else:
+            # A code newer than the schema package is still a builtin; only its name is unknown.
+            codes.append((tflite_schema.BUILTIN_OPCODE2NAME.get(builtin, f"BUILTIN_{builtin}"), True))
+    names = []
+    for index in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(index)
+        names.extend(codes[subgraph.Operators(i).OpcodeIndex()] for i in range(subgraph.OperatorsLength()))
+    return names
 
 
 def op_counts(tflite_model: bytes) -> dict:
     """How many times each operator occurs in the model, e.g. ``{"CONV_2D": 19, ...}``."""
-    interpreter = interpreter_for(tflite_model)
-    counts = collections.Counter(op["op_name"] for op in interpreter._get_ops_details())
+    counts = collections.Counter(name for name, _ in _operator_names(tflite_model))
     return dict(sorted(counts.items()))
 
 
 def non_builtin_ops(tflite_model: bytes) -> list:
     """Operators that are not TFLite builtins (Flex ops such as ``FlexConv2D``, custom ops)."""
-    builtins = builtin_op_names()
-    return sorted(name for name in op_counts(tflite_model) if name not in builtins)
+    return sorted({name for name, builtin in _operator_names(tflite_model) if not builtin})
 
 
 def check_builtin_ops(tflite_model: bytes) -> None:
@@ -142,19 +165,13 @@ def check_builtin_ops(tflite_model: bytes) -> None:
         )
 
 
-def interpreter_for(tflite_model: bytes, num_threads: int | None = None):
-    """A ``tf.lite.Interpreter`` without its deprecation notice.
-
-    TensorFlow 2.21 points to the separate ``ai_edge_litert`` package; the bundled interpreter
-    runs the same kernels and avoids a dependency, so the notice is silenced here.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
-        return tf.lite.Interpreter(model_content=tflite_model, num_threads=num_threads)
+def interpreter_for(tflite_model: bytes, num_threads: int | None = None) -> Interpreter:
+    """A LiteRT interpreter (``ai_edge_litert.interpreter.Interpreter``) of ``tflite_model``."""
+    return Interpreter(model_content=tflite_model, num_threads=num_threads)
 
 
 class TFLiteRunner:
-    """Run a TFLite classifier on float image batches, resizing its batch dimension as needed."""
+    """Run a TFLite classifier with LiteRT on float image batches (any batch size)."""
 
     def __init__(self, tflite_model: bytes, num_threads: int | None = None):
         self.interpreter = interpreter_for(tflite_model, num_threads)

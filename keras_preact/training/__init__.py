@@ -12,7 +12,8 @@ The command-line trainers (``trainers/cifar.py``, ``trainers/imagenet.py``) are 
 over ``keras_preact.cli.train``.
 """
 
-from keras_preact.training.checkpoints import RunCheckpoints
+from keras_preact.training.checkpoints import RunCheckpoints, check_finite_checkpoint, non_finite_tensors
+from keras_preact.training.divergence import LossMonitor, NonFiniteCheckpointError
 from keras_preact.training.loop import DivergenceError, Trainer, enable_sync_batch_norm
 from keras_preact.training.observe import MetricsLog, ProgressBar, TensorBoardLog, plot_curves, read_metrics
 from keras_preact.training.recipes import RECIPES, Recipe, get_recipe
@@ -36,6 +37,8 @@ from keras_preact.training.strategy import (
 __all__ = [
     "CosineDecay",
     "DivergenceError",
+    "LossMonitor",
+    "NonFiniteCheckpointError",
     "MetricsLog",
     "ProgressBar",
     "RECIPES",
@@ -49,10 +52,12 @@ __all__ = [
     "Trainer",
     "build_schedule",
     "build_strategy",
+    "check_finite_checkpoint",
     "configure_cpu_devices",
     "enable_sync_batch_norm",
     "get_recipe",
     "is_chief",
+    "non_finite_tensors",
     "per_replica_batch",
     "plot_curves",
     "read_metrics",

@@ -15,13 +15,34 @@
   replicas after every update, which keeps every replica (and the checkpoint, which saves
   replica 0) identical. ``sync_bn=True`` also synchronises the batch statistics themselves.
 
-A non-finite loss stops the run with ``DivergenceError`` before anything is saved, so the last
-checkpoint on disk is the last good state.
+A non-finite or exploding loss (``divergence.LossMonitor``) stops the run with
+``DivergenceError`` before anything is saved; no checkpoint with a non-finite variable is ever
+written; the run directory is rewound to its last known-good checkpoint (``RunCheckpoints``),
+which the error names and a restart resumes from.
+
+Speed levers (each keeps the numbers of the plain loop; see docs/training.md):
+
+* Mixed precision is the model's (``dtype_policy`` of ``keras_preact.ResNet``): float32 weights,
+  half-precision convs, float32 logits and loss. A model computing in float16 trains with
+  dynamic loss scaling (Keras' ``LossScaleOptimizer``): the loss is multiplied by the scale,
+  the gradients divided by it, and a step whose gradients overflow is skipped and the scale
+  halved. Under several replicas the overflow verdict is all-reduced first, so every replica
+  skips the same steps (a replica's own check would let another's infinite gradient through
+  the sum, or deadlock a collective). A skipped step still counts as an iteration, so the
+  schedule, checkpoints and resume count steps as the loop does.
+* ``jit_compile=True`` compiles each replica's forward and backward pass (and the evaluation
+  forward pass) with XLA; the optimizer update and the cross-replica sums stay outside, so it
+  works under every strategy.
+* ``steps_per_loop=N`` runs up to N steps in one ``tf.function`` call (``strategy.run`` in a
+  ``tf.range`` loop over the distributed iterator) and returns their summed metrics: one host
+  round-trip per N steps. A loop never crosses a step where something is due (a log row, an
+  evaluation, a checkpoint, an epoch end, the last step), so logs, evaluations and checkpoints
+  fall on the same steps as with N=1, and the numbers are the same. The divergence check then
+  sees the mean loss of each loop.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -31,7 +52,14 @@ import keras
 import tensorflow as tf
 
 from keras_preact.training import strategy as strategy_lib
-from keras_preact.training.checkpoints import RunCheckpoints
+from keras_preact.training.checkpoints import DEFAULT_CONFIRM_STEPS, RunCheckpoints
+from keras_preact.training.divergence import (
+    DEFAULT_FACTOR,
+    DEFAULT_WINDOW,
+    DivergenceError,
+    LossMonitor,
+    NonFiniteCheckpointError,
+)
 from keras_preact.training.observe import MetricsLog, ProgressBar, TensorBoardLog, plot_curves
 from keras_preact.training.recipes import Recipe
 from keras_preact.training.schedules import build_schedule, resolve_boundaries, scale_learning_rate
@@ -44,10 +72,6 @@ BN_STATISTIC_NAMES = ("moving_mean", "moving_variance")
 def has_short_name(variable, names) -> bool:
     """Keras layers name a BN scale ``gamma``; a StackedStage names it ``<op>_gamma``."""
     return any(variable.name == n or variable.name.endswith("_" + n) for n in names)
-
-
-class DivergenceError(RuntimeError):
-    """The training loss became NaN or infinite; the run stopped without saving that state."""
 
 
 def batch_norm_layers(model: keras.Model) -> list:
@@ -81,8 +105,13 @@ class Trainer:
       checkpoint_every: also checkpoint every this many steps (0: only at epoch ends and the end).
       eval_every: evaluate every this many steps (0: at each epoch end); always at the end.
       log_every: a ``metrics.csv`` / TensorBoard row every this many steps.
-      keep_checkpoints: how many recent checkpoints to keep.
+      keep_checkpoints: how many recent checkpoints to keep (plus the last known-good one).
+      divergence_factor: stop when a step's loss exceeds this many times its recent average
+        (0: only NaN/inf stop the run); divergence_window: steps in that average.
+      confirm_steps: healthy steps after a checkpoint before it counts as known good.
       verbose: show the progress bar and messages (chief only).
+      jit_compile: compile each replica's forward and backward pass with XLA.
+      steps_per_loop: run up to this many steps per ``tf.function`` call (one host sync).
     """
 
     def __init__(
@@ -99,11 +128,23 @@ class Trainer:
         eval_every: int = 0,
         log_every: int = 50,
         keep_checkpoints: int = 3,
+        divergence_factor: float = DEFAULT_FACTOR,
+        divergence_window: int = DEFAULT_WINDOW,
+        confirm_steps: int = DEFAULT_CONFIRM_STEPS,
         verbose: bool = True,
         stream=None,
+        jit_compile: bool = False,
+        steps_per_loop: int = 1,
     ):
         if steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
+        if int(steps_per_loop) < 1:
+            raise ValueError(f"steps_per_loop must be >= 1, got {steps_per_loop}.")
+        if jit_compile and sync_bn:
+            raise ValueError("jit_compile=True does not work with sync_bn=True: synchronised "
+                             "BatchNorm all-reduces inside the compiled step.")
+        self.jit_compile = bool(jit_compile)
+        self.steps_per_loop = int(steps_per_loop)
         strategy_lib.per_replica_batch(global_batch, strategy)
         self.strategy = strategy
         self.recipe = recipe
@@ -114,6 +155,8 @@ class Trainer:
         self.checkpoint_every = int(checkpoint_every)
         self.eval_every = int(eval_every)
         self.log_every = max(1, int(log_every))
+        self.divergence = (float(divergence_factor), int(divergence_window))
+        LossMonitor(*self.divergence)  # validate before building anything
         self.chief = strategy_lib.is_chief(strategy)
         self.verbose = verbose and self.chief
         self.stream = stream or sys.stdout
@@ -141,6 +184,9 @@ class Trainer:
             self.optimizer = keras.optimizers.SGD(
                 learning_rate=self.schedule, momentum=recipe.momentum, nesterov=recipe.nesterov
             )
+            self.loss_scaling = computes_in_float16(self.model)
+            if self.loss_scaling:  # dynamic loss scaling (initial 2**15, x2 after 2000 good steps)
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             # Slots must exist before the first tf.function trace under a strategy.
             self.optimizer.build(self.model.trainable_variables)
         self.decayed_variables = [
@@ -157,6 +203,7 @@ class Trainer:
             optimizer=self.optimizer,
             strategy=strategy,
             max_to_keep=keep_checkpoints,
+            confirm_steps=confirm_steps,
         )
         self._train_step = None
         self._eval_step = None
@@ -177,19 +224,32 @@ class Trainer:
         )
         return tf.reduce_sum(per_example), correct, tf.cast(tf.shape(labels)[0], tf.float32)
 
-    def _replica_train_step(self, images, labels):
+    def _replica_gradients(self, images, labels):
+        """Forward and backward pass of one replica (what ``jit_compile`` compiles)."""
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         weight_decay = self.recipe.weight_decay
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
-            logits = self.model(images, training=True)
+            logits = tf.cast(self.model(images, training=True), tf.float32)
             loss_sum, correct, count = self._losses(labels, logits, self.recipe.label_smoothing)
             loss = loss_sum / self.global_batch
             if weight_decay:
                 l2 = tf.add_n([tf.reduce_sum(tf.square(v.value)) for v in self.decayed_variables])
                 loss = loss + 0.5 * weight_decay * l2 / replicas
-        gradients = tape.gradient(loss, variables)
+            if self.loss_scaling:
+                loss = self.optimizer.scale_loss(loss)
+        return tape.gradient(loss, variables), loss_sum, correct, count
+
+    def _replica_train_step(self, images, labels):
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        variables = self.model.trainable_variables
+        gradients, loss_sum, correct, count = self._gradients(images, labels)
+        if self.loss_scaling:
+            gradients, finite = _agreed_finite(gradients, replicas)
         self.optimizer.apply_gradients(zip(gradients, variables))
+        if self.loss_scaling:  # a skipped step is still an iteration (schedule, resume)
+            iterations = self.optimizer.iterations
+            iterations.assign_add(tf.cast(tf.logical_not(finite), iterations.dtype))
         if replicas > 1 and self.bn_statistics:
             context = tf.distribute.get_replica_context()
             # tf.identity: an all-reduce of the raw variable reads fails under
@@ -202,17 +262,30 @@ class Trainer:
         return _all_sum([loss_sum, correct, count])
 
     def _replica_eval_step(self, images, labels):
-        logits = self.model(images, training=False)
+        logits = tf.cast(self._eval_logits(images), tf.float32)
         return _all_sum(list(self._losses(labels, logits, 0.0)))
+
+    def _replica_logits(self, images):
+        return self.model(images, training=False)
 
     def _reduce(self, values):
         # Every replica holds the same all-reduced sums; take this worker's first.
         return [self.strategy.experimental_local_results(v)[0] for v in values]
 
     def _compile(self):
+        self._gradients, self._eval_logits = self._replica_gradients, self._replica_logits
+        if self.jit_compile:
+            self._gradients = tf.function(self._replica_gradients, jit_compile=True)
+            self._eval_logits = tf.function(self._replica_logits, jit_compile=True)
+
         @tf.function
-        def train_step(iterator):
-            return self._reduce(self.strategy.run(self._replica_train_step, args=next(iterator)))
+        def train_step(iterator, steps):
+            """``steps`` training steps; the sums of (loss, correct, count) over them."""
+            totals = [tf.zeros((), tf.float32) for _ in range(3)]
+            for _ in tf.range(steps):
+                values = self._reduce(self.strategy.run(self._replica_train_step, args=next(iterator)))
+                totals = [t + v for t, v in zip(totals, values)]
+            return totals
 
         @tf.function
         def eval_step(batch):
@@ -252,6 +325,8 @@ class Trainer:
         board = TensorBoardLog(os.path.join(self.model_dir, "tensorboard")) if observe else None
         bar = ProgressBar(self.total_steps, start, stream=self.stream, print_every=self.log_every)
         say = bar.message if self.verbose else (lambda text: None)
+        for path in self.checkpoints.removed_temporaries:
+            say(f"Removed {path}, left by a process killed while saving.")
         if start:
             epoch, batch = divmod(start, self.steps_per_epoch)
             say(f"Resumed from {self.checkpoints.latest} at step {start} (epoch {epoch}, batch {batch}).")
@@ -262,17 +337,17 @@ class Trainer:
         if step < self.total_steps:
             iterator = iter(self.strategy.experimental_distribute_dataset(train_dataset.repeat()))
             window = _Window()
+            monitor = LossMonitor(*self.divergence)
             while step < self.total_steps:
-                loss_sum, correct, count = (float(v) for v in self._train_step(iterator))
-                step += 1
-                if not math.isfinite(loss_sum):
-                    latest = self.checkpoints.latest
-                    kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
-                    raise DivergenceError(
-                        f"Training loss is {loss_sum / max(count, 1.0)} at step {step}: the run "
-                        f"diverged and stopped; nothing from this state was saved, {kept}. "
-                        "Lower --lr or use --warmup_steps."
-                    )
+                steps = self._loop_length(step)
+                loss_sum, correct, count = (
+                    float(v) for v in self._train_step(iterator, tf.constant(steps, tf.int32))
+                )
+                step += steps
+                problem = monitor.problem(loss_sum / max(count, 1.0))
+                if problem:
+                    self._diverged(step, problem)
+                self.checkpoints.confirm(step)
                 window.add(loss_sum, correct, count)
                 if self.verbose:
                     bar.update(step, loss_sum / count, correct / count, window.rate())
@@ -285,7 +360,10 @@ class Trainer:
                 if eval_datasets and (due_eval or last):
                     results = self._evaluate_all(eval_datasets, step, metrics, board, say)
                 if epoch_end or last or (self.checkpoint_every and step % self.checkpoint_every == 0):
-                    self.checkpoints.save(step)
+                    try:
+                        self.checkpoints.save(step)
+                    except NonFiniteCheckpointError as error:
+                        self._diverged(step, str(error).rstrip("."))
         else:
             say(f"Already trained to step {step}; evaluating only.")
         if eval_datasets and not results:
@@ -293,6 +371,28 @@ class Trainer:
         if observe:
             board.close()
         return results
+
+    def _diverged(self, step: int, problem: str):
+        """Rewind the run directory to its last known-good checkpoint; raise DivergenceError."""
+        known = self.checkpoints.rewind()
+        if known:
+            kept = (f"the last known-good checkpoint is {known}; resuming this run directory "
+                    "starts from it")
+        else:
+            kept = "no known-good checkpoint exists yet, so a restart begins from scratch"
+        raise DivergenceError(
+            f"Training diverged at step {step}: {problem}. Nothing from this state was saved; "
+            f"{kept}. Lower --lr or use --warmup_steps.",
+            step=step, checkpoint=known,
+        )
+
+    def _loop_length(self, step: int) -> int:
+        """Steps of the next loop from ``step``: at most ``steps_per_loop``, ending at or before
+        the next step where a log row, evaluation, checkpoint or epoch end is due."""
+        every = [self.log_every, self.steps_per_epoch]
+        every += [n for n in (self.eval_every, self.checkpoint_every) if n]
+        ends = [self.total_steps] + [(step // n + 1) * n for n in every]
+        return max(1, min(self.steps_per_loop, min(ends) - step))
 
     def _log_train(self, metrics, board, step, window):
         lr = float(self.schedule(step - 1))
@@ -334,6 +434,32 @@ class Trainer:
                 title=f"{self.model.name}: {self.recipe.name} recipe",
             )
         return results
+
+
+def computes_in_float16(model: keras.Model) -> bool:
+    """Whether any layer of ``model`` computes in float16 (then the loss needs scaling)."""
+    return any(
+        getattr(layer, "compute_dtype", None) == "float16"
+        for layer in model._flatten_layers(include_self=True, recursive=True)
+    )
+
+
+def _agreed_finite(gradients, replicas: int):
+    """``(gradients, finite)`` with ``finite`` the same verdict on every replica.
+
+    ``LossScaleOptimizer`` checks the gradients it is given, which in a custom loop are the
+    replica's own (the sum over replicas happens later, inside the optimizer). If any replica
+    overflowed, every replica's gradients are made NaN so that all of them skip the step.
+    """
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+    if replicas > 1:
+        overflowed = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32)
+        )
+        finite = tf.equal(overflowed, 0.0)
+        factor = tf.where(finite, 1.0, float("nan"))
+        gradients = [g * tf.cast(factor, g.dtype) for g in gradients]
+    return gradients, finite
 
 
 def _all_sum(values):

@@ -27,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from keras_preact.training.schedules import relative_boundaries
+
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
@@ -60,13 +62,24 @@ class Recipe:
         """A copy with ``changes``; ``None`` values are ignored (an unset flag keeps the default).
 
         Setting ``train_steps`` clears ``epochs`` and vice versa, since one decides the length.
+        A new length without new ``lr_boundaries`` moves the recipe's boundaries given in
+        iterations or epochs to the same fractions of the run (``relative_boundaries``): the
+        CIFAR recipe's 32k and 48k of 64k iterations become 0.5 and 0.75 of any run, so a short
+        run decays its rate too. A boundary given with the change is kept as it is.
         """
         changes = {k: v for k, v in changes.items() if v is not None}
         if "train_steps" in changes and "epochs" not in changes:
             changes["epochs"] = None
         if "epochs" in changes and "train_steps" not in changes:
             changes["train_steps"] = None
+        new_length = (changes.get("train_steps", self.train_steps), changes.get("epochs", self.epochs))
+        if new_length != (self.train_steps, self.epochs) and "lr_boundaries" not in changes:
+            changes["lr_boundaries"] = self.relative_boundaries()
         return dataclasses.replace(self, **changes)
+
+    def relative_boundaries(self) -> tuple:
+        """``lr_boundaries`` as fractions of this recipe's run where their unit allows."""
+        return relative_boundaries(self.lr_boundaries, self.train_steps, self.epochs)
 
 
 RECIPES = {

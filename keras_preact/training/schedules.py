@@ -9,7 +9,10 @@
 
 Boundaries can be written in three units (``resolve_boundaries``) so a short run keeps the
 shape of the long one: ``"32000"`` (an iteration), ``"0.5"`` (a fraction of the run),
-``"30ep"`` (an epoch).
+``"30ep"`` (an epoch). When a run's length is set (``Recipe.replace(train_steps=...)`` or
+``epochs=...``), a recipe's absolute boundaries move to the same fractions of the new run
+(``relative_boundaries``); an iteration or epoch boundary at or after the end of the run is an
+error in the trainer (``within_run``), never a decay that silently does not happen.
 """
 
 from __future__ import annotations
@@ -26,12 +29,16 @@ SCHEDULES = ("step", "cosine")
 
 
 def resolve_boundaries(
-    specs: Sequence, total_steps: int, steps_per_epoch: int | None = None
+    specs: Sequence, total_steps: int, steps_per_epoch: int | None = None, *,
+    within_run: bool = False,
 ) -> tuple:
     """Turn boundary specs into sorted iteration numbers.
 
     Each spec is an int or a string: ``"32000"`` (iteration), ``"0.5"`` (fraction of
     ``total_steps``, strictly between 0 and 1) or ``"30ep"`` (epoch, needs ``steps_per_epoch``).
+    ``within_run=True``: an iteration or epoch boundary at or after ``total_steps`` is an error
+    (the trainer's check of explicit boundaries; a library run may stop early on purpose and
+    be resumed into a longer one).
     """
     steps = []
     for spec in specs:
@@ -41,7 +48,7 @@ def resolve_boundaries(
                 if not steps_per_epoch:
                     raise ValueError("epoch boundaries need steps_per_epoch")
                 step = round(float(text[:-2]) * steps_per_epoch)
-            elif "." in text or "e-" in text:
+            elif _is_fraction(text):
                 fraction = float(text)
                 if not 0.0 < fraction < 1.0:
                     raise ValueError("a fraction must be strictly between 0 and 1")
@@ -55,11 +62,50 @@ def resolve_boundaries(
             ) from None
         if step < 1:
             raise ValueError(f"Learning-rate boundary {spec!r} falls at step {step}; must be >= 1.")
+        if within_run and step >= total_steps and not _is_fraction(text):
+            raise ValueError(
+                f"Learning-rate boundary {spec!r} falls at step {step}, after the end of the run "
+                f"({total_steps} steps): it would never decay the rate. Write it as a fraction of "
+                "the run ('0.5') or lengthen the run."
+            )
         steps.append(step)
     # Equal steps are allowed (fractions of a very short run can coincide: both decays apply).
     if steps != sorted(steps):
         raise ValueError(f"Learning-rate boundaries must increase, got {list(specs)} -> {steps}.")
     return tuple(steps)
+
+
+def _is_fraction(text: str) -> bool:
+    return not text.endswith("ep") and ("." in text or "e-" in text)
+
+
+def relative_boundaries(specs: Sequence, train_steps: int | None = None,
+                        epochs: float | None = None) -> tuple:
+    """The same boundaries as fractions of a run of ``train_steps`` iterations or ``epochs``.
+
+    Iteration boundaries of a run given in iterations (the paper's 32k and 48k of 64k, [1]
+    section 4.2) become ``"0.5"`` and ``"0.75"``; epoch boundaries of a run given in epochs
+    (ImageNet's 30 and 60 of 90) become ``"0.333..."`` and ``"0.666..."``. A recipe's schedule
+    then keeps its shape when a run is made shorter or longer. Fractions, and boundaries whose
+    unit differs from the run's (or that fall at or after its end), are kept as they are.
+    """
+    out = []
+    for spec in specs:
+        text = str(spec).strip().lower()
+        length, value = None, None
+        if not _is_fraction(text):
+            try:
+                if text.endswith("ep"):
+                    length, value = epochs, float(text[:-2])
+                else:
+                    length, value = train_steps, float(int(text))
+            except ValueError:
+                length = None
+        if length and 0 < value < length:
+            out.append(repr(value / length))
+        else:
+            out.append(spec)
+    return tuple(out)
 
 
 def scale_learning_rate(base_lr: float, global_batch: int, reference_batch: int | None) -> float:

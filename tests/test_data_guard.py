@@ -1,5 +1,8 @@
-"""``export/request_guard.py``: every bad image is an InvalidArgumentError before decoding."""
+"""``data/guard.py``, the one image-safety guard: every bad image is an InvalidArgumentError
+before decoding, in the serving signature (``export.request_guard`` re-exports it) and in every
+``decode_image`` of the input pipelines."""
 
+import io
 import struct
 import zlib
 
@@ -7,7 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_preact.export.request_guard import checked_image_bytes
+from keras_preact.data import decode_image
+from keras_preact.data.guard import checked_image_bytes
+from keras_preact.export import request_guard
 
 RNG = np.random.RandomState(0)
 PIXELS = RNG.randint(0, 256, size=(40, 30, 3), dtype=np.uint8)
@@ -30,9 +35,50 @@ def jpeg_with_size(width, height):
     return bytes(data)
 
 
-def test_valid_jpeg_and_png_pass_unchanged():
-    for data in (JPEG, PNG):
+def encode_pil(fmt):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(PIXELS).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+GIF = encode_pil("GIF")
+BMP = encode_pil("BMP")
+
+
+def gif_with_size(width, height):
+    return GIF[:6] + struct.pack("<HH", width, height) + GIF[10:]
+
+
+def bmp_with_size(width, height):
+    return BMP[:18] + struct.pack("<ii", width, height) + BMP[26:]
+
+
+def test_valid_jpeg_png_gif_and_bmp_pass_unchanged():
+    for data in (JPEG, PNG, GIF, BMP):
         assert checked_image_bytes(tf.constant(data)).numpy() == data
+
+
+def test_gif_and_bmp_sizes_are_read_from_their_headers():
+    """GIF: logical screen (LE 16-bit); BMP: BITMAPINFOHEADER (LE 32-bit, negative = top-down)."""
+    for data in (gif_with_size(100, 100), bmp_with_size(100, -100)):
+        assert checked_image_bytes(data, max_pixels=10_000).numpy() == data
+    for data in (gif_with_size(101, 100), bmp_with_size(100, -101)):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="above the limit of 10000"):
+            checked_image_bytes(data, max_pixels=10_000)
+
+
+def test_decode_image_applies_the_guard_and_serving_uses_the_same_function():
+    """The pipelines' decoder and the serving signature share one guard (data layer)."""
+    assert request_guard.checked_image_bytes is checked_image_bytes
+    assert decode_image(tf.constant(BMP)).shape == (40, 30, 3)
+    assert decode_image(tf.constant(GIF)).shape == (40, 30, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="above the limit"):
+        decode_image(tf.constant(png_with_size(20_000, 20_000)))
+    assert decode_image(tf.constant(PNG), max_pixels=40 * 30).shape == (40, 30, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="above the limit of 1199"):
+        decode_image(tf.constant(PNG), max_pixels=40 * 30 - 1)
 
 
 def test_declared_size_is_read_from_the_header_not_decoded():
@@ -47,8 +93,11 @@ def test_declared_size_is_read_from_the_header_not_decoded():
     "data, message",
     [
         (b"", "Empty image bytes"),
-        (b"hello, this is not an image", "neither JPEG nor PNG"),
-        (b"GIF89a" + b"\0" * 40, "neither JPEG nor PNG"),
+        (b"hello, this is not an image", "unknown file signature"),
+        (b"GIF89a\x00", "GIF image truncated"),
+        (b"BM" + b"\0" * 10, "BMP image truncated"),
+        (gif_with_size(60_000, 60_000), "limit"),
+        (bmp_with_size(20_000, -20_000), "limit"),
         (JPEG[:12], None),  # header cut short: extract_jpeg_shape fails
         (PNG[:20], "truncated inside its header"),
         (PNG[:8] + b"\0\0\0\rJUNK" + PNG[16:], "IHDR"),
@@ -57,7 +106,7 @@ def test_declared_size_is_read_from_the_header_not_decoded():
         (png_with_size(20_000, 10), "side above the limit"),
         (png_with_size(0, 10), "empty image"),
     ],
-    ids=["empty", "text", "gif", "jpeg-header-cut", "png-header-cut", "png-no-ihdr",
+    ids=["empty", "text", "gif-header-cut", "bmp-header-cut", "gif-bomb", "bmp-bomb", "jpeg-header-cut", "png-header-cut", "png-no-ihdr",
          "png-bomb", "jpeg-bomb", "png-too-wide", "png-zero-width"],
 )
 def test_bad_bytes_raise_invalid_argument(data, message):
