@@ -23,6 +23,7 @@ weight paths of saved models).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 
 from keras import ops
@@ -166,14 +167,16 @@ def unit_plan(
     )
 
 
-class UnitBackend:
+class UnitBackend(abc.ABC):
     """How one implementation computes a single op; :func:`run_unit` does the rest."""
 
+    @abc.abstractmethod
     def op(self, op: tuple, x):
-        raise NotImplementedError
+        """Apply one op of the plan (see the module docstring) to ``x``."""
 
+    @abc.abstractmethod
     def gate(self, x):
-        raise NotImplementedError
+        """``g(x)`` of the gating shortcuts."""
 
     def sequence(self, op_list, x):
         for op in op_list:

@@ -1,5 +1,5 @@
 """``data/guard.py``, the one image-safety guard: every bad image is an InvalidArgumentError
-before decoding, in the serving signature (``export.request_guard`` re-exports it) and in every
+before decoding, in the serving signature (``keras_preact.export`` imports it) and in every
 ``decode_image`` of the input pipelines."""
 
 import io
@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from keras_preact.data import decode_image
 from keras_preact.data.guard import checked_image_bytes
-from keras_preact.export import request_guard
+from keras_preact import export
 
 RNG = np.random.RandomState(0)
 PIXELS = RNG.randint(0, 256, size=(40, 30, 3), dtype=np.uint8)
@@ -71,7 +71,7 @@ def test_gif_and_bmp_sizes_are_read_from_their_headers():
 
 def test_decode_image_applies_the_guard_and_serving_uses_the_same_function():
     """The pipelines' decoder and the serving signature share one guard (data layer)."""
-    assert request_guard.checked_image_bytes is checked_image_bytes
+    assert export.checked_image_bytes is checked_image_bytes
     assert decode_image(tf.constant(BMP)).shape == (40, 30, 3)
     assert decode_image(tf.constant(GIF)).shape == (40, 30, 3)
     with pytest.raises(tf.errors.InvalidArgumentError, match="above the limit"):

@@ -306,9 +306,7 @@ def init_weights_options(model_name: str, path: str | None, model_kwargs: dict) 
         kwargs, _ = registry.weights_options(
             registry.resolve(model_name), path, {**model_kwargs, "include_top": False})
         kwargs.pop("include_top")
-    except FileNotFoundError as error:
-        raise FlagError("init_weights", str(error)) from None
-    except ValueError as error:
+    except (FileNotFoundError, ValueError) as error:
         raise FlagError("init_weights", str(error)) from None
     return kwargs
 

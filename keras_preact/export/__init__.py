@@ -20,7 +20,7 @@ from keras_preact.export.exporter import (
 from keras_preact.export.fold import ChannelAffine, FoldReport, fold_batch_norm
 from keras_preact.export.onnx import ONNX_FILE, OnnxRunner, convert_model as convert_to_onnx
 from keras_preact.export.parity import FLOAT_TOLERANCE, format_report, parity_report
-from keras_preact.export.request_guard import checked_image_bytes
+from keras_preact.data.guard import checked_image_bytes
 from keras_preact.export.saved_model import (
     FLOAT_SIGNATURE,
     SERVING_SIGNATURE,

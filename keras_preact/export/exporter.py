@@ -37,7 +37,7 @@ import keras_preact  # noqa: F401  (registers the package's serializable layers 
 from keras_preact.data import cifar10_sample_dir, list_image_folder, write_label_map
 from keras_preact.export import onnx as onnx_lib
 from keras_preact.export import parity as parity_lib
-from keras_preact.export import request_guard
+from keras_preact.data import guard
 from keras_preact.export import tflite as tflite_lib
 from keras_preact.export.fold import fold_batch_norm
 from keras_preact.model import ResNet, float32_model
@@ -178,8 +178,8 @@ def export_model(
     calibration_images=None,
     eval_limit: int = DEFAULT_EVAL_LIMIT,
     calibration_size: int = DEFAULT_CALIBRATION_SIZE,
-    max_image_pixels: int = request_guard.DEFAULT_MAX_PIXELS,
-    max_image_side: int = request_guard.DEFAULT_MAX_SIDE,
+    max_image_pixels: int = guard.DEFAULT_MAX_PIXELS,
+    max_image_side: int = guard.DEFAULT_MAX_SIDE,
     strict: bool = True,
     verbose: bool = True,
 ) -> str:

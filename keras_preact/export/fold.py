@@ -164,6 +164,9 @@ class _FoldBackend(UnitBackend):
         self.unit = unit
         self.prefix = unit.name + "_"
 
+    def op(self, op, x):
+        return self.sequence((op,), x)
+
     def sequence(self, op_list, x):
         # The whole sequence at once, so that a conv followed by its BN folds into one conv.
         return self.folder.apply([getattr(self.unit, op[1]) for op in op_list], x, self.prefix)

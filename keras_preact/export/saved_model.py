@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from keras_preact.data import decode_image, preprocess_for_eval
 from keras_preact.data.preprocess import get_recipe
-from keras_preact.export import request_guard
+from keras_preact.data import guard
 
 SERVING_SIGNATURE = "serving_default"
 FLOAT_SIGNATURE = "predict_images"
@@ -86,8 +86,8 @@ def serving_archive(
     recipe: str,
     class_names,
     top_k: int = DEFAULT_TOP_K,
-    max_image_pixels: int = request_guard.DEFAULT_MAX_PIXELS,
-    max_image_side: int = request_guard.DEFAULT_MAX_SIDE,
+    max_image_pixels: int = guard.DEFAULT_MAX_PIXELS,
+    max_image_side: int = guard.DEFAULT_MAX_SIDE,
 ) -> keras.export.ExportArchive:
     """An ``ExportArchive`` of ``model`` with the ``serving_default`` and ``predict_images`` signatures.
 
