@@ -53,6 +53,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from keras_preact.hardware import cpu_description  # noqa: E402
 from keras_preact.export import fold_batch_norm  # noqa: E402
 from keras_preact.registry import ModelNameError, get_model, resolve  # noqa: E402
 
@@ -90,23 +91,6 @@ def split_variant(name: str) -> tuple:
     for suffix in suffixes:
         kwargs.update(SUFFIXES[suffix])
     return kwargs, base, "jit" in suffixes
-
-
-def cpu_description() -> dict:
-    """The CPU model and the flags that decide whether bf16 can pay (Linux /proc/cpuinfo)."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-    except OSError:
-        pass
-    wanted = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx512_vnni")
-    return {"model": model, "flags": [f for f in wanted if f in flags]}
 
 
 def worker(spec: dict) -> dict:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import pathlib
+import random
 import re
 import signal
 import time
@@ -81,7 +82,8 @@ def test_overrides_reach_the_recipe_and_the_model(tmp_path):
     assert settings.source == str(tmp_path) and settings.data_flag == "data_dir"
     assert settings.dataset is None and settings.recipe.name == "cifar"
     assert settings.model_name == "resnet110_1layer"  # the registry's name for Table 2's net
-    assert settings.model_kwargs == {"order": "original", "shortcut": "constant_scaling", "unit": "single"}
+    architecture = {k: v for k, v in settings.model_kwargs.items() if k != "dtype_policy"}  # auto: per CPU
+    assert architecture == {"order": "original", "shortcut": "constant_scaling", "unit": "single"}
     assert settings.model_dir == os.path.join("runs", f"{tmp_path.name}_resnet110_1layer")
     recipe = settings.recipe
     assert (recipe.schedule, recipe.label_smoothing, recipe.decay_bn, recipe.nesterov) == ("cosine", 0.1, False, True)
@@ -94,24 +96,77 @@ def test_every_run_value_is_in_the_settings(tmp_path):
         "--checkpoint_every=5", "--keep_checkpoints=2", "--log_every=3", "--eval_every=7",
         "--seed=4", "--export", f"--export_dir={tmp_path / 'exports'}", f"--model_dir={tmp_path / 'run'}",
         f"--tfds_dir={tmp_path / 'tfds'}", "--train_split=train[:90%]", "--eval_split=train[90%:]",
-        "--strict", "--divergence_factor=50", "--divergence_window=5",
+        "--strict", "--divergence_factor=50", "--divergence_window=5", "--input=stream", "--worker_timeout=30", "--dtype_policy=float32",
     )
     settings = check("cifar", "--dataset=cifar100", *argv)
     assert dataclasses.asdict(settings) | {"recipe": None, "model_kwargs": None} == {
         "family": "cifar", "model_name": "resnet20", "recipe": None, "model_kwargs": None,
         "model_dir": str(tmp_path / "run"), "dataset": "cifar100", "data_dir": None,
         "tfds_dir": str(tmp_path / "tfds"), "manual_dir": None, "train_split": "train[:90%]",
-        "eval_split": "train[90%:]", "augment": "scale", "color": True, "eval_sizes": (),
+        "eval_split": "train[90%:]", "input": "stream", "augment": "scale", "color": True, "eval_sizes": (),
         "strategy_name": "mirrored", "cpu_devices": 2, "tpu": "grpc://1.2.3.4:8470", "sync_bn": True,
+        "worker_timeout": 30.0,
         "checkpoint_every": 5, "keep_checkpoints": 2, "log_every": 3, "eval_every": 7, "seed": 4,
         "export": True, "export_dir": str(tmp_path / "exports"), "argv": ("trainer", "--dataset=cifar100", *argv),
         "strict": True, "divergence_factor": 50.0, "divergence_window": 5, "init_weights": None,
         "jit_compile": False, "steps_per_loop": None,  # None: 1, or 100 under TPUStrategy
+        "dtype_auto": False,
     }
     imagenet = check("imagenet", f"--manual_dir={tmp_path}", "--augment=inception", "--nocolor",
                      "--eval_sizes=320")
     assert (imagenet.manual_dir, imagenet.augment, imagenet.color, imagenet.eval_sizes) == (
         str(tmp_path), "inception", False, (320,))
+
+
+def test_strict_in_memory_names_the_bad_file_before_training(tmp_path):
+    folder = trainer_runs.make_image_folder(tmp_path, {"train": 3, "test": 1})
+    (tmp_path / "train" / "dog" / "broken.jpg").write_bytes(b"not an image")
+    settings = check("cifar", f"--data_dir={folder}", "--strict", "--batch_size=2")
+    with pytest.raises(train.FlagError, match=r"--strict: .*cannot decode.*broken\.jpg"):
+        train.build_data(settings, 2)
+    _, info, _ = train.build_data(check("cifar", f"--data_dir={folder}", "--batch_size=2"), 2)
+    assert info.bad_files.count == 1 and info.num_examples == 9  # skipped and counted
+
+
+def test_fast_recipe_and_its_levers_are_flags():
+    settings = check("cifar", "--recipe=fast", "--epochs=5")
+    fast = settings.recipe
+    assert (fast.name, fast.nesterov, fast.label_smoothing, fast.schedule, fast.decay_bn) == (
+        "fast", True, 0.1, "cosine", False)
+    assert (fast.weight_average, fast.eval_flip, fast.epochs) == (0.999, True, 5)
+    off = check("cifar", "--recipe=fast", "--weight_average=0", "--noeval_flip").recipe
+    assert (off.weight_average, off.eval_flip) == (0.0, False)
+    paper = check("cifar").recipe  # the paper's recipe stays the default, without the levers
+    assert (paper.name, paper.weight_average, paper.eval_flip) == ("cifar10_sample", 0.0, False)
+    assert check("cifar").input == "auto" and check("imagenet").input == "stream"
+    with pytest.raises(flags.IllegalFlagValueError):  # the ImageNet trainer has no CIFAR recipe
+        check("imagenet", "--recipe=fast")
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--weight_average=1", "--weight_average: must be < 1"),
+    ("--weight_average=-0.1", "--weight_average: must be >= 0"),
+])
+def test_weight_average_range(flag, message):
+    with pytest.raises(train.FlagError, match=re.escape(message)):
+        check("cifar", flag)
+
+
+def test_input_memory_refuses_images_that_are_not_cifar_sized(tmp_path):
+    folder = trainer_runs.make_image_folder(tmp_path / "big", {"train": 2, "test": 1}, size=96)
+    settings = check("cifar", f"--data_dir={folder}", "--input=memory", "--batch_size=2")
+    with pytest.raises(train.FlagError, match=r"--input: .*imagenet_224.* not 'cifar'"):
+        train.build_data(settings, 2)
+    auto = check("cifar", f"--data_dir={folder}", "--batch_size=2")  # auto streams it instead
+    batches, info, _ = train.build_data(auto, 2)
+    assert isinstance(batches, tf.data.Dataset) and info.recipe == "imagenet_224"
+    small = check("cifar", f"--data_dir={trainer_runs.make_image_folder(tmp_path / 'small', {'train': 4, 'test': 2})}",
+                  "--batch_size=2")
+    batches, info, evals = train.build_data(small, 2)
+    assert callable(batches) and info.num_examples == 12 and info.augment == "cifar"
+    images, labels = next(iter(batches(0)))
+    assert images.shape == (2, 32, 32, 3) and images.dtype == tf.float32
+    assert sum(int(y.shape[0]) for _, y in evals["test"]) == 6
 
 
 @pytest.mark.parametrize(
@@ -343,9 +398,21 @@ def test_mixed_precision_xla_loop_run_exports_float32_signatures(cifar_folder, t
     assert any(t.dtype == tf.float32 for t in outputs.values())
 
 
+def test_dtype_policy_auto_is_bfloat16_only_on_bf16_hardware(monkeypatch):
+    monkeypatch.setattr(train.hardware, "cpu_has_bf16", lambda: True)
+    bf16 = check("cifar")
+    assert bf16.model_kwargs["dtype_policy"] == "mixed_bfloat16" and bf16.dtype_auto
+    monkeypatch.setattr(train.tf.config, "list_physical_devices", lambda kind=None: ["gpu"] if kind == "GPU" else [])
+    assert "dtype_policy" not in check("cifar").model_kwargs  # a GPU: float32 unless asked
+    monkeypatch.setattr(train.hardware, "cpu_has_bf16", lambda: False)
+    assert "dtype_policy" not in check("cifar").model_kwargs  # float32: the models' default
+    assert train.resolve_dtype_policy("auto", "tpu") == "mixed_bfloat16"
+    explicit = check("cifar", "--dtype_policy=float32")
+    assert "dtype_policy" not in explicit.model_kwargs and not explicit.dtype_auto
+
+
 def test_speed_flags_defaults_and_conflicts():
-    settings = check("cifar")
-    assert "dtype_policy" not in settings.model_kwargs  # float32: the models' default
+    settings = check("cifar", "--dtype_policy=float32")
     assert (settings.jit_compile, settings.steps_per_loop) == (False, None)
     assert train.steps_per_loop(settings) == 1
     tpu = dataclasses.replace(settings, strategy_name="tpu")
@@ -475,6 +542,28 @@ def test_mirrored_folder_run_then_resume(cifar_folder, tmp_path):
     assert record["steps"] == 7 and record["argv"][1:] == [*flags_, "--train_steps=7"]
 
 
+def kill_9_after_checkpoint(process, checkpoint_dir, step: int, delay: float = 0.0) -> int:
+    """SIGKILL ``process`` ``delay`` seconds after it saved a checkpoint at ``step`` or later
+    (whatever it is doing then, mid-step or mid-save); the newest checkpoint's step after it."""
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            latest = tf.train.latest_checkpoint(str(checkpoint_dir))
+            if latest and int(latest.rsplit("-", 1)[1]) >= step:
+                break
+            time.sleep(0.05)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+    return int(tf.train.latest_checkpoint(str(checkpoint_dir)).rsplit("-", 1)[1])
+
+
 def test_kill_9_loses_at_most_the_work_since_the_last_checkpoint(cifar_folder, tmp_path):
     flags_ = [
         f"--data_dir={cifar_folder}", "--batch_size=8", "--checkpoint_every=3", "--log_every=1",
@@ -483,26 +572,43 @@ def test_kill_9_loses_at_most_the_work_since_the_last_checkpoint(cifar_folder, t
         f"--model_dir={tmp_path}", "--lr_decay=1", "--model=resnet8",
     ]
     process = trainer_runs.start("cifar", *flags_, "--train_steps=100000")
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
-            if latest and int(latest.rsplit("-", 1)[1]) >= 6:
-                break
-            time.sleep(0.2)
-        process.send_signal(signal.SIGKILL)  # whatever it was doing, mid-step or mid-save
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stdout.close()
-        process.stderr.close()
-    saved = int(tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).rsplit("-", 1)[1])
+    saved = kill_9_after_checkpoint(process, tmp_path / "checkpoints", 6)
     assert saved >= 6
     code, out, err, _ = trainer_runs.run("cifar", *flags_, f"--train_steps={saved + 2}")
     assert code == 0, err[-3000:]
     assert f"at step {saved} " in out and f"after {saved + 2} steps" in out
+
+
+def final_model_tensors(run_dir) -> dict:
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(run_dir / "checkpoints")))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name.startswith(("model/", "averaged/"))}
+
+
+def test_kill_9_at_a_random_step_then_resume_gives_bit_identical_weights(cifar_folder, tmp_path):
+    """Issue 14: the real trainer killed with SIGKILL at a random moment and restarted with the
+    same command ends with the same weights, bit for bit, as a run never interrupted (the input
+    is a function of the seed and the step: --input=memory, the default for CIFAR-sized data)."""
+    steps = 30
+    flags_ = [f"--data_dir={cifar_folder}", "--batch_size=8", "--checkpoint_every=4", "--log_every=1",
+              "--model=resnet8", "--recipe=fast", f"--train_steps={steps}"]
+    code, out, err, _ = trainer_runs.run("cifar", *flags_, f"--model_dir={tmp_path / 'straight'}")
+    assert code == 0, err[-3000:]
+    kill_after = random.Random().randint(4, 20)  # a checkpoint at least this late, then a random delay
+    delay = random.Random().uniform(0.0, 0.5)
+    process = trainer_runs.start("cifar", *flags_, f"--model_dir={tmp_path / 'killed'}")
+    saved = kill_9_after_checkpoint(process, tmp_path / "killed" / "checkpoints", kill_after, delay)
+    assert process.returncode == -signal.SIGKILL
+    assert kill_after <= saved < steps, (kill_after, saved)
+    code, out, err, _ = trainer_runs.run("cifar", *flags_, f"--model_dir={tmp_path / 'killed'}")
+    assert code == 0, err[-3000:]
+    assert f"at step {saved} " in out, out
+    straight, resumed = final_model_tensors(tmp_path / "straight"), final_model_tensors(tmp_path / "killed")
+    assert straight.keys() == resumed.keys() and any(k.startswith("averaged/") for k in straight)
+    for name, value in straight.items():
+        assert np.array_equal(value, resumed[name]), (name, kill_after, saved, delay)
+    assert json.loads((tmp_path / "straight" / "results.json").read_text())["final"] == json.loads(
+        (tmp_path / "killed" / "results.json").read_text())["final"]
 
 
 def test_lr_1e6_stops_within_a_few_steps_names_a_finite_checkpoint_that_resumes(capsys, tmp_path):

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from keras_preact.data import CIFAR_MEAN, CIFAR_STD, color_augment, inception_crop_window, preprocess_for_train
 from keras_preact.data import scale_crop_window
-from keras_preact.data.augment import check_augment, cifar_augment, flip
+from keras_preact.data.augment import check_augment, cifar_augment, cifar_augment_batch, flip
 
 N = 2000
 
@@ -120,3 +120,25 @@ def test_color_augment_changes_colours_within_range_deterministically():
 def test_bad_augmentation_choices_are_explained(augment, recipe, message):
     with pytest.raises(ValueError, match=message):
         check_augment(augment, recipe)
+
+
+def test_cifar_augment_batch_draws_every_window_and_flip_per_example():
+    """The whole-batch version: each example a pad-4 window of itself, maybe mirrored, with its own
+    offset and flip, the same for the same seed."""
+    rng = np.random.default_rng(1)
+    batch = rng.normal(size=(256, 32, 32, 3)).astype(np.float32)
+    out = cifar_augment_batch(tf.constant(batch), tf.constant([3, 4], tf.int64)).numpy()
+    assert out.shape == batch.shape and out.dtype == np.float32
+    seen = set()
+    for example, result in zip(batch, out):
+        padded = np.pad(example, [(4, 4), (4, 4), (0, 0)])
+        found = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)
+                 if np.array_equal(padded[dy:dy + 32, dx:dx + 32][:, ::-1] if f else padded[dy:dy + 32, dx:dx + 32], result)]
+        assert found, "output is not a pad-4 window of its own image"
+        seen.add(found[0])
+    assert len({(dy, dx) for dy, dx, _ in seen}) > 60  # of 81
+    flips = [f for _, _, f in seen]
+    assert 0.3 < np.mean(flips) < 0.7
+    again = cifar_augment_batch(tf.constant(batch), tf.constant([3, 4], tf.int64)).numpy()
+    other = cifar_augment_batch(tf.constant(batch), tf.constant([3, 5], tf.int64)).numpy()
+    assert np.array_equal(out, again) and not np.array_equal(out, other)

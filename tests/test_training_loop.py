@@ -11,6 +11,7 @@ import tensorflow as tf
 import keras_preact
 import training_worker
 from keras_preact import training
+from keras_preact.data import InMemorySplit
 from helpers import batch_norm_layers
 
 BATCH = training_worker.GLOBAL_BATCH
@@ -285,3 +286,127 @@ def test_mixed_precision_tracks_float32_on_the_sample(float32_sample_run, tmp_pa
     assert curve[-1] < curve[0] - 0.1  # it learns
     if steps == 200:
         assert abs(result["error"] - reference_result["error"]) <= ERROR_TOLERANCE
+
+
+# ----------------------------------------------------------------------------- exact resume
+def in_memory_batches(seed=0):
+    """480 training images of the sample (every 10th: all classes) in memory, 15 batches of 32
+    per epoch; batches a function of (seed, step)."""
+    split = InMemorySplit.load("cifar10_sample", "train")
+    small = InMemorySplit(split.images[::10][:480], split.labels[::10][:480], split.info)
+    return small.train_batches(32, seed=seed), small.steps_per_epoch(32)
+
+
+def sample_trainer(model_dir, steps_per_epoch, total=24, **recipe_changes):
+    def build():
+        keras.utils.set_random_seed(0)
+        return keras_preact.build_resnet((1, 1, 1), widths=(4, 8, 8), input_shape=(32, 32, 3))
+
+    recipe = training.get_recipe("fast").replace(train_steps=total, **recipe_changes)
+    return training.Trainer(
+        tf.distribute.get_strategy(), build, recipe, steps_per_epoch=steps_per_epoch,
+        global_batch=32, model_dir=str(model_dir), checkpoint_every=5, log_every=1, verbose=False,
+    )
+
+
+def crashing(batches, at_step):
+    """``batches`` that end at ``at_step``: the loop's next step fails, as a killed process stops."""
+    return lambda first: batches(first).take(at_step - first)
+
+
+# 15 steps per epoch, checkpoints every 5 steps and at epoch ends: a crash inside the first
+# epoch, and one in the second epoch.
+@pytest.mark.parametrize("crash_at, restored", [(7, 5), (19, 15)])
+def test_resumed_run_ends_with_bit_identical_weights(tmp_path, crash_at, restored):
+    """Interrupted at a step that is not a checkpoint, resumed from the last checkpoint before it:
+    the same batches, weights, weight average and final evaluation as the uninterrupted run."""
+    batches, per_epoch = in_memory_batches()
+    evaluation = tf.data.Dataset.from_tensors(next(iter(batches(100))))
+    straight = sample_trainer(tmp_path / "straight", per_epoch)
+    expected = straight.fit(batches, {"test": evaluation})
+
+    first = sample_trainer(tmp_path / "resumed", per_epoch)
+    with pytest.raises(tf.errors.OutOfRangeError):
+        first.fit(crashing(batches, crash_at), {"test": evaluation})
+    second = sample_trainer(tmp_path / "resumed", per_epoch)  # as a new process would
+    assert second.checkpoints.restore() == restored
+    results = second.fit(batches, {"test": evaluation})
+
+    for a, b in zip(straight.model.variables, second.model.variables):
+        assert np.array_equal(a.numpy(), b.numpy()), a.path
+    for a, b in zip(straight.average.shadows, second.average.shadows):
+        assert np.array_equal(a.numpy(), b.numpy())
+    assert results == expected
+
+    def losses(run):
+        rows = training.read_metrics(os.path.join(tmp_path, run, "metrics.csv"))
+        return [(r["step"], r["train_loss"], r["test_error"]) for r in rows]
+
+    assert losses("resumed") == losses("straight")  # every logged step, each once
+
+
+def test_in_memory_batches_are_a_function_of_seed_and_step():
+    batches, per_epoch = in_memory_batches(seed=3)
+    run = list(batches(0).take(per_epoch + 3))
+    late = list(batches(per_epoch - 1).take(4))
+    for a, b in zip(run[per_epoch - 1:], late):
+        assert np.array_equal(a[0].numpy(), b[0].numpy()) and np.array_equal(a[1].numpy(), b[1].numpy())
+    # Every example once per epoch; a new order and new crops the next epoch; another seed differs.
+    epoch0 = np.concatenate([labels.numpy() for _, labels in run[:per_epoch]])
+    assert sorted(epoch0.tolist()) == sorted(np.concatenate(
+        [labels.numpy() for _, labels in run[per_epoch:] + list(batches(per_epoch + 3).take(per_epoch - 3))]).tolist())
+    assert not np.array_equal(run[0][1].numpy(), run[per_epoch][1].numpy())
+    other, _ = in_memory_batches(seed=4)
+    assert not np.array_equal(run[0][0].numpy(), next(iter(other(0)))[0].numpy())
+
+
+# ------------------------------------------------------------------ weight average and flip
+def test_weight_average_is_evaluated_checkpointed_and_exported(tmp_path):
+    batches, per_epoch = in_memory_batches()
+    evaluation = tf.data.Dataset.from_tensors(next(iter(batches(100))))
+    trainer = sample_trainer(tmp_path / "run", per_epoch, total=10, weight_average=0.9, eval_flip=False)
+    trainer.fit(batches)
+    own = [np.array(v.numpy()) for v in trainer.model.variables]
+    averaged = [np.array(s.numpy()) for s in trainer.average.shadows]
+    assert any(not np.allclose(a, b) for a, b in zip(own, averaged))
+    # Evaluation measures the average and puts the model's own weights back.
+    result = trainer.evaluate(evaluation)
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(own, trainer.model.variables))
+    model = trainer.use_averaged_weights()
+    logits = model(next(iter(evaluation))[0], training=False)
+    labels = next(iter(evaluation))[1]
+    error = 1 - np.mean(np.argmax(logits, -1) == labels.numpy())
+    assert result["error"] == pytest.approx(error)
+    # The checkpoint holds both; the average restores straight into a model by its keys.
+    prefix = tf.train.latest_checkpoint(os.path.join(tmp_path, "run", "checkpoints"))
+    fresh = sample_trainer(tmp_path / "other", per_epoch).model
+    tf.train.Checkpoint(averaged=training.checkpoints.VariableSet(fresh.variables)).restore(prefix).expect_partial()
+    for variable, shadow in zip(fresh.variables, averaged):
+        if variable.dtype.startswith("float"):
+            np.testing.assert_array_equal(variable.numpy(), shadow)
+
+
+def test_weight_average_decay_ramps_up_then_holds():
+    variable = keras.Variable(np.zeros(3, np.float32))
+    variable.path  # noqa: B018 (Keras paths exist once created)
+    average = training.WeightAverage([variable], decay=0.5)
+    variable.assign(np.full(3, 10.0, np.float32))
+    average.update(0)  # decay min(0.5, 1/10) = 0.1: mostly the new value
+    np.testing.assert_allclose(average.shadows[0].numpy(), 9.0)
+    variable.assign(np.zeros(3, np.float32))
+    average.update(1000)  # decay 0.5
+    np.testing.assert_allclose(average.shadows[0].numpy(), 4.5)
+    with pytest.raises(ValueError, match="decay"):
+        training.WeightAverage([variable], decay=1.0)
+
+
+def test_flip_evaluation_averages_the_logits_of_both_mirror_images(tmp_path):
+    batches, per_epoch = in_memory_batches()
+    images, labels = next(iter(batches(0)))
+    trainer = sample_trainer(tmp_path / "run", per_epoch, total=1, weight_average=0.0, eval_flip=True)
+    expected = (trainer.model(images, training=False) + trainer.model(images[:, :, ::-1], training=False)) / 2
+    result = trainer.evaluate(tf.data.Dataset.from_tensors((images, labels)))
+    error = 1 - np.mean(np.argmax(expected, -1) == labels.numpy())
+    assert result["error"] == pytest.approx(error)
+    loss = keras.losses.sparse_categorical_crossentropy(labels, expected, from_logits=True)
+    assert result["loss"] == pytest.approx(float(np.mean(loss)), rel=1e-5)

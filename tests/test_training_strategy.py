@@ -4,7 +4,10 @@ Runs with more than one replica happen in fresh processes (tests/training_worker
 CPU devices and the multi-worker runtime must be configured before TensorFlow starts.
 """
 
+import json
 import os
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -114,6 +117,46 @@ def test_multi_worker_two_local_processes(one_replica, tmp_path):
     assert max_weight_difference(chief, one_replica) < 1e-4
     # Only the chief writes into the run directory.
     assert os.listdir(os.path.join(tmp_path, "run", "checkpoints"))
+
+
+def test_a_killed_worker_stops_the_survivor_and_a_restart_resumes(tmp_path):
+    """Issue 14: kill -9 one of two workers mid-run. The survivor stops within the collective
+    timeout with a clear error (exit 4, naming the checkpoint to resume from) instead of hanging;
+    restarting both workers resumes from the last checkpoint, losing at most one interval."""
+    run_dir = tmp_path / "run"
+    args = ("--steps=60", f"--model_dir={run_dir}", "--checkpoint_every=4", "--step_delay=0.1",
+            "--worker_timeout=30", "--log_every=1")
+    processes = training_worker.start_cluster(str(tmp_path / "first"), 2, *args)
+    try:
+        deadline = time.monotonic() + 120
+        saved = 0
+        while time.monotonic() < deadline and saved < 8:
+            latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+            saved = int(latest.rsplit("-", 1)[1]) if latest else 0
+            time.sleep(0.05)
+        assert saved >= 8, "the cluster never reached its second checkpoint"
+        os.kill(processes[1].pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        codes = training_worker.finish(processes, timeout=90)
+        stopped_after = time.monotonic() - killed_at
+    finally:
+        training_worker.finish(processes, timeout=1)
+    assert codes[1] == -signal.SIGKILL
+    assert codes[0] == 4, open(tmp_path / "first" / "worker0" / "log.txt").read()[-3000:]
+    assert stopped_after < 60, stopped_after
+    with open(tmp_path / "first" / "worker0" / "lost.json") as handle:
+        lost = json.load(handle)
+    assert lost["message"].startswith(f"Lost contact with another worker after step {lost['step']} ")
+    assert "restart every worker with the same command to resume from" in lost["message"]
+    assert lost["checkpoint"] and lost["checkpoint"] in lost["message"]
+    resume_from = int(lost["checkpoint"].rsplit("-", 1)[1])
+    assert lost["step"] - resume_from <= 4  # at most one checkpoint interval lost
+    print(f"survivor stopped {stopped_after:.1f} s after the kill, at step {lost['step']}; "
+          f"resuming from step {resume_from}")
+
+    results = training_worker.run_cluster(str(tmp_path / "second"), 2, *args, timeout=150)
+    assert [r["start_step"] for r in results] == [resume_from, resume_from]
+    assert [r["final_step"] for r in results] == [60, 60]
 
 
 def test_one_device_strategy_runs_the_same_loop(one_replica, tmp_path):

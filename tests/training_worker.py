@@ -85,8 +85,9 @@ def free_ports(count):
             sock.close()
 
 
-def run_cluster(out_dir, workers, *args, timeout=150):
-    """``workers`` local processes under MultiWorkerMirroredStrategy (TF_CONFIG on localhost)."""
+def start_cluster(out_dir, workers, *args):
+    """Start ``workers`` local processes under MultiWorkerMirroredStrategy (TF_CONFIG on
+    localhost); worker ``i`` writes into ``out_dir/worker<i>``. Returns the processes."""
     addresses = [f"127.0.0.1:{port}" for port in free_ports(workers)]
     processes = []
     for index in range(workers):
@@ -98,7 +99,12 @@ def run_cluster(out_dir, workers, *args, timeout=150):
                 env=worker_env(TF_CONFIG=json.dumps(tf_config)),
             )
         )
-    finish(processes, timeout)
+    return processes
+
+
+def run_cluster(out_dir, workers, *args, timeout=150):
+    """``start_cluster`` and wait; returns every worker's result dict."""
+    finish(start_cluster(out_dir, workers, *args), timeout)
     return [read_result(os.path.join(out_dir, f"worker{index}")) for index in range(workers)]
 
 
@@ -128,6 +134,7 @@ def main(argv=None):
     parser.add_argument("--jit_compile", action="store_true")
     parser.add_argument("--steps_per_loop", type=int, default=1)
     parser.add_argument("--log_every", type=int, default=1)
+    parser.add_argument("--worker_timeout", type=float, default=None)
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -135,7 +142,8 @@ def main(argv=None):
 
     from keras_preact import training
 
-    strategy = training.build_strategy(args.strategy, cpu_devices=args.cpu_devices or None)
+    strategy = training.build_strategy(args.strategy, cpu_devices=args.cpu_devices or None,
+                                       worker_timeout=args.worker_timeout)
 
     import keras
 
@@ -179,7 +187,14 @@ def main(argv=None):
         steps_per_loop=args.steps_per_loop,
     )
     start_step = trainer.checkpoints.restore()
-    trainer.fit(dataset)
+    try:
+        trainer.fit(dataset)
+    except training.WorkerLostError as error:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "lost.json"), "w") as handle:
+            json.dump({"message": str(error), "step": error.step, "checkpoint": error.checkpoint,
+                       "start_step": start_step}, handle)
+        sys.exit(4)
 
     def replicas(variable):
         value = variable.value

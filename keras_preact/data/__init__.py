@@ -16,7 +16,8 @@ from keras_preact.data.augment import (
 from keras_preact.data.bad_files import BadFileLog
 from keras_preact.data.decode import decode_crop, decode_image
 from keras_preact.data.labels import LABEL_MAP_FILENAME, read_label_map, write_label_map
-from keras_preact.data.pipeline import DatasetInfo, build_dataset
+from keras_preact.data.pipeline import DatasetInfo, NotForMemory, build_dataset, load_pixels
+from keras_preact.data.in_memory import InMemorySplit
 from keras_preact.data.preprocess import (
     CIFAR_MEAN,
     CIFAR_STD,
@@ -35,6 +36,8 @@ __all__ = [
     "CIFAR_MEAN",
     "CIFAR_STD",
     "DatasetInfo",
+    "InMemorySplit",
+    "NotForMemory",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "LABEL_MAP_FILENAME",
@@ -46,6 +49,7 @@ __all__ = [
     "decode_image",
     "inception_crop_window",
     "list_image_folder",
+    "load_pixels",
     "normalize",
     "preprocess_for_eval",
     "preprocess_for_train",

@@ -80,6 +80,29 @@ def cifar_augment(image: tf.Tensor, seed) -> tf.Tensor:
     return flip(crop, s[1])
 
 
+def cifar_augment_batch(images: tf.Tensor, seed) -> tf.Tensor:
+    """:func:`cifar_augment` for a whole normalised batch ``[B, 32, 32, 3]`` in a few ops.
+
+    The same distribution as the per-example version (zero padding of the normalised image by
+    4, a uniform 32x32 window, a flip with probability 1/2), drawn from one ``[2]`` seed for
+    the batch. Per-example augmentation costs about 0.5 ms of CPU per CIFAR image, as much as
+    a third of a ResNet-20 training step on 2 cores; gathering the windows of the whole batch
+    costs a few percent of that.
+    """
+    images = tf.convert_to_tensor(images)
+    size = images.shape[1]
+    s = _split(seed, 2)
+    batch = tf.shape(images)[0]
+    padded = tf.pad(images, [[0, 0], [CIFAR_PAD, CIFAR_PAD], [CIFAR_PAD, CIFAR_PAD], [0, 0]])
+    offsets = tf.random.stateless_uniform([batch, 2], s[0], minval=0, maxval=2 * CIFAR_PAD + 1, dtype=tf.int32)
+    window = tf.range(size)
+    rows = offsets[:, :1] + window  # [B, size]: the rows of each example's window
+    cols = offsets[:, 1:] + window
+    crops = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
+    flips = tf.random.stateless_uniform([batch], s[1]) < 0.5
+    return tf.where(flips[:, None, None, None], tf.reverse(crops, axis=[2]), crops)
+
+
 def scale_crop_window(height, width, seed, crop: int = 224, shorter_side=SCALE_SHORTER_SIDE):
     """The window of the original image that the ResNet scale augmentation crops.
 

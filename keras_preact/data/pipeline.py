@@ -24,13 +24,14 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import tensorflow as tf
 
 from keras_preact.data import sources
 from keras_preact.data.augment import check_augment, preprocess_for_train
 from keras_preact.data.bad_files import BadFileLog
 from keras_preact.data.decode import decode_image
-from keras_preact.data.preprocess import get_recipe, preprocess_for_eval
+from keras_preact.data.preprocess import eval_pixels, get_recipe, preprocess_for_eval
 from keras_preact.data.sample import cifar10_sample_dir
 
 logger = logging.getLogger("keras_preact.data")
@@ -39,6 +40,10 @@ SAMPLE_SOURCE = "cifar10_sample"
 FOLDER_PREFIX = "folder:"
 DEFAULT_TFDS_SHUFFLE_BUFFER = 10_000  # encoded records; ImageNet JPEGs average ~110 kB
 _HISTORY = 32  # preceding file names each element carries, to name dropped files
+
+
+class NotForMemory(ValueError):
+    """A split that ``load_pixels`` refuses to hold in memory (too large, or not that recipe's)."""
 
 
 @dataclass
@@ -70,6 +75,19 @@ def _default_recipe(source: str, raw: sources.RawSource) -> str:
     recipe = "cifar" if max(shape[0], shape[1]) <= 64 else "imagenet_224"
     logger.info("Image folder %s: first image is %dx%d, using recipe %r.", source, shape[0], shape[1], recipe)
     return recipe
+
+
+def _dataset_info(name, split, raw, recipe, augment, size) -> DatasetInfo:
+    return DatasetInfo(
+        num_classes=len(raw.class_names),
+        class_names=list(raw.class_names),
+        num_examples=raw.num_examples,
+        image_size=(size, size),
+        recipe=recipe,
+        augment=augment,
+        source=name,
+        split=split,
+    )
 
 
 def _resolve_source(source, split, data_dir, manual_dir, training, seed) -> tuple:
@@ -218,16 +236,7 @@ def build_dataset(
         size = get_recipe(recipe).crop
     if drop_remainder is None:
         drop_remainder = training
-    info = DatasetInfo(
-        num_classes=len(raw.class_names),
-        class_names=list(raw.class_names),
-        num_examples=raw.num_examples,
-        image_size=(size, size),
-        recipe=recipe,
-        augment=augment,
-        source=name,
-        split=split,
-    )
+    info = _dataset_info(name, split, raw, recipe, augment, size)
 
     def transform(image_bytes, seed_pair):
         if training:
@@ -258,3 +267,61 @@ def build_dataset(
             ds = ds.ignore_errors(log_warning=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
     return ds, info
+
+
+def load_pixels(
+    source,
+    split: str,
+    *,
+    recipe: str | None = None,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    strict: bool = False,
+    max_bytes: int | None = None,
+    only_recipe: str | None = None,
+):
+    """Decode a whole split once: ``(images uint8 [N, crop, crop, 3], labels int32 [N], info)``.
+
+    Every image goes through the same guard, decoder and evaluation window
+    (:func:`~keras_preact.data.preprocess.eval_pixels`) as :func:`build_dataset`, and bad
+    files are skipped and counted (or, with ``strict``, fail) the same way; the pixels are
+    kept unnormalised as ``uint8`` (a quarter of the float32 size: 150 MB for CIFAR-10's
+    training split). ``max_bytes``: refuse, before decoding anything, a split whose decoded
+    size would exceed it (``NotForMemory``, a ``ValueError`` saying how large it is). ``only_recipe``: likewise
+    refuse a split whose (default) recipe is another one.
+    """
+    if recipe is not None:
+        get_recipe(recipe)
+    name, raw = _resolve_source(source, split, data_dir, manual_dir, False, None)
+    recipe = recipe or _default_recipe(name, raw)
+    if only_recipe is not None and recipe != only_recipe:
+        raise NotForMemory(f"{name} {split}: its images call for the {recipe!r} recipe, not {only_recipe!r}.")
+    size = get_recipe(recipe).crop
+    needed = raw.num_examples * size * size * 3
+    if max_bytes is not None and needed > max_bytes:
+        raise NotForMemory(
+            f"{name} {split}: {raw.num_examples} images of {size}x{size} need {needed / 2**20:.0f} MiB "
+            f"in memory, above the limit of {max_bytes / 2**20:.0f} MiB; stream it instead."
+        )
+    info = _dataset_info(name, split, raw, recipe, "none", size)
+
+    def transform(image_bytes, seed_pair):
+        del seed_pair
+        return eval_pixels(decode_image(image_bytes), recipe)
+
+    seeds = tf.data.Dataset.from_tensors(tf.zeros([2], tf.int64)).repeat()
+    ds = tf.data.Dataset.zip((raw.dataset, seeds)).map(lambda xy, s: (xy[0], xy[1], s))
+    if raw.from_files:
+        ds = _decode_files_naming_failures(ds, transform, info.bad_files, strict, (size, size, 3))
+    else:
+        ds = ds.map(lambda x, label, s: (transform(x, s), label), num_parallel_calls=tf.data.AUTOTUNE)
+        if not strict:
+            ds = ds.ignore_errors(log_warning=True)
+    ds = ds.map(lambda image, label: (tf.cast(tf.round(image), tf.uint8), label))
+    images, labels = [], []
+    for image_batch, label_batch in ds.batch(1024).prefetch(2):
+        images.append(image_batch.numpy())
+        labels.append(label_batch.numpy())
+    if not images:
+        raise ValueError(f"{name} {split}: no image could be decoded.")
+    return np.concatenate(images), np.concatenate(labels).astype(np.int32), info

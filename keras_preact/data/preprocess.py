@@ -115,6 +115,21 @@ def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
     return crop
 
 
+def eval_pixels(image: tf.Tensor, recipe: str) -> tf.Tensor:
+    """The evaluation window of one RGB ``[H, W, 3]`` image, before normalisation.
+
+    Resize the shorter side to the recipe's ``resize`` and take the central ``crop x crop``
+    window. Returns float32 ``[crop, crop, 3]`` in 0-255 units (what the in-memory pipeline
+    stores, as ``uint8``, and normalises per batch).
+    """
+    r = get_recipe(recipe)
+    image = tf.convert_to_tensor(image)
+    if image.shape.rank != 3:
+        raise ValueError(f"preprocess_for_eval expects one [H, W, 3] image, got shape {image.shape}.")
+    image = resize_shorter_side(image, r.resize)
+    return center_crop(image, r.crop)
+
+
 def preprocess_for_eval(image: tf.Tensor, recipe: str) -> tf.Tensor:
     """Evaluation preprocessing of one RGB ``[H, W, 3]`` image (0-255, usually ``uint8``).
 
@@ -123,10 +138,4 @@ def preprocess_for_eval(image: tf.Tensor, recipe: str) -> tf.Tensor:
     ``"cifar"`` (32 -> 32: a 32x32 image only gets normalised), ``"imagenet_224"``
     (256 -> 224) and ``"imagenet_320"`` (320 -> 320).
     """
-    r = get_recipe(recipe)
-    image = tf.convert_to_tensor(image)
-    if image.shape.rank != 3:
-        raise ValueError(f"preprocess_for_eval expects one [H, W, 3] image, got shape {image.shape}.")
-    image = resize_shorter_side(image, r.resize)
-    image = center_crop(image, r.crop)
-    return normalize(image, recipe)
+    return normalize(eval_pixels(image, recipe), recipe)

@@ -68,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="{}",
         help='JSON keyword arguments of the architecture, as at training, e.g. \'{"order": "original"}\'.',
     )
+    parser.add_argument(
+        "--weights",
+        default="auto",
+        choices=("auto", "model", "averaged"),
+        help="Which weights of --checkpoint: the model's own, or the moving average a run with "
+        "--weight_average keeps (auto: the average if the checkpoint holds one, as the run's "
+        "evaluations used it).",
+    )
     parser.add_argument("--num_classes", type=positive_int, help="Outputs of --checkpoint's model (default: number of class names).")
     parser.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="Evaluation preprocessing the serving signature applies.")
     parser.add_argument("--name", help="Model name under --base_dir (default: from --model or the file name).")
@@ -168,8 +176,12 @@ def build_architecture(name: str, kwargs: dict, num_classes: int, recipe: str):
         raise ArgumentError("--model_kwargs", str(error)) from None
 
 
-def restore_checkpoint(model, path: str) -> str:
+def restore_checkpoint(model, path: str, weights: str = "auto") -> str:
     """Load a training checkpoint's model variables into ``model``; fail if any is missing.
+
+    ``weights``: ``"model"`` (the trained weights), ``"averaged"`` (their moving average, kept
+    under ``averaged`` by a run with a weight average) or ``"auto"`` (the average if there is
+    one: what the run's evaluations measured).
 
     The trainer saves variables by their Keras paths (``training.checkpoints.VariableSet``), so
     the same ``VariableSet`` reads them back into a freshly built ``model``.
@@ -182,10 +194,15 @@ def restore_checkpoint(model, path: str) -> str:
         check_finite_checkpoint(prefix)
     except NonFiniteCheckpointError as error:
         raise ArgumentError("--checkpoint", str(error)) from None
+    has_average = any(name.startswith("averaged/") for name, _ in tf.train.list_variables(prefix))
+    if weights == "averaged" and not has_average:
+        raise ArgumentError("--weights", f"checkpoint {prefix} holds no weight average (the run had "
+                            "no --weight_average); use --weights=model")
+    key = "averaged" if weights == "averaged" or (weights == "auto" and has_average) else "model"
     floats = [v for v in model.variables if v.dtype.startswith("float")]
     for variable in floats:
         variable.assign(np.full(variable.shape, np.nan, variable.dtype))
-    status = tf.train.Checkpoint(model=VariableSet(model.variables)).restore(prefix)
+    status = tf.train.Checkpoint(**{key: VariableSet(model.variables)}).restore(prefix)
     status.expect_partial()  # the optimizer's slots are in the checkpoint too, unused here
     status.assert_existing_objects_matched()
     missing = [v.path for v in floats if np.isnan(np.asarray(v.numpy())).all()]
@@ -249,7 +266,7 @@ def main(argv=None) -> int:
                 raise ValueError("--checkpoint needs --model (the architecture to restore into).")
             kwargs = parse_model_kwargs(args.model_kwargs)
             model = build_architecture(args.model, kwargs, args.num_classes or len(class_names), args.recipe)
-            prefix = restore_checkpoint(model, args.checkpoint)
+            prefix = restore_checkpoint(model, args.checkpoint, args.weights)
             print(f"Restored {prefix}", file=sys.stderr)
             name = args.name or registry.resolve(args.model, kwargs.get("unit")).name
         data = {}

@@ -1,9 +1,9 @@
 """Use an exported model: ``python -m keras_preact.export.classify <model> <image> ...``.
 
-    python -m keras_preact.export.classify saved_models/cifar10_preact_resnet20 cat.jpg ship.png
-    python -m keras_preact.export.classify saved_models/cifar10_preact_resnet20 cat.jpg --backend tflite/int8
+    python -m keras_preact.export.classify saved_models/cifar10_preact_resnet56 cat.jpg ship.png
+    python -m keras_preact.export.classify saved_models/cifar10_preact_resnet56 cat.jpg --backend tflite/int8
     python -m keras_preact.export.classify saved_models/<name> cat.jpg --backend onnx   # exported with --onnx
-    python -m keras_preact.export.classify saved_models/cifar10_preact_resnet20 --eval_dir <root> --split test
+    python -m keras_preact.export.classify saved_models/cifar10_preact_resnet56 --eval_dir <root> --split test
 
 ``<model>`` is a model directory of the TF Serving layout (its newest version is used) or one
 version directory. The ``saved_model`` backend calls the ``serving_default`` signature on the

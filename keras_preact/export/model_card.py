@@ -1,6 +1,6 @@
 """A model card for an exported model, written from measurements only.
 
-    python -m keras_preact.export.model_card saved_models/cifar10_preact_resnet20 \\
+    python -m keras_preact.export.model_card saved_models/cifar10_preact_resnet56 \\
         --run_dir runs/ship_r20 --eval_dir /data/cifar10-jpeg
 
 Writes ``MODEL_CARD.md`` and ``model_card.json`` next to the versions of the model directory
@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from keras_preact.data import cifar10_sample_dir
 from keras_preact.export.classify import Release
+from keras_preact.hardware import cpu_description
 from keras_preact.training.observe import RESULTS_FILE, read_metrics
 
 CARD_JSON = "model_card.json"
@@ -40,19 +41,16 @@ CURVES = "training_curves.png"
 
 
 def hardware() -> dict:
-    """CPU model, logical cores, memory, OS and library versions of this machine."""
-    cpu = platform.processor() or "unknown"
+    """CPU model and speed flags, logical cores, memory, OS and library versions of this machine."""
+    cpu = cpu_description()
     memory_gb = None
     try:
-        with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-        cpu = names[0] if names else cpu
         with open("/proc/meminfo") as handle:
             kb = next(int(line.split()[1]) for line in handle if line.startswith("MemTotal"))
         memory_gb = round(kb / 2**20, 1)
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "memory_gb": memory_gb,
+    return {"cpu": cpu["model"], "cpu_flags": cpu["flags"], "logical_cores": os.cpu_count(), "memory_gb": memory_gb,
             "gpu": bool(tf.config.list_physical_devices("GPU")), "os": platform.platform(),
             "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__}
 
@@ -78,10 +76,17 @@ def training_record(run_dir: str) -> dict:
         "median_images_per_sec": rates[len(rates) // 2] if rates else None,
         "final_test_error_in_training": {k: v["error"] for k, v in results["final"].items()},
         "parameters": results["parameters"],
+        "dtype_policy": results.get("dtype_policy") or _flag_value(argv, "dtype_policy", "float32"),
         "recipe": results.get("recipe", {}),
         "base_lr": results.get("base_lr"),
         "global_batch": results.get("global_batch"),
     }
+
+
+def _flag_value(argv, name: str, default: str) -> str:
+    """``--name=value`` from a recorded command line (runs older than the field in results.json)."""
+    prefix = f"--{name}="
+    return next((a[len(prefix):] for a in reversed(argv) if a.startswith(prefix)), default)
 
 
 def measure(model_dir: str, eval_dir: str | None) -> dict:
@@ -107,6 +112,11 @@ def recipe_text(recipe: dict, base_lr) -> str:
         text += f", warm-up {recipe['warmup_steps']} iterations at {recipe['warmup_lr']:g}"
     if recipe.get("label_smoothing"):
         text += f", label smoothing {recipe['label_smoothing']:g}"
+    if recipe.get("weight_average"):
+        text += (f", evaluated and exported with a moving average of the weights (decay "
+                 f"{recipe['weight_average']:g} per iteration)")
+    if recipe.get("eval_flip"):
+        text += ", evaluated during training with flip test-time augmentation (not in the exported signature)"
     return text
 
 
@@ -149,7 +159,7 @@ def render(card: dict) -> str:
         f"- Parameters: {t['parameters']:,}.",
         f"- Hardware: {h['cpu']}, {h['logical_cores']} logical cores, {h['memory_gb']} GB, "
         f"{'GPU' if h['gpu'] else 'no GPU'}; TensorFlow {h['tensorflow']}, Keras {h['keras']}, "
-        "float32.",
+        f"trained in {t.get('dtype_policy', 'float32')} (exported in float32).",
         f"- Curves: [{CURVES}]({CURVES}).",
         "",
         "## Artefacts",

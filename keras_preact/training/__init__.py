@@ -12,9 +12,10 @@ The command-line trainers (``trainers/cifar.py``, ``trainers/imagenet.py``) are 
 over ``keras_preact.cli.train``.
 """
 
+from keras_preact.training.averaging import WeightAverage
 from keras_preact.training.checkpoints import RunCheckpoints, check_finite_checkpoint, non_finite_tensors
 from keras_preact.training.divergence import LossMonitor, NonFiniteCheckpointError
-from keras_preact.training.loop import DivergenceError, Trainer, enable_sync_batch_norm
+from keras_preact.training.loop import DivergenceError, Trainer, WorkerLostError, enable_sync_batch_norm
 from keras_preact.training.observe import MetricsLog, ProgressBar, TensorBoardLog, plot_curves, read_metrics
 from keras_preact.training.recipes import RECIPES, Recipe, get_recipe
 from keras_preact.training.schedules import (
@@ -35,6 +36,8 @@ from keras_preact.training.strategy import (
 )
 
 __all__ = [
+    "WorkerLostError",
+    "WeightAverage",
     "CosineDecay",
     "DivergenceError",
     "LossMonitor",

@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_preact.training import strategy as strategy_lib
+from keras_preact.training.averaging import variable_key
 from keras_preact.training.divergence import NonFiniteCheckpointError, non_finite
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -128,7 +129,7 @@ class VariableSet(tf.Module):
             path = variable.path
             if strip_prefix and path.startswith(strip_prefix):
                 path = path[len(strip_prefix):]
-            key = path.replace("/", ".")
+            key = variable_key(path)
             if key in seen:
                 raise ValueError(f"Two variables share the path {variable.path!r}; cannot checkpoint.")
             seen.add(key)
@@ -139,7 +140,8 @@ class RunCheckpoints:
     """Save and restore the model and optimizer of one run under ``<model_dir>/checkpoints``."""
 
     def __init__(self, model_dir: str, *, model, optimizer, strategy, max_to_keep: int = 3,
-                 confirm_steps: int = DEFAULT_CONFIRM_STEPS):
+                 confirm_steps: int = DEFAULT_CONFIRM_STEPS, averaged=None):
+        """``averaged``: a ``WeightAverage`` saved with the run (key ``averaged``), or None."""
         self.directory = os.path.join(model_dir, CHECKPOINT_SUBDIR)
         self.known_good_dir = os.path.join(self.directory, KNOWN_GOOD_SUBDIR)
         self.pending_dir = os.path.join(self.directory, PENDING_SUBDIR)
@@ -147,12 +149,17 @@ class RunCheckpoints:
         self.chief = strategy_lib.is_chief(strategy)
         self.confirm_steps = int(confirm_steps)
         self._named_variables = [(v.path, v) for v in list(model.variables) + list(optimizer.variables)]
+        if averaged is not None:
+            self._named_variables += [
+                ("averaged/" + v.path, shadow) for v, shadow in zip(averaged.sources, averaged.shadows)
+            ]
         self.unconfirmed = []  # (step, prefix) of checkpoints not yet known good, oldest first
         self.removed_temporaries = []
         self.checkpoint = tf.train.Checkpoint(
             model=VariableSet(model.variables),
             # Optimizer paths start with its name, which Keras uniquifies per process (sgd_3/...).
             optimizer=VariableSet(optimizer.variables, strip_prefix=optimizer.name + "/"),
+            **({"averaged": averaged.trackable} if averaged is not None else {}),
         )
         if self.chief:
             os.makedirs(self.directory, exist_ok=True)

@@ -39,10 +39,32 @@ Speed levers (each keeps the numbers of the plain loop; see docs/training.md):
   evaluation, a checkpoint, an epoch end, the last step), so logs, evaluations and checkpoints
   fall on the same steps as with N=1, and the numbers are the same. The divergence check then
   sees the mean loss of each loop.
+
+Recipe levers for short runs (``Recipe.weight_average``, ``Recipe.eval_flip``; see the ``fast``
+recipe):
+
+* an exponential moving average of the weights (``averaging.WeightAverage``), updated after
+  every step, checkpointed with the run, used for every evaluation and for the exported model;
+* test-time augmentation by horizontal flip: the evaluation logits are the mean of the
+  image's and its mirror image's.
+
+A lost worker: under ``MultiWorkerMirroredStrategy`` a worker whose peer died (killed,
+preempted, its machine gone) fails in its next collective, at once if the peer's connection
+drops, else after the strategy's ``worker_timeout``; ``fit`` turns that into
+``WorkerLostError`` naming the step and the newest checkpoint. Nothing is written after it;
+restarting every worker with the same command resumes from that checkpoint (at most one
+checkpoint interval lost), which is what a cluster manager's restart policy does.
+
+Exact resume: ``fit`` also takes the training input as a function of the first step,
+``train_batches(step) -> tf.data.Dataset`` (``keras_preact.data.InMemorySplit.train_batches``
+makes every batch a pure function of the seed and the step). A run resumed from step ``s``
+then sees the same batches from ``s`` on as the uninterrupted run, and ends with bit-identical
+weights (``tests/test_loop.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -52,6 +74,7 @@ import keras
 import tensorflow as tf
 
 from keras_preact.training import strategy as strategy_lib
+from keras_preact.training.averaging import WeightAverage
 from keras_preact.training.checkpoints import DEFAULT_CONFIRM_STEPS, RunCheckpoints
 from keras_preact.training.divergence import (
     DEFAULT_FACTOR,
@@ -67,6 +90,26 @@ from keras_preact.training.schedules import build_schedule, resolve_boundaries, 
 # Variables the ``decay_bn=False`` switch leaves out of weight decay (Keras' short names).
 NO_DECAY_NAMES = ("gamma", "beta", "bias")
 BN_STATISTIC_NAMES = ("moving_mean", "moving_variance")
+
+
+# What a collective raises when another worker is gone (connection lost, collective timed out,
+# or aborted by the coordination service after the peer's heartbeats stopped).
+LOST_WORKER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+    tf.errors.InternalError,
+)
+
+
+class WorkerLostError(RuntimeError):
+    """Another worker of a multi-worker run stopped answering; ``checkpoint`` is where to resume."""
+
+    def __init__(self, message: str, step: int, checkpoint: str | None):
+        super().__init__(message)
+        self.step = step
+        self.checkpoint = checkpoint
 
 
 def has_short_name(variable, names) -> bool:
@@ -112,6 +155,9 @@ class Trainer:
       verbose: show the progress bar and messages (chief only).
       jit_compile: compile each replica's forward and backward pass with XLA.
       steps_per_loop: run up to this many steps per ``tf.function`` call (one host sync).
+
+    The recipe's ``weight_average`` (decay of an exponential moving average of the weights,
+    0: off) and ``eval_flip`` (flip test-time augmentation) apply to every evaluation.
     """
 
     def __init__(
@@ -158,6 +204,7 @@ class Trainer:
         self.divergence = (float(divergence_factor), int(divergence_window))
         LossMonitor(*self.divergence)  # validate before building anything
         self.chief = strategy_lib.is_chief(strategy)
+        self.workers = strategy_lib.worker_count(strategy)
         self.verbose = verbose and self.chief
         self.stream = stream or sys.stdout
         self.base_lr = scale_learning_rate(
@@ -189,6 +236,12 @@ class Trainer:
                 self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer)
             # Slots must exist before the first tf.function trace under a strategy.
             self.optimizer.build(self.model.trainable_variables)
+            self.average = None
+            if recipe.weight_average:
+                self.average = WeightAverage(
+                    [v for v in self.model.variables if v.dtype.startswith("float")],
+                    recipe.weight_average,
+                )
         self.decayed_variables = [
             v
             for v in self.model.trainable_variables
@@ -204,9 +257,12 @@ class Trainer:
             strategy=strategy,
             max_to_keep=keep_checkpoints,
             confirm_steps=confirm_steps,
+            averaged=self.average,
         )
         self._train_step = None
         self._eval_step = None
+        self.train_seconds = 0.0  # time in training steps, over every process of the run
+        self.exact_input = False  # whether fit's batches are a function of the step (exact resume)
 
     # ----------------------------------------------------------------------------- steps
     @property
@@ -259,6 +315,8 @@ class Trainer:
             )
             for variable, mean in zip(self.bn_statistics, means):
                 variable.assign(mean)
+        if self.average is not None:
+            self.average.update(self.optimizer.iterations)
         return _all_sum([loss_sum, correct, count])
 
     def _replica_eval_step(self, images, labels):
@@ -266,7 +324,11 @@ class Trainer:
         return _all_sum(list(self._losses(labels, logits, 0.0)))
 
     def _replica_logits(self, images):
-        return self.model(images, training=False)
+        logits = self.model(images, training=False)
+        if self.recipe.eval_flip:  # the mean of the image's and its mirror image's logits
+            mirrored = self.model(tf.reverse(images, axis=[2]), training=False)
+            logits = (tf.cast(logits, tf.float32) + tf.cast(mirrored, tf.float32)) / 2.0
+        return logits
 
     def _reduce(self, values):
         # Every replica holds the same all-reduced sums; take this worker's first.
@@ -295,28 +357,46 @@ class Trainer:
 
     # ------------------------------------------------------------------------ evaluation
     def evaluate(self, dataset: tf.data.Dataset) -> dict:
-        """Mean loss, error rate and example count over a finite dataset of global batches."""
+        """Mean loss, error rate and example count over a finite dataset of global batches.
+
+        With a weight average, the averaged weights are evaluated (the model's own are back
+        in place afterwards).
+        """
         if self._eval_step is None:
             self._compile()
         totals = [0.0, 0.0, 0.0]
-        for batch in self.strategy.experimental_distribute_dataset(dataset):
-            for i, value in enumerate(self._eval_step(batch)):
-                totals[i] += float(value)
+        averaged = self.average.swapped_in() if self.average is not None else contextlib.nullcontext()
+        with averaged:
+            for batch in self.strategy.experimental_distribute_dataset(dataset):
+                for i, value in enumerate(self._eval_step(batch)):
+                    totals[i] += float(value)
         loss_sum, correct, count = totals
         if count == 0:
             raise ValueError("The evaluation dataset is empty.")
         return {"loss": loss_sum / count, "error": 1.0 - correct / count, "count": int(count)}
 
     # -------------------------------------------------------------------------- training
+    def use_averaged_weights(self) -> keras.Model:
+        """Load the weight average (if the recipe keeps one) into the model; return the model.
+
+        For export at the end of a run: the average is what every evaluation measured.
+        """
+        if self.average is not None:
+            self.average.copy_to_model()
+        return self.model
+
     def fit(
         self,
-        train_dataset: tf.data.Dataset,
+        train_dataset: tf.data.Dataset | Callable[[int], tf.data.Dataset],
         eval_datasets: Mapping[str, tf.data.Dataset] | None = None,
     ) -> dict:
         """Train to ``total_steps`` (resuming from ``model_dir``); return the final evaluations.
 
         ``train_dataset`` yields (images, labels) global batches; it is repeated, so one pass
-        may be finite. Returns ``{eval name: {"loss", "error", "count"}}`` at the last step.
+        may be finite. Or it is a function ``first_step -> dataset`` of the batches from that
+        step on (at least to the end of the run): then a resumed run continues exactly where
+        the interrupted one stopped. Returns ``{eval name: {"loss", "error", "count"}}`` at the
+        last step.
         """
         eval_datasets = dict(eval_datasets or {})
         start = self.checkpoints.restore()
@@ -334,15 +414,22 @@ class Trainer:
             self._compile()
         results = {}
         step = start
+        # Training time excludes evaluations and checkpoints, and adds up over resumes.
+        self.train_seconds = metrics.last_value("train_seconds") if observe else 0.0
+        self.exact_input = callable(train_dataset)
         if step < self.total_steps:
-            iterator = iter(self.strategy.experimental_distribute_dataset(train_dataset.repeat()))
+            batches = train_dataset(step) if self.exact_input else train_dataset.repeat()
+            iterator = iter(self.strategy.experimental_distribute_dataset(batches))
             window = _Window()
             monitor = LossMonitor(*self.divergence)
             while step < self.total_steps:
                 steps = self._loop_length(step)
-                loss_sum, correct, count = (
-                    float(v) for v in self._train_step(iterator, tf.constant(steps, tf.int32))
-                )
+                started = time.monotonic()
+                with self._worker_failures(step):
+                    loss_sum, correct, count = (
+                        float(v) for v in self._train_step(iterator, tf.constant(steps, tf.int32))
+                    )
+                self.train_seconds += time.monotonic() - started
                 step += steps
                 problem = monitor.problem(loss_sum / max(count, 1.0))
                 if problem:
@@ -358,10 +445,12 @@ class Trainer:
                     window = _Window()
                 due_eval = (epoch_end if self.eval_every == 0 else step % self.eval_every == 0)
                 if eval_datasets and (due_eval or last):
-                    results = self._evaluate_all(eval_datasets, step, metrics, board, say)
+                    with self._worker_failures(step):
+                        results = self._evaluate_all(eval_datasets, step, metrics, board, say)
                 if epoch_end or last or (self.checkpoint_every and step % self.checkpoint_every == 0):
                     try:
-                        self.checkpoints.save(step)
+                        with self._worker_failures(step):
+                            self.checkpoints.save(step)
                     except NonFiniteCheckpointError as error:
                         self._diverged(step, str(error).rstrip("."))
         else:
@@ -371,6 +460,24 @@ class Trainer:
         if observe:
             board.close()
         return results
+
+    @contextlib.contextmanager
+    def _worker_failures(self, step: int):
+        """Under several workers, a failed collective becomes ``WorkerLostError``."""
+        if self.workers < 2:
+            yield
+            return
+        try:
+            yield
+        except LOST_WORKER_ERRORS as error:
+            latest = self.checkpoints.latest
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise WorkerLostError(
+                f"Lost contact with another worker after step {step} ({type(error).__name__}: "
+                f"{first_line[:300]}). Nothing after that was saved; restart every worker with "
+                f"the same command to resume from {latest or 'the start (no checkpoint yet)'}.",
+                step=step, checkpoint=latest,
+            ) from None
 
     def _diverged(self, step: int, problem: str):
         """Rewind the run directory to its last known-good checkpoint; raise DivergenceError."""
@@ -405,6 +512,7 @@ class Trainer:
             train_loss=loss,
             train_error=error,
             images_per_sec=rate,
+            train_seconds=self.train_seconds,
         )
         board.scalars("train", step, {"loss": loss, "error": error, "learning_rate": lr, "images_per_sec": rate})
 
@@ -425,6 +533,7 @@ class Trainer:
                     eval_name=name,
                     test_loss=result["loss"],
                     test_error=result["error"],
+                    train_seconds=self.train_seconds,
                 )
                 board.scalars(name, step, {"loss": result["loss"], "error": result["error"]})
         if metrics is not None:

@@ -32,6 +32,7 @@ METRIC_FIELDS = (
     "test_loss",
     "test_error",
     "wall_time",
+    "train_seconds",
 )
 
 
@@ -109,6 +110,13 @@ class MetricsLog:
             writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
             writer.writeheader()
             writer.writerows(kept)
+
+    def last_value(self, column: str, default: float = 0.0) -> float:
+        """The last non-empty value of ``column`` in the kept rows (``default`` if none)."""
+        for row in reversed(read_metrics(self.path)):
+            if row.get(column):
+                return float(row[column])
+        return default
 
     def append(self, **row):
         unknown = set(row) - set(METRIC_FIELDS)

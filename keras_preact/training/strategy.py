@@ -12,6 +12,9 @@ Names (``STRATEGIES``):
   logical CPU device, so ``configure_cpu_devices(n)`` (``--cpu_devices=n``) lets one CPU machine
   run n synchronous replicas, for tests and for trying the strategy out.
 * ``multi_worker_mirrored``: ``MultiWorkerMirroredStrategy``; the cluster comes from ``TF_CONFIG``.
+  ``worker_timeout`` bounds every collective (all-reduce, broadcast) in seconds, so that a
+  worker whose peer died stops with an error instead of waiting for ever (see
+  ``training.loop.WorkerLostError``).
 * ``tpu``: ``TPUStrategy`` through ``TPUClusterResolver``. Without ``tpu=`` and without a local TPU
   this raises ``StrategyError`` before touching the resolver, because the resolver's fallback
   asks the cloud metadata server over the network.
@@ -75,8 +78,12 @@ def local_tpu_present() -> bool:
     return bool(glob.glob("/dev/accel*")) or bool(glob.glob("/dev/vfio/[0-9]*"))
 
 
+DEFAULT_WORKER_TIMEOUT = 600.0  # seconds; longer than any step, evaluation or checkpoint save
+
+
 def build_strategy(
-    name: str, *, cpu_devices: int | None = None, tpu: str | None = None
+    name: str, *, cpu_devices: int | None = None, tpu: str | None = None,
+    worker_timeout: float | None = DEFAULT_WORKER_TIMEOUT,
 ) -> tf.distribute.Strategy:
     """The ``tf.distribute.Strategy`` called ``name`` (see ``STRATEGIES``).
 
@@ -85,6 +92,10 @@ def build_strategy(
       cpu_devices: if set, split the CPU into this many logical devices first (must run before
         TensorFlow initialises); ``mirrored`` on a GPU-less machine then uses all of them.
       tpu: TPU name or ``grpc://`` address for ``name="tpu"``; ``"local"`` on a TPU VM.
+      worker_timeout: ``multi_worker_mirrored`` only: seconds a collective may wait for the other
+        workers before it fails (None: for ever). It must exceed the longest gap between two
+        collectives of a healthy run (a step, an evaluation, a checkpoint save, the first
+        step's tracing).
     """
     if name not in STRATEGIES:
         raise StrategyError(
@@ -97,7 +108,9 @@ def build_strategy(
     if cpu_devices:
         configure_cpu_devices(cpu_devices)
     if name == "multi_worker_mirrored":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=float(worker_timeout) if worker_timeout else None)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "one_device":
@@ -153,6 +166,15 @@ def check_tf_config() -> dict:
     if task["type"] not in cluster:
         raise StrategyError(f"TF_CONFIG task type {task['type']!r} is not in its cluster.", "tf_config")
     return config
+
+
+def worker_count(strategy: tf.distribute.Strategy) -> int:
+    """How many worker processes take part (1 for every single-process strategy)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return 1
+    return max(1, len(resolver.cluster_spec().as_dict().get("worker", [])) +
+               len(resolver.cluster_spec().as_dict().get("chief", [])))
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

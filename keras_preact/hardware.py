@@ -1,0 +1,36 @@
+"""What the CPU at hand can do: its model name and the instruction-set flags that decide speed.
+
+Benchmarks print this beside every figure (the development machines change between an Intel
+Xeon without bfloat16 instructions and an AMD EPYC Zen 4 with ``avx512_bf16``, and the same
+lever measures differently on each). Imports nothing from the package.
+"""
+
+from __future__ import annotations
+
+import platform
+
+# Flags that decide whether half precision and int8 can pay on a CPU.
+SPEED_FLAGS = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx512_vnni")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """``{"model": name, "flags": [the SPEED_FLAGS present]}`` (Linux; "unknown" elsewhere)."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open(cpuinfo) as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "flags": [f for f in SPEED_FLAGS if f in flags]}
+
+
+def cpu_has_bf16(description: dict | None = None) -> bool:
+    """Whether the CPU computes bfloat16 in hardware (``avx512_bf16`` or AMX)."""
+    description = description or cpu_description()
+    return any(flag in description["flags"] for flag in BF16_FLAGS)
