@@ -119,7 +119,8 @@ def test_multi_worker_two_local_processes(one_replica, tmp_path):
     assert os.listdir(os.path.join(tmp_path, "run", "checkpoints"))
 
 
-def test_a_killed_worker_stops_the_survivor_and_a_restart_resumes(tmp_path):
+@pytest.mark.parametrize("killed", [1, 0])  # a worker, and the chief (which hosts the coordination service)
+def test_a_killed_worker_stops_the_survivor_and_a_restart_resumes(tmp_path, killed):
     """Issue 14: kill -9 one of two workers mid-run. The survivor stops within the collective
     timeout with a clear error (exit 4, naming the checkpoint to resume from) instead of hanging;
     restarting both workers resumes from the last checkpoint, losing at most one interval."""
@@ -135,16 +136,17 @@ def test_a_killed_worker_stops_the_survivor_and_a_restart_resumes(tmp_path):
             saved = int(latest.rsplit("-", 1)[1]) if latest else 0
             time.sleep(0.05)
         assert saved >= 8, "the cluster never reached its second checkpoint"
-        os.kill(processes[1].pid, signal.SIGKILL)
+        os.kill(processes[killed].pid, signal.SIGKILL)
         killed_at = time.monotonic()
         codes = training_worker.finish(processes, timeout=90)
         stopped_after = time.monotonic() - killed_at
     finally:
         training_worker.finish(processes, timeout=1)
-    assert codes[1] == -signal.SIGKILL
-    assert codes[0] == 4, open(tmp_path / "first" / "worker0" / "log.txt").read()[-3000:]
+    survivor = 1 - killed
+    assert codes[killed] == -signal.SIGKILL
+    assert codes[survivor] == 4, open(tmp_path / "first" / f"worker{survivor}" / "log.txt").read()[-3000:]
     assert stopped_after < 60, stopped_after
-    with open(tmp_path / "first" / "worker0" / "lost.json") as handle:
+    with open(tmp_path / "first" / f"worker{survivor}" / "lost.json") as handle:
         lost = json.load(handle)
     assert lost["message"].startswith(f"Lost contact with another worker after step {lost['step']} ")
     assert "restart every worker with the same command to resume from" in lost["message"]
