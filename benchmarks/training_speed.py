@@ -18,6 +18,11 @@ Any variant takes suffixes (also through ``--also``, which adds them to every va
     +fp16   dtype_policy="mixed_float16", with dynamic loss scaling (LossScaleOptimizer)
     +jit    the step compiled with XLA (tf.function(jit_compile=True))
 
+``--profile`` also runs 3 steps of every case under TensorFlow's profiler (after the timed
+steps, so the timing is unaffected) and prints where the op time goes: the share of convolution,
+BatchNorm (fused kernels and Keras' unfused ops alike), ReLU, shortcut and other ops, and the
+top op types (``benchmarks/op_profile.py``).
+
 Ratios are against the plain float32 build measured in the same run. ``--repeats=N`` runs every
 case N times with the variants interleaved (ABCABC...) and reports the median; quote numbers
 only from an otherwise idle machine. The CPU model and its bf16/AMX flags are printed first.
@@ -27,6 +32,7 @@ Usage:
     python benchmarks/training_speed.py --cases=resnet110    # one model
     python benchmarks/training_speed.py --cases=resnet20,resnet110,resnet164 --also=bf16 --repeats=3
     python benchmarks/training_speed.py --quick              # tiny smoke run
+    python benchmarks/training_speed.py --cases=resnet164 --variants=plain,fused,plain+bf16,fused+bf16 --profile
 
 Writes benchmarks/results/training_speed.json.
 """
@@ -52,6 +58,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import op_profile  # noqa: E402
 
 from keras_preact.hardware import cpu_description  # noqa: E402
 from keras_preact.export import fold_batch_norm  # noqa: E402
@@ -134,8 +143,10 @@ def worker(spec: dict) -> dict:
         float(step(x, y))
         times.append(time.perf_counter() - t)
     median = statistics.median(times)
+    profile = op_profile.profile_steps(lambda: float(step(x, y)), model) if spec.get("profile") else None
     return {
         **spec,
+        **({"profile": profile} if profile else {}),
         "params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
         "first_step_s": round(first, 2),
         "step_s_median": round(median, 4),
@@ -165,6 +176,25 @@ def _median_run(results: list) -> dict:
     return r
 
 
+def print_profiles(rows) -> None:
+    """Op time by category (% of summed op time) for every profiled row, then its top op types."""
+    categories = op_profile.CATEGORIES
+    header = f"{'model':<11}{'mode':<6}{'variant':<24}" + "".join(f"{c[:10]:>11}" for c in categories)
+    print("\nop time by category (% of summed op time; ops run in parallel, so not wall time)")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        if "profile" not in r:
+            continue
+        shares = r["profile"]["category_share"]
+        print(f"{r['model']:<11}{r['mode']:<6}{r['variant']:<24}"
+              + "".join(f"{shares[c]:>11.1f}" for c in categories))
+    for r in rows:
+        if "profile" in r:
+            top = ", ".join(f"{t} {share:.1f}%" for t, share in r["profile"]["top_op_types"])
+            print(f"  {r['model']} {r['mode']} {r['variant']}: {top}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="", help="comma-separated model names to keep")
@@ -174,6 +204,12 @@ def main(argv=None):
                              "and report the median images/s: the machines are noisy")
     parser.add_argument("--also", default="",
                         help="suffixes added to every variant of every case, e.g. bf16,jit,bf16+jit")
+    parser.add_argument("--batches", default="", help="comma-separated batch sizes to keep (e.g. 64)")
+    parser.add_argument("--modes", default="", help="train, infer or both (default)")
+    parser.add_argument("--variants", default="",
+                        help="comma-separated variants replacing each case's own (e.g. plain,fused+bf16)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile 3 more steps of every case: op time by category and op type")
     parser.add_argument("--output", default=os.path.join(HERE, "results", "training_speed.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -188,6 +224,17 @@ def main(argv=None):
         except ModelNameError as error:
             parser.error(f"argument --cases: {error}")
         cases = [c for c in cases if c[0] in keep]
+    try:
+        batches = {int(b) for b in args.batches.split(",") if b.strip()}
+    except ValueError:
+        parser.error(f"argument --batches: give integers, got {args.batches!r}")
+    modes = {m.strip() for m in args.modes.split(",") if m.strip()}
+    if modes - {"train", "infer"}:
+        parser.error(f"argument --modes: train and/or infer, got {args.modes!r}")
+    cases = [c for c in cases if (not batches or c[2] in batches) and (not modes or c[1] in modes)]
+    chosen = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    if chosen:
+        cases = [(m, mode, b, chosen, n) for m, mode, b, _, n in cases]
     extra = [s.strip() for s in args.also.split(",") if s.strip()]
     if extra:
         cases = [(m, mode, b, tuple(variants) + tuple(f"{v}+{s}" for s in extra for v in variants), n)
@@ -197,7 +244,7 @@ def main(argv=None):
             try:
                 split_variant(variant)
             except ValueError as error:
-                parser.error(f"argument --also: {error}")
+                parser.error(f"argument {'--variants' if chosen else '--also'}: {error}")
     cpu = cpu_description()
     print(f"CPU: {cpu['model']}; {os.cpu_count()} logical CPUs; flags: "
           f"{', '.join(cpu['flags']) or 'no avx512/bf16/amx'}; TensorFlow {tf.__version__}")
@@ -211,8 +258,8 @@ def main(argv=None):
         runs = {v: [] for v in variants}
         for _ in range(max(1, args.repeats)):
             for variant in variants:
-                runs[variant].append(run_case(
-                    dict(model=model, mode=mode, batch=batch, variant=variant, steps=steps)))
+                runs[variant].append(run_case(dict(model=model, mode=mode, batch=batch, variant=variant,
+                                                   steps=steps, profile=args.profile)))
         for variant in variants:
             r = _median_run(runs[variant])
             if "error" in r:
@@ -232,6 +279,8 @@ def main(argv=None):
             print(f"{model:<11}{mode:<6}{batch:>6} {variant:<28}{r['params']:>11,}"
                   f"{r['first_step_s']:>13.1f}{r['images_per_s']:>9.1f}{ratio:>8}"
                   f"{r['peak_rss_gb']:>9.2f}", flush=True)
+    if args.profile:
+        print_profiles(rows)
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump({

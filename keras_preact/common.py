@@ -40,6 +40,13 @@ SHORTCUTS = (
     "dropout",
 )
 GATED_SHORTCUTS = ("exclusive_gating", "shortcut_only_gating")
+# The options of the shortcuts (Table 1's rows differ in them) and the shortcuts that use each.
+SHORTCUT_OPTIONS = {
+    "shortcut_scale": ("constant_scaling",),  # lambda on the shortcut (Table 1: 0.5)
+    "scale_residual": ("constant_scaling",),  # also scale F by 1 - lambda (Table 1's 0.5 / 0.5 row)
+    "gate_bias_init": GATED_SHORTCUTS,  # b_g of g(x) = sigmoid(W_g x + b_g) (Table 1: 0, -6)
+    "dropout_rate": ("dropout",),  # rate of the dropout shortcut (Table 1: 0.5)
+}
 DOWNSAMPLES = ("projection", "zero_pad")
 STRIDE_AT = ("first", "3x3")
 PREACTIVATIONS = ("branch", "shared", "none")

@@ -30,6 +30,60 @@ def test_parse_variant(spec, order, shortcut):
     assert ablation.parse_variant(spec) == ablation.Variant(order, shortcut)
 
 
+@pytest.mark.parametrize(
+    "spec,options,name,flags_",
+    [  # Table 1's rows that differ only in a shortcut option
+        ("original/constant_scaling:scale_residual", (("scale_residual", "true"),),
+         "original/constant_scaling:scale_residual=true", ["--scale_residual=true"]),
+        ("shortcut_only_gating:gate_bias_init=0", (("gate_bias_init", "0"),),
+         "original/shortcut_only_gating:gate_bias_init=0", ["--gate_bias_init=0"]),
+        ("exclusive_gating: gate_bias_init = -6.0", (("gate_bias_init", "-6"),),
+         "original/exclusive_gating:gate_bias_init=-6", ["--gate_bias_init=-6"]),
+        ("constant_scaling:shortcut_scale=0.25:scale_residual=false",
+         (("scale_residual", "false"), ("shortcut_scale", "0.25")),
+         "original/constant_scaling:scale_residual=false:shortcut_scale=0.25",
+         ["--scale_residual=false", "--shortcut_scale=0.25"]),
+    ],
+)
+def test_parse_variant_with_shortcut_options(spec, options, name, flags_):
+    variant = ablation.parse_variant(spec)
+    assert variant.options == options and variant.name == name
+    assert variant.trainer_flags()[2:] == flags_
+    assert "/" not in variant.slug and ":" not in variant.slug  # one folder per variant
+    assert ablation.parse_variant(name) == variant  # the printed name parses back
+
+
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("identity:gate_bias_init=0", "not by 'identity'"),
+        ("dropout:gate=1", "Unknown shortcut option 'gate'"),
+        ("dropout:dropout_rate=often", "needs a number"),
+        ("constant_scaling:scale_residual=maybe", "true or false"),
+        ("dropout:dropout_rate=0.5:dropout_rate=0.2", "given twice"),
+    ],
+)
+def test_bad_shortcut_options_are_named(spec, match):
+    with pytest.raises(ValueError, match=match):
+        ablation.parse_variant(spec)
+
+
+def test_variants_differing_in_an_option_are_distinct_rows():
+    variants = ablation.parse_variants(["shortcut_only_gating:gate_bias_init=0",
+                                        "shortcut_only_gating:gate_bias_init=-6"])
+    assert len({v.slug for v in variants}) == 2
+    with pytest.raises(ValueError, match="listed twice"):
+        ablation.parse_variants(["dropout:dropout_rate=0.5", "dropout:dropout_rate=.5"])
+
+
+def test_final_training_loss_is_the_mean_of_the_last_tenth():
+    result = _result("original", 0, 0.1)
+    result.curves["train_loss"] = [(e / 10, 3.0 - e / 10) for e in range(21)]  # epochs 0 .. 2
+    assert result.final_train_loss == pytest.approx((1.2 + 1.1 + 1.0) / 3)  # epochs >= 1.8
+    result.status = "diverged"
+    assert result.final_train_loss is None  # not a result, as its error is not
+
+
 def test_shortcut_only_variants_use_the_base_order():
     assert ablation.parse_variant("dropout", base_order="full_preact").order == "full_preact"
 
@@ -73,7 +127,7 @@ def test_summary_statistics_and_failed_runs():
     preact = rows["full_preact/identity"]
     assert preact["finished"] == 0 and math.isnan(preact["median_error"])
     table = ablation.markdown_table(ablation.summarize(results))
-    assert "| original/identity | 3/3 | 11.00 | 11.67 +- 2.08 | 10.00, 14.00, 11.00 | 100 |" in table
+    assert "| original/identity | 3/3 | 11.00 | 11.67 +- 2.08 | 10.00, 14.00, 11.00 | n/a | 100 |" in table
     assert "| full_preact/identity | 0/1 (seed 0: failed (exit 1)) | n/a | fail |" in table
 
 
@@ -116,6 +170,19 @@ def test_ablation_end_to_end_then_resume(tmp_path):
     assert changed.returncode != 0
     assert "other settings (epochs: 2.0 -> 3.0)" in changed.stderr
 
+    # A second study made with the same settings links the finished runs instead of training.
+    second = tmp_path / "second"
+    reused = _ablation(*flags[:2], "--variants=original", *flags[3:-1], f"--out={second}",
+                       f"--reuse_from={out}")
+    assert reused.returncode == 0, reused.stderr[-2000:]
+    assert reused.stdout.count(", linked") == 2 and "step " not in reused.stdout
+    with open(second / "results.csv") as handle:
+        (row,) = csv.DictReader(handle)
+    assert row["errors"] == rows["original/identity"]["errors"]
+    assert float(row["median_train_loss"]) > 0
+    other = _ablation(*flags[:-3], "--epochs=3", f"--out={tmp_path / 'third'}", f"--reuse_from={out}")
+    assert other.returncode != 0 and "--reuse_from" in other.stderr  # other settings: not reusable
+
 
 def test_bad_variant_fails_fast(tmp_path):
     done = _ablation("--variants=original,preact", f"--out={tmp_path}", timeout=120)
@@ -127,23 +194,26 @@ def test_bad_variant_fails_fast(tmp_path):
 def test_dry_run_commands_are_valid_trainer_settings(tmp_path):
     """Every command the runner would launch parses into the run it names (in-process)."""
     data = make_image_folder(tmp_path / "data", {"train": 2, "test": 1})
-    done = _ablation("--dry_run", "--variants=original/conv1x1,full_preact", "--seeds=3",
+    done = _ablation("--dry_run", "--variants=original/conv1x1,full_preact,shortcut_only_gating:gate_bias_init=0",
+                     "--seeds=3",
                      "--model=resnet8", f"--data_dir={data}", "--batch_size=16", f"--out={tmp_path / 'out'}",
                      "--", "--weight_decay=5e-4", timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     commands = [line.split() for line in done.stdout.splitlines() if line.strip()]
-    assert len(commands) == 2 and not os.path.exists(tmp_path / "out")
-    expected = [("original", "conv1x1"), ("full_preact", "identity")]
-    for command, (order, shortcut) in zip(commands, expected):
+    assert len(commands) == 3 and not os.path.exists(tmp_path / "out")
+    expected = [("original", "conv1x1", {}), ("full_preact", "identity", {}),
+                ("original", "shortcut_only_gating", {"gate_bias_init": 0.0})]
+    for command, (order, shortcut, options) in zip(commands, expected):
         assert command[1] == os.path.join(ROOT, "trainers", "cifar.py")
         flag_values = flags.FlagValues()
         train_cli.define_flags("cifar", flag_values)
         flag_values(["cifar.py", *command[2:]])
         settings = train_cli.settings_from_flags("cifar", flag_values)
         architecture = {k: v for k, v in settings.model_kwargs.items() if k != "dtype_policy"}  # auto: per CPU
-        assert architecture == {"order": order, "shortcut": shortcut}
+        assert architecture == {"order": order, "shortcut": shortcut, **options}
         assert (settings.model_name, settings.seed, settings.data_dir) == ("resnet8", 3, data)
-        assert settings.model_dir == str(tmp_path / "out" / "runs" / f"{order}__{shortcut}" / "seed3")
+        slug = f"{order}__{shortcut}" + "".join(f"__{k}_{v:g}" for k, v in options.items())
+        assert settings.model_dir == str(tmp_path / "out" / "runs" / slug / "seed3")
         recipe = settings.recipe
         assert (recipe.epochs, recipe.batch_size, recipe.weight_decay, recipe.lr_boundaries) == (
             3.0, 16, 5e-4, ("0.5", "0.75"))

@@ -183,6 +183,25 @@ def test_stacked_stage_flags_reach_the_model():
     assert settings.model_kwargs["recompute"] is True
 
 
+def test_shortcut_options_reach_the_model():
+    """Table 1's rows that differ only in an option: each flag changes the network built."""
+    settings = check("cifar", "--model=resnet8", "--shortcut=shortcut_only_gating", "--gate_bias_init=0")
+    assert settings.model_kwargs["gate_bias_init"] == 0.0
+    kwargs = {k: v for k, v in settings.model_kwargs.items() if k != "dtype_policy"}
+    model = registry.get_model(settings.model_name, **kwargs)
+    gate_biases = [v for v in model.weights if "gate" in v.path and v.path.endswith("bias")]
+    assert gate_biases and all(np.all(v.numpy() == 0.0) for v in gate_biases)
+    default = registry.get_model("resnet8", shortcut="shortcut_only_gating")
+    assert all(np.all(v.numpy() == -6.0) for v in default.weights
+               if "gate" in v.path and v.path.endswith("bias"))
+
+    settings = check("cifar", "--shortcut=constant_scaling", "--scale_residual", "--shortcut_scale=0.25")
+    assert (settings.model_kwargs["scale_residual"], settings.model_kwargs["shortcut_scale"]) == (True, 0.25)
+    settings = check("cifar", "--shortcut=dropout", "--dropout_rate=0.2")
+    assert settings.model_kwargs["dropout_rate"] == 0.2
+    assert "dropout_rate" not in check("cifar", "--shortcut=dropout").model_kwargs  # the unit's default
+
+
 BAD_FLAGS = {
     "unknown_model": (("cifar", "--model=vgg16"), "model", "Unknown model 'vgg16'"),
     "bad_depth": (("cifar", "--model=resnet21"), "model", "Impossible depth 21"),
@@ -325,10 +344,11 @@ def test_imagenet_run_evaluates_at_224_and_320(tmp_path):
 
 def test_epochs_on_a_folder_decay_the_rate_at_half_and_three_quarters(cifar_folder, tmp_path):
     """The CIFAR recipe's drops at 32k and 48k of 64k iterations ([1] section 4.2) move to 50 %
-    and 75 % of a 3-epoch run; read back from the logged learning rate."""
+    and 75 % of a 3-epoch run; read back from the logged learning rate. A warm-up (the paper's
+    400 iterations at 0.01 for ResNet-110) keeps its length in iterations, and the banner says so."""
     settings = check(
         "cifar", f"--data_dir={cifar_folder}", "--model=resnet8", "--batch_size=8", "--epochs=3",
-        "--log_every=1", "--checkpoint_every=0", f"--model_dir={tmp_path}",
+        "--log_every=1", "--checkpoint_every=0", f"--model_dir={tmp_path}", "--warmup_steps=2",
     )
     assert settings.recipe.lr_boundaries == ("0.5", "0.75")
     out = io.StringIO()
@@ -336,10 +356,11 @@ def test_epochs_on_a_folder_decay_the_rate_at_half_and_three_quarters(cifar_fold
     rows = [r for r in read_metrics(tmp_path / "metrics.csv") if r["train_loss"]]
     rates = [float(r["learning_rate"]) for r in rows]
     assert len(rates) == 18  # 48 images / 8 = 6 steps per epoch
-    # Row k is logged after step k, trained at iteration k - 1: 9 steps at 0.1, 5 at 0.01, 4 at 0.001.
-    assert rates == pytest.approx([0.1] * 9 + [0.01] * 5 + [0.001] * 4, rel=1e-6)
+    # Row k is logged after step k, trained at iteration k - 1: 2 warm-up steps at 0.01, then
+    # 7 at 0.1, 5 at 0.01, 4 at 0.001.
+    assert rates == pytest.approx([0.01] * 2 + [0.1] * 7 + [0.01] * 5 + [0.001] * 4, rel=1e-6)
     assert "step /10 at [9, 14] (the cifar recipe's 32000, 48000 of 64000 steps, moved to the same " \
-           "fractions 0.5, 0.75 of this run)" in out.getvalue()
+           "fractions 0.5, 0.75 of this run), after a warm-up of 2 steps at 0.01" in out.getvalue()
 
 
 @pytest.mark.parametrize("flag, value, message", [

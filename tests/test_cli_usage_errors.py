@@ -118,6 +118,12 @@ CASES = [
     ("cifar", ["--export", "--export_dir=/dev/null/e"], "--export_dir"),
     ("cifar", ["--epochs=2", "--train_steps=3"], "--epochs"),
     ("cifar", ["--lr_boundaries=half"], "--lr_boundaries"),
+    ("cifar", ["--gate_bias_init=0"], "--gate_bias_init"),  # the identity shortcut has no gate
+    ("cifar", ["--shortcut=exclusive_gating", "--dropout_rate=0.5"], "--dropout_rate"),
+    ("cifar", ["--shortcut=constant_scaling", "--shortcut_scale=nan"], "--shortcut_scale"),
+    ("cifar", ["--shortcut=constant_scaling", "--shortcut_scale=-1"], "--shortcut_scale"),
+    ("cifar", ["--shortcut=dropout", "--dropout_rate=1"], "--dropout_rate"),
+    ("cifar", ["--shortcut=dropout", "--scale_residual"], "--scale_residual"),
     ("imagenet", ["--eval_sizes=256"], "--eval_sizes"),
     ("imagenet", ["--augment=mixup"], "--augment"),
     ("imagenet", ["--momentum=2"], "--momentum"),
@@ -134,6 +140,9 @@ CASES = [
     ("ablation", ["--out={tmp}/out", "--", "--no_such_flag=1"], "--no_such_flag"),
     ("ablation", ["--out={tmp}/out", "--", "--momentum=abc"], "--momentum"),
     ("ablation", ["--epochs=abc"], "--epochs"),
+    ("ablation", ["--variants=identity:gate_bias_init=0", "--out={tmp}/out"], "--variants"),
+    ("ablation", ["--variants=dropout:dropout_rate=often", "--out={tmp}/out"], "--variants"),
+    ("ablation", ["--reuse_from={tmp}", "--out={tmp}/out"], "--reuse_from"),
     # --- python -m keras_preact.export ---
     ("export", ["--model_file", "{files}/garbage.keras", *EXPORT, "--base_dir", "{tmp}/b"], "--model_file"),
     ("export", ["--model_file", "{tmp}/missing.keras", *EXPORT, "--base_dir", "{tmp}/b"], "--model_file"),
@@ -154,6 +163,7 @@ CASES = [
                 "--labels_file", "{tmp}/nolabels.txt", "--base_dir", "{tmp}/b"], "--labels_file"),
     ("export", ["--checkpoint", "{tmp}", "--model", "resnet8", *EXPORT, "--base_dir", "/dev/null/b"], "--base_dir"),
     ("export", ["--model_file", "x.keras", "--checkpoint", "{tmp}", *EXPORT], "--checkpoint"),
+    ("export", ["--model_file", "{files}/garbage.keras", *EXPORT, "--tta", "mirror"], "--tta"),
     # --- python -m keras_preact.diagnostics ---
     ("diagnostics", ["--model=vgg16", "--out={tmp}/p.png"], "vgg16"),
     ("diagnostics", ["--batch_size=0", "--out={tmp}/p.png"], "--batch_size"),

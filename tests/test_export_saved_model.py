@@ -310,3 +310,18 @@ def test_imagenet_recipe_export_resizes_and_crops_any_image(tmp_path):
     reference = model(image, training=False).numpy()
     assert np.abs(out["logits"].numpy() - reference).max() <= 1e-4 * np.abs(reference).max()
     assert out["class_names"].shape == (1, 5)
+
+
+def test_stacked_stage_model_exports_as_units(tmp_path):
+    """A network trained with stacked stages (``--stacked_stages``) exports: the SavedModel holds
+    the same network expanded into residual units, with the same outputs."""
+    model = keras_preact.get_model("resnet14", stacked_stages=True)  # 2 units a stage: 1 stacked
+    assert any(isinstance(layer, keras_preact.StackedStage) for layer in model.layers)
+    path = export_model(model, str(tmp_path), name="stacked", recipe="cifar", class_names=CLASSES,
+                        tflite_variants=("float32",), verbose=False)
+    with open(os.path.join(path, "assets.extra", "parity.json")) as f:
+        assert json.load(f)["float32_parity_passed"]
+    images = RNG.rand(4, 32, 32, 3).astype("float32")
+    served = tf.saved_model.load(path).signatures["predict_images"](images=tf.constant(images))
+    reference = model(images, training=False).numpy()
+    assert np.abs(served["logits"].numpy() - reference).max() <= 1e-4 * np.abs(reference).max()

@@ -61,6 +61,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     define(flags.DEFINE_integer, "batch_size", None, "Batch size (default: the recipe's, 128).")
     define(flags.DEFINE_list, "lr_boundaries", ["0.5", "0.75"], "Step-decay boundaries (fractions of the run).")
     define(flags.DEFINE_string, "out", os.path.join("runs", "ablation"), "Output folder.")
+    define(flags.DEFINE_list, "reuse_from", [],
+           "Other ablation folders made with the same settings: a run finished there (e.g. Table 1's "
+           "original/identity, which Table 2 repeats) is linked here instead of trained again.")
     define(flags.DEFINE_bool, "dry_run", False, "Print the trainer commands and exit.")
 
 
@@ -82,6 +85,7 @@ class Options:
     out: str
     dry_run: bool
     trainer_flags: tuple  # after "--": passed to every trainer run
+    reuse_from: tuple = ()  # other ablation folders whose finished runs are linked, not retrained
 
     def shared(self) -> dict:
         """The settings every run shares; an output folder is tied to them (``check_out_dir``)."""
@@ -125,6 +129,9 @@ def options_from_flags(flag_values, argv) -> Options:
     if F.data_dir and F.dataset:
         raise FlagError("dataset", "give --data_dir or --dataset, not both.")
     train_cli.check_writable_dir("out", F.out)
+    for folder in F.reuse_from:
+        if not os.path.isfile(os.path.join(folder, "ablation.json")):
+            raise FlagError("reuse_from", f"{folder!r} is not an ablation folder (no ablation.json).")
     return Options(
         variants=tuple(variants),
         seeds=tuple(seeds),
@@ -137,10 +144,11 @@ def options_from_flags(flag_values, argv) -> Options:
         out=F.out,
         dry_run=F.dry_run,
         trainer_flags=tuple(extra_flags),
+        reuse_from=tuple(os.path.abspath(f) for f in F.reuse_from),
     )
 
 
-def check_out_dir(out_dir: str, shared: dict) -> None:
+def check_out_dir(out_dir: str, shared: dict, flag: str = "out") -> None:
     """Refuse to mix runs made with different shared settings in one table."""
     path = os.path.join(out_dir, "ablation.json")
     if os.path.exists(path):
@@ -149,10 +157,23 @@ def check_out_dir(out_dir: str, shared: dict) -> None:
         changed = {k: (previous.get(k), v) for k, v in shared.items() if previous.get(k) != v}
         if changed:
             detail = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            raise FlagError(
-                "out", f"{out_dir} holds runs made with other settings ({detail}). "
-                "Use a new --out, or the original settings to resume."
-            )
+            advice = ("Use a new --out, or the original settings to resume." if flag == "out"
+                      else "Only runs made with the same settings can be reused.")
+            raise FlagError(flag, f"{out_dir} holds runs made with other settings ({detail}). {advice}")
+
+
+def reuse_finished_run(options: Options, variant, seed) -> str | None:
+    """Link the run of ``(variant, seed)`` finished in a ``--reuse_from`` folder; its path, or None."""
+    path = ablation.run_dir(options.out, variant, seed)
+    if os.path.lexists(path):  # started here: resume it, never replace it
+        return None
+    for folder in options.reuse_from:
+        source = ablation.run_dir(folder, variant, seed)
+        if ablation.is_finished(source):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.symlink(os.path.relpath(source, os.path.dirname(path)), path)
+            return source
+    return None
 
 
 def validate(options: Options) -> None:
@@ -213,6 +234,8 @@ def run_ablation(options: Options) -> int:
         return 0
     validate(options)
     check_out_dir(options.out, shared)
+    for folder in options.reuse_from:
+        check_out_dir(folder, shared, flag="reuse_from")
     os.makedirs(options.out, exist_ok=True)
     with open(os.path.join(options.out, "ablation.json"), "w") as handle:
         json.dump({"settings": shared, "variants": [v.name for v in options.variants],
@@ -224,6 +247,10 @@ def run_ablation(options: Options) -> int:
     for index, (variant, seed) in enumerate(jobs, start=1):
         path = ablation.run_dir(options.out, variant, seed)
         header = f"[{index}/{len(jobs)}] {variant.name} seed {seed}"
+        reused = reuse_finished_run(options, variant, seed)
+        if reused:
+            print(f"{header}: finished in {reused}, linked", flush=True)
+            continue
         if ablation.is_finished(path):
             print(f"{header}: finished earlier, skipped ({path})", flush=True)
             continue

@@ -44,7 +44,7 @@ from absl import logging as absl_logging
 from keras_preact import data as data_lib
 from keras_preact import export as export_lib
 from keras_preact import hardware, registry
-from keras_preact.common import DTYPE_POLICIES, FAMILIES, KINDS, ORDERS, SHORTCUTS
+from keras_preact.common import DTYPE_POLICIES, FAMILIES, KINDS, ORDERS, SHORTCUT_OPTIONS, SHORTCUTS
 from keras_preact.config import ResNetConfig, resolve_order
 from keras_preact.padding import PADDINGS
 from keras_preact.training import recipes as recipes_lib
@@ -140,6 +140,14 @@ def define_flags(family: str, flag_values: flags.FlagValues = FLAGS) -> None:
     _define(flag_values, flags.DEFINE_bool, "preact", None, "Pre-activation (full_preact) or original units.")
     _define(flag_values, flags.DEFINE_enum, "order", None, list(ORDERS), "Unit order (paper Fig. 4).")
     _define(flag_values, flags.DEFINE_enum, "shortcut", "identity", list(SHORTCUTS), "Shortcut (paper Fig. 2).")
+    _define(flag_values, flags.DEFINE_float, "shortcut_scale", None,
+            "--shortcut=constant_scaling: lambda on the shortcut (default 0.5, paper Table 1).")
+    _define(flag_values, flags.DEFINE_bool, "scale_residual", None,
+            "--shortcut=constant_scaling: also scale F by 1 - lambda (Table 1's 0.5 / 0.5 row).")
+    _define(flag_values, flags.DEFINE_float, "gate_bias_init", None,
+            "Gating shortcuts: initial gate bias b_g (default -6; Table 1 also tries 0).")
+    _define(flag_values, flags.DEFINE_float, "dropout_rate", None,
+            "--shortcut=dropout: drop rate of the shortcut (default 0.5, Table 1).")
     _define(flag_values, flags.DEFINE_enum, "unit", None, list(KINDS), "Unit kind (CIFAR models).")
     _define(flag_values, flags.DEFINE_bool, "stacked_stages", False,
             "Run each stage's repeated units as one loop over stacked weights (very deep nets).")
@@ -297,14 +305,21 @@ def resolve_dtype_policy(policy: str, strategy_name: str) -> str:
 
 def model_settings(name: str, *, unit=None, preact=None, order=None, shortcut="identity",
                    stacked_stages=False, recompute=False, dtype_policy="float32",
-                   padding="symmetric") -> tuple:
+                   padding="symmetric", shortcut_options=None) -> tuple:
     """``(canonical model name, keyword arguments of registry.get_model)``, checked without building.
 
     The name goes through ``keras_preact.registry`` only; its ``ModelNameError.argument`` says
     whether ``--model`` or ``--unit`` is wrong. The architecture is then checked by
     ``ResNetConfig`` with the flags added one at a time, so the flag whose addition it refuses
-    is the one named.
+    is the one named. ``shortcut_options`` (``SHORTCUT_OPTIONS`` names, e.g. ``gate_bias_init``)
+    are refused for a shortcut that does not use them: they would silently change nothing.
     """
+    shortcut_options = dict(shortcut_options or {})
+    for option, value in shortcut_options.items():
+        users = SHORTCUT_OPTIONS[option]
+        if shortcut not in users:
+            raise FlagError(option, f"only used with --shortcut={' or '.join(users)}; "
+                                    f"got --shortcut={shortcut}.")
     try:
         spec = registry.resolve(name, unit)
     except registry.ModelNameError as error:
@@ -320,13 +335,14 @@ def model_settings(name: str, *, unit=None, preact=None, order=None, shortcut="i
         ("recompute", {"recompute": bool(recompute)}),
         ("dtype_policy", {"dtype_policy": dtype_policy}),
         ("padding", {"padding": padding}),
+        *((option, {option: value}) for option, value in shortcut_options.items()),
     ):
         arguments.update(added)
         try:
             ResNetConfig(spec.units_per_stage, **arguments)
         except ValueError as error:
             raise FlagError(flag, str(error)) from None
-    kwargs = {"shortcut": shortcut, "order": order}
+    kwargs = {"shortcut": shortcut, "order": order, **shortcut_options}
     if unit is not None:
         kwargs["unit"] = unit
     if stacked_stages:
@@ -373,6 +389,9 @@ NUMBER_RANGES = {
     "weight_average": (0, 1, True, False),
     "worker_timeout": (0, None, False, True),
     "divergence_window": (1, None, True, True),
+    "shortcut_scale": (0, None, True, True),
+    "gate_bias_init": (None, None, True, True),
+    "dropout_rate": (0, 1, True, False),
 }
 
 
@@ -439,6 +458,8 @@ def settings_from_flags(family: str, flag_values: flags.FlagValues = FLAGS, argv
         stacked_stages=F.stacked_stages, recompute=F.recompute,
         dtype_policy=resolve_dtype_policy(F.dtype_policy, F.strategy),
         padding=F.padding,
+        shortcut_options={option: getattr(F, option) for option in SHORTCUT_OPTIONS
+                          if getattr(F, option) is not None},
     )
     model_kwargs = init_weights_options(model_name, F.init_weights, model_kwargs)
     dataset, data_dir = F.dataset, None
@@ -683,6 +704,7 @@ def run(settings: Settings, stream=None) -> dict:
         f"lr {trainer.base_lr:g} {recipe.schedule}"
         + (f" /{1 / recipe.decay_factor:g} at {list(trainer.boundaries)}" if trainer.boundaries else "")
         + moved_boundaries_note(recipe)
+        + (f", after a warm-up of {recipe.warmup_steps} steps at {recipe.warmup_lr:g}" if recipe.warmup_steps else "")
         + f"; run directory {settings.model_dir}"
     )
     started = time.monotonic()

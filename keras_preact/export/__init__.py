@@ -8,7 +8,9 @@ The command line does the same from a ``.keras`` file or a training checkpoint::
 
     python -m keras_preact.export --model_file model.keras --name resnet20 --recipe cifar
 
-See ``docs/serving.md`` for the TF Serving, TFLite (LiteRT) and ONNX usage.
+``export_model(..., tta="flip")`` (``--tta=flip``) makes every artefact average the logits of
+each image and its mirror image (``flip_averaged``). See ``docs/serving.md`` for the TF Serving,
+TFLite (LiteRT) and ONNX usage.
 """
 
 from keras_preact.export.exporter import (
@@ -34,6 +36,7 @@ from keras_preact.export.tflite import (
     convert_model as convert_to_tflite,
     op_counts,
 )
+from keras_preact.export.tta import TTA_CHOICES, HorizontalFlip, flip_averaged
 
 __all__ = [
     "ChannelAffine",
@@ -41,17 +44,20 @@ __all__ = [
     "FLOAT_SIGNATURE",
     "FLOAT_TOLERANCE",
     "FoldReport",
+    "HorizontalFlip",
     "ONNX_FILE",
     "OnnxRunner",
     "SERVING_SIGNATURE",
     "TFLITE_VARIANTS",
     "TFLiteRunner",
+    "TTA_CHOICES",
     "check_builtin_ops",
     "checked_image_bytes",
     "convert_to_onnx",
     "convert_to_tflite",
     "existing_versions",
     "export_model",
+    "flip_averaged",
     "fold_batch_norm",
     "format_report",
     "load_model_file",

@@ -9,7 +9,9 @@
 
 Writes ``<base_dir>/<name>/<version>/`` (see ``keras_preact.export.exporter``) and prints the
 parity report. ``--onnx`` adds ``assets.extra/model.onnx`` (needs ``pip install
-"keras_preact[onnx]"``). Exit status 2 on bad arguments, 1 if the float32 parity check fails.
+"keras_preact[onnx]"``). ``--tta=flip`` makes every artefact average the logits of each image
+and its mirror image (two forward passes per image). Exit status 2 on bad arguments, 1 if the
+float32 parity check fails.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from keras_preact.export.exporter import (
 )
 from keras_preact.export.saved_model import eval_image_size
 from keras_preact.export.tflite import VARIANTS
+from keras_preact.export.tta import TTA_CHOICES
 from keras_preact.common import OneLineArgumentParser, positive_int
 from keras_preact.training.checkpoints import VariableSet, check_finite_checkpoint
 from keras_preact.training.divergence import NonFiniteCheckpointError
@@ -100,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         "logits), checked with ONNX Runtime in the parity report. Needs the [onnx] extra.",
     )
     parser.add_argument("--no_fold", action="store_true", help="Convert the unfolded model to TFLite and ONNX.")
+    parser.add_argument(
+        "--tta",
+        default="none",
+        choices=TTA_CHOICES,
+        help="Test-time augmentation computed by every artefact: none (default) or flip (the mean "
+        "of the logits of the image and of its mirror image; two forward passes per image).",
+    )
     parser.add_argument("--top_k", type=positive_int, default=5, help="Classes returned per image.")
     parser.add_argument("--max_image_pixels", type=positive_int, help="Reject larger images at serving time.")
     parser.add_argument(
@@ -293,6 +303,7 @@ def main(argv=None) -> int:
             tflite_variants=variants,
             onnx=args.onnx,
             fold=not args.no_fold,
+            tta=args.tta,
             eval_limit=args.eval_limit,
             calibration_size=args.calibration_size,
             strict=not args.allow_parity_failure,

@@ -10,6 +10,11 @@ Layout written (``<version>`` is an integer, the next free one by default)::
             tflite/float32.tflite, float16.tflite, int8.tflite
             model.onnx                       with onnx=True (``pip install "keras_preact[onnx]"``)
 
+With ``tta="flip"`` every artefact (both SavedModel signatures, each TFLite file, the ONNX
+model) computes the flip test-time augmentation of ``keras_preact.export.tta``: the mean of the
+logits of the image and of its mirror image, two forward passes per image. The parity report
+then compares each artefact with that flip-averaged Keras model.
+
 The version directory is assembled in a hidden staging directory next to it and renamed into
 place only once everything is written and the float32 parity checks passed, so a TF Serving
 instance polling ``<base_dir>/<name>`` never loads a half-written or unverified version.
@@ -40,7 +45,8 @@ from keras_preact.export import parity as parity_lib
 from keras_preact.data import guard
 from keras_preact.export import tflite as tflite_lib
 from keras_preact.export.fold import fold_batch_norm
-from keras_preact.model import ResNet, float32_model
+from keras_preact.export.tta import apply_tta, check_tta
+from keras_preact.model import ResNet, float32_model, unstack
 from keras_preact.export.saved_model import (
     DEFAULT_TOP_K,
     check_model_for_export,
@@ -180,6 +186,7 @@ def export_model(
     calibration_size: int = DEFAULT_CALIBRATION_SIZE,
     max_image_pixels: int = guard.DEFAULT_MAX_PIXELS,
     max_image_side: int = guard.DEFAULT_MAX_SIDE,
+    tta: str = "none",
     strict: bool = True,
     verbose: bool = True,
 ) -> str:
@@ -208,6 +215,11 @@ def export_model(
         without ``eval_images``: see the module docstring.
       eval_limit, calibration_size: how many default images to use.
       max_image_pixels, max_image_side: the serving signature's decompression-bomb limits.
+      tta: test-time augmentation computed by every artefact: ``"none"`` (default) or
+        ``"flip"`` (mean of the logits of the image and its mirror image,
+        ``keras_preact.export.tta.flip_averaged``; two forward passes per image). BN folding
+        applies to the network inside the wrapper. Recorded as ``export.tta`` in the parity
+        report.
       strict: raise ``ExportParityError`` (and publish nothing) if a float32 artefact differs
         from Keras by more than the tolerance.
       verbose: print progress to stderr.
@@ -215,10 +227,16 @@ def export_model(
     Returns:
       The path of the new version directory.
     """
+    check_tta(tta)  # before anything is loaded or written
     if isinstance(model, (str, os.PathLike)):
         model = load_model_file(os.fspath(model))
-    if isinstance(model, ResNet):  # trained in mixed precision: served in float32 all the same
-        model = float32_model(model)
+    if isinstance(model, ResNet):
+        # Trained in mixed precision: served in float32 all the same. Stacked stages (one
+        # while loop over stacked weights, a training-speed device) cannot be saved as a
+        # SavedModel: they are served as residual units again, same weights and results.
+        model = unstack(float32_model(model))
+    network = model  # the bare network: what BN folding works on
+    model = apply_tta(network, tta)  # what every artefact computes (network itself for "none")
     size, _ = check_model_for_export(model, recipe, class_names)
     class_names = [str(c) for c in class_names]
     tflite_variants = tuple(tflite_variants or ())
@@ -260,8 +278,9 @@ def export_model(
         os.makedirs(os.path.join(extra, TFLITE_DIR), exist_ok=True)
         write_label_map(class_names, extra)
 
-        folded, fold_report = (fold_batch_norm(model, return_report=True) if fold else (None, None))
+        folded, fold_report = (fold_batch_norm(network, return_report=True) if fold else (None, None))
         if fold:
+            folded = apply_tta(folded, tta)  # fold_batch_norm needs the ResNet: fold, then wrap
             steps.done(
                 f"BN folding: {len(fold_report.folded_into_conv)} folded into convs, "
                 f"{len(fold_report.kept_as_affine)} kept as multiply-adds"
@@ -313,6 +332,8 @@ def export_model(
             progress=lambda artefact: steps.note(f"parity: {artefact} compared"),
         )
         report["data"] = data_source
+        if tta != "none":
+            report["reference"] = "keras, flip test-time augmentation"
         report["export"] = {
             "name": name,
             "version": version,
@@ -321,6 +342,7 @@ def export_model(
             "class_names": class_names,
             "top_k": min(int(top_k), len(class_names)),
             "tflite_from": "bn_folded_model" if fold else "keras_model",
+            "tta": tta,
             "calibration_images": 0 if calibration is None else int(len(calibration)),
             "max_image_pixels": int(max_image_pixels),
             "max_image_side": int(max_image_side),

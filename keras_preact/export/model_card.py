@@ -13,7 +13,9 @@ measurements wrote:
   in the package (``tests/test_shipped_model.py`` recomputes the latter and must get the same
   counts);
 * the training command, its length and wall time, from the run directory (``metrics.csv``,
-  ``results.json``) and the hardware this command runs on (trained on the same machine).
+  ``results.json``) and the hardware this command runs on (trained on the same machine);
+* the test-time augmentation the artefacts compute, from the export's own parity report
+  (``assets.extra/parity.json``, ``export.tta``; exports older than the field had none).
 """
 
 from __future__ import annotations
@@ -96,11 +98,25 @@ def measure(model_dir: str, eval_dir: str | None) -> dict:
     if eval_dir:
         measured["eval_dir_test"] = release.evaluate_folder(eval_dir, "test")
     return {"version_dir": os.path.relpath(release.path, model_dir), "recipe": release.recipe,
-            "class_names": release.class_names, "accuracy": measured}
+            "class_names": release.class_names, "tta": release.export_info.get("tta", "none"),
+            "accuracy": measured}
 
 
-def recipe_text(recipe: dict, base_lr) -> str:
-    """The optimiser and schedule of a run, from its recorded recipe."""
+TTA_TEXT = {
+    "none": "Test-time augmentation: none (one forward pass per image).",
+    "flip": "Test-time augmentation: horizontal flip (mean of the logits of the image and its mirror "
+            "image); inference costs two forward passes per image. The accuracies above include it.",
+}
+
+
+def tta_text(tta: str) -> str:
+    """The card's line for the test-time augmentation an export computes."""
+    return TTA_TEXT.get(tta, f"Test-time augmentation: {tta}.")
+
+
+def recipe_text(recipe: dict, base_lr, exported_tta: str = "none") -> str:
+    """The optimiser and schedule of a run, from its recorded recipe (``exported_tta``: the
+    test-time augmentation of the export, to say whether the training evaluations' flip is in it)."""
     if not recipe:
         return "recipe not recorded"
     momentum = f"SGD momentum {recipe['momentum']:g}" + (" (Nesterov)" if recipe.get("nesterov") else "")
@@ -116,7 +132,10 @@ def recipe_text(recipe: dict, base_lr) -> str:
         text += (f", evaluated and exported with a moving average of the weights (decay "
                  f"{recipe['weight_average']:g} per iteration)")
     if recipe.get("eval_flip"):
-        text += ", evaluated during training with flip test-time augmentation (not in the exported signature)"
+        text += ", evaluated during training with flip test-time augmentation " + (
+            "(the exported artefacts compute it too)" if exported_tta == "flip"
+            else "(not in the exported signature)"
+        )
     return text
 
 
@@ -152,7 +171,7 @@ def render(card: dict) -> str:
         "",
         f"- Command: `{t['command']}`",
         f"- {t['steps']} iterations ({t['epochs']:g} epochs) at batch {t['global_batch']}: "
-        f"{recipe_text(t['recipe'], t['base_lr'])}; the trainer's CIFAR augmentation (4-pixel "
+        f"{recipe_text(t['recipe'], t['base_lr'], m.get('tta', 'none'))}; the trainer's CIFAR augmentation (4-pixel "
         "pad, random 32x32 crop, horizontal flip).",
         f"- Wall time from the first logged iteration ({t['first_logged_step']}) to the end: "
         f"{t['wall_time_hours']:.2f} h, at a median {t['median_images_per_sec']:.0f} images/s.",
@@ -170,6 +189,8 @@ def render(card: dict) -> str:
         "| file | size |",
         "|---|---:|",
         sizes,
+        "",
+        tta_text(m.get("tta", "none")),
         "",
         f"Written by `python -m keras_preact.export.model_card` on {card['date']}.",
         "",

@@ -31,30 +31,66 @@ from keras_preact.training.observe import RESULTS_FILE, read_metrics, save_figur
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """One row of an ablation table: a unit order and a shortcut type."""
+    """One row of an ablation table: a unit order, a shortcut type and its options.
+
+    ``options`` are ``(name, value)`` pairs of ``common.SHORTCUT_OPTIONS``, as text, e.g.
+    ``(("gate_bias_init", "0"),)`` for Table 1's shortcut-only gating with b_g = 0.
+    """
 
     order: str
     shortcut: str
+    options: tuple = ()
 
     @property
     def name(self) -> str:
-        return f"{self.order}/{self.shortcut}"
+        return f"{self.order}/{self.shortcut}" + "".join(f":{k}={v}" for k, v in self.options)
 
     @property
     def slug(self) -> str:
         """File-system name of the variant's folder."""
-        return f"{self.order}__{self.shortcut}"
+        return f"{self.order}__{self.shortcut}" + "".join(f"__{k}_{v}" for k, v in self.options)
 
     def trainer_flags(self) -> list:
-        return [f"--order={self.order}", f"--shortcut={self.shortcut}"]
+        return [f"--order={self.order}", f"--shortcut={self.shortcut}",
+                *(f"--{k}={v}" for k, v in self.options)]
+
+
+def _parse_options(shortcut: str, texts) -> tuple:
+    """``["gate_bias_init=0", "scale_residual"]`` -> sorted ``(name, value)`` pairs, checked."""
+    options = {}
+    for text in texts:
+        name, _, value = (part.strip() for part in text.partition("="))
+        value = value or "true"  # a bare name switches a boolean option on
+        common.check_choice("shortcut option", name, tuple(common.SHORTCUT_OPTIONS))
+        users = common.SHORTCUT_OPTIONS[name]
+        if shortcut not in users:
+            raise ValueError(f"Option {name!r} is used by the {' and '.join(users)} shortcut(s), "
+                             f"not by {shortcut!r}.")
+        if name in options:
+            raise ValueError(f"Option {name!r} is given twice.")
+        if name == "scale_residual":
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"scale_residual takes true or false, got {value!r}.")
+            value = value.lower()
+        else:
+            try:
+                number = float(value)
+            except ValueError:
+                raise ValueError(f"Option {name!r} needs a number, got {value!r}.") from None
+            value = f"{number:g}"
+        options[name] = value
+    return tuple(sorted(options.items()))
 
 
 def parse_variant(spec: str, base_order: str = "original") -> Variant:
-    """``"order/shortcut"``, ``"order"`` (identity shortcut) or ``"shortcut"`` (``base_order``).
+    """``"order/shortcut"``, ``"order"`` (identity shortcut) or ``"shortcut"`` (``base_order``),
+    optionally followed by shortcut options: ``"shortcut_only_gating:gate_bias_init=0"``,
+    ``"original/constant_scaling:scale_residual"`` (a bare name sets a boolean option).
 
-    Raises ValueError naming the valid orders and shortcuts.
+    Raises ValueError naming the valid orders, shortcuts and options.
     """
-    text = spec.strip()
+    text, *option_texts = spec.strip().split(":")
+    text = text.strip()
     common.check_choice("base order", base_order, common.ORDERS)
     if "/" in text:
         order, shortcut = (part.strip() for part in text.split("/", 1))
@@ -69,7 +105,7 @@ def parse_variant(spec: str, base_order: str = "original") -> Variant:
         )
     common.check_choice("order", order, common.ORDERS)
     common.check_choice("shortcut", shortcut, common.SHORTCUTS)
-    return Variant(order, shortcut)
+    return Variant(order, shortcut, _parse_options(shortcut, option_texts))
 
 
 def parse_variants(specs, base_order: str = "original") -> list:
@@ -104,6 +140,20 @@ class RunResult:
     steps: int | None = None
     parameters: int | None = None
     curves: dict = dataclasses.field(default_factory=dict)  # train_loss / test_error vs epoch
+
+    @property
+    def final_train_loss(self) -> float | None:
+        """Mean training loss over the last tenth of the run's logged points.
+
+        The paper's Fig. 6 compares training loss as well as test error; one logged batch
+        loss is noisy, so the last tenth of the run is averaged (at least one point).
+        """
+        points = self.curves.get("train_loss") or []
+        if self.status != "finished" or not points:
+            return None
+        last = points[-1][0]
+        tail = [loss for epoch, loss in points if epoch >= 0.9 * last]
+        return statistics.fmean(tail)
 
 
 def read_run(path: str, variant: Variant, seed: int, status: str | None = None,
@@ -140,6 +190,7 @@ def summarize(results) -> list:
     rows = []
     for variant, runs in by_variant.items():
         errors = [100 * r.test_error for r in runs if r.status == "finished" and r.test_error is not None]
+        losses = [r.final_train_loss for r in runs if r.final_train_loss is not None]
         rows.append({
             "variant": variant.name,
             "order": variant.order,
@@ -151,13 +202,14 @@ def summarize(results) -> list:
             "mean_error": statistics.fmean(errors) if errors else math.nan,
             "std_error": statistics.stdev(errors) if len(errors) > 1 else math.nan,
             "errors": [round(e, 4) for e in errors],
+            "median_train_loss": statistics.median(losses) if losses else math.nan,
             "parameters": next((r.parameters for r in runs if r.parameters), None),
         })
     return rows
 
 
 CSV_FIELDS = ("variant", "order", "shortcut", "runs", "finished", "median_error", "mean_error",
-              "std_error", "errors", "parameters", "not_finished")
+              "std_error", "errors", "median_train_loss", "parameters", "not_finished")
 
 
 def _cell(value, digits=2):
@@ -169,8 +221,9 @@ def _cell(value, digits=2):
 def markdown_table(rows, title: str = "") -> str:
     lines = [f"**{title}**", ""] if title else []
     lines += [
-        "| variant | runs | median test error (%) | mean +- std (%) | per-run errors (%) | parameters |",
-        "|---|---:|---:|---:|---|---:|",
+        "| variant | runs | median test error (%) | mean +- std (%) | per-run errors (%) "
+        "| final training loss (median) | parameters |",
+        "|---|---:|---:|---:|---|---:|---:|",
     ]
     for row in rows:
         runs = f"{row['finished']}/{row['runs']}"
@@ -180,7 +233,7 @@ def markdown_table(rows, title: str = "") -> str:
                   if row["finished"] else "fail")
         lines.append(
             f"| {row['variant']} | {runs} | {_cell(row['median_error'])} | {spread} | "
-            f"{', '.join(f'{e:.2f}' for e in row['errors'])} | "
+            f"{', '.join(f'{e:.2f}' for e in row['errors'])} | {_cell(row['median_train_loss'], 3)} | "
             f"{'' if row['parameters'] is None else format(row['parameters'], ',')} |"
         )
     return "\n".join(lines) + "\n"
@@ -220,10 +273,12 @@ def plot_ablation(results, png_path: str, title: str = "") -> str:
     from matplotlib import pyplot as plt
 
     figure, (loss_axis, error_axis) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     by_variant = {}
     for result in results:
         by_variant.setdefault(result.variant, []).append(result)
+    # Tables 1 and 2 have up to 9 rows: past the default cycle's 10 colours, take 20 distinct ones.
+    colors = (plt.rcParams["axes.prop_cycle"].by_key()["color"] if len(by_variant) <= 10
+              else [plt.get_cmap("tab20")(i) for i in range(20)])
     for i, (variant, runs) in enumerate(by_variant.items()):
         color = colors[i % len(colors)]
         for key, axis, style, scale in (("train_loss", loss_axis, "--", 1.0),

@@ -1,0 +1,234 @@
+"""Flip test-time augmentation in the export (``keras_preact.export.tta``, ``export_model(tta=...)``,
+``--tta``): the wrapper's function, its ``.keras`` round trip, and every artefact computing it."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_preact
+from keras_preact.data import decode_image, preprocess_for_eval
+from keras_preact.export import (
+    HorizontalFlip,
+    OnnxRunner,
+    TFLiteRunner,
+    TTA_CHOICES,
+    export_model,
+    flip_averaged,
+)
+from keras_preact.export import __main__ as export_main
+from keras_preact.export import model_card
+from keras_preact.export.exporter import synthetic_images
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+X = np.random.RandomState(0).normal(size=(6, 32, 32, 3)).astype(np.float32)
+# Lossless test images: the bytes signature and Python's preprocessing see the same pixels.
+ENCODED = synthetic_images(32, 12, seed=4)
+
+
+def relative_error(logits, reference) -> float:
+    return float(np.abs(np.asarray(logits) - reference).max() / np.abs(reference).max())
+
+
+def softmax(logits):
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)  # module scope: built before the per-test seed is set
+    net = keras_preact.build_resnet((1, 1, 1), widths=(8, 16, 16), name="tiny")
+    # Trained-like weights and BN statistics (a fresh net is nearly constant over its inputs),
+    # so the mirror image gives clearly other logits and folding sees non-trivial statistics.
+    rng = np.random.RandomState(3)
+    for variable in net.variables:
+        value = variable.numpy()
+        if variable.path.endswith(("/gamma", "/moving_variance")):
+            variable.assign(rng.uniform(0.5, 1.5, value.shape).astype(np.float32))
+        elif variable.path.endswith(("/beta", "/moving_mean")):
+            variable.assign(rng.normal(0, 0.2, value.shape).astype(np.float32))
+        else:
+            variable.assign(value + rng.normal(0, 0.1, value.shape).astype(np.float32))
+    return net
+
+
+@pytest.fixture(scope="module")
+def exports(model, tmp_path_factory):
+    """The same network exported with tta="flip" (every TFLite variant, ONNX) and "none"."""
+    base = str(tmp_path_factory.mktemp("saved_models"))
+    common = dict(recipe="cifar", class_names=CLASSES, eval_images=ENCODED, calibration_images=ENCODED,
+                  verbose=False)
+    flip = export_model(model, base, name="flip", tta="flip", onnx=True, **common)
+    plain = export_model(model, base, name="plain", tflite_variants=(), **common)
+    return flip, plain
+
+
+def report_of(path):
+    with open(os.path.join(path, "assets.extra", "parity.json")) as f:
+        return json.load(f)
+
+
+def test_wrapper_is_the_mean_over_the_image_and_its_mirror(model):
+    wrapped = flip_averaged(model)
+    assert wrapped.name == "tiny_flip_tta" and "tiny" in [layer.name for layer in wrapped.layers]
+    assert wrapped.inputs[0].shape == model.inputs[0].shape
+    assert wrapped.outputs[0].shape == model.outputs[0].shape
+    assert len(wrapped.weights) == len(model.weights)  # shared, not copied
+    logits = wrapped(X, training=False).numpy()
+    plain = model(X, training=False).numpy()
+    mirrored = model(X[:, :, ::-1], training=False).numpy()
+    np.testing.assert_allclose(logits, (plain + mirrored) / 2, rtol=0, atol=1e-6 * np.abs(plain).max())
+    # Non-symmetric images: the mirror image gives other logits, so the wrapper changes them.
+    assert relative_error(logits, plain) > 0.01
+    # A left-right symmetric image is its own mirror image: nothing changes.
+    symmetric = np.concatenate([X[:, :, :16], X[:, :, :16][:, :, ::-1]], axis=2)
+    np.testing.assert_allclose(wrapped(symmetric).numpy(), model(symmetric).numpy(), rtol=0, atol=1e-5)
+
+
+def test_horizontal_flip_reverses_the_width_axis_only():
+    flipped = HorizontalFlip()(X).numpy()
+    np.testing.assert_array_equal(flipped, X[:, :, ::-1, :])
+    with pytest.raises(ValueError, match="HorizontalFlip expects"):
+        HorizontalFlip()(np.zeros((2, 3), np.float32))
+
+
+def test_keras_file_round_trip_in_safe_mode(model, tmp_path):
+    wrapped = flip_averaged(model)
+    path = str(tmp_path / "tiny_flip.keras")
+    wrapped.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
+    assert loaded.name == wrapped.name
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in loaded.layers)
+    np.testing.assert_array_equal(loaded(X, training=False).numpy(), wrapped(X, training=False).numpy())
+
+
+def test_mean_is_taken_in_float32_under_a_mixed_policy():
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D(dtype="mixed_float16")(inputs)
+    half = keras.Model(inputs, keras.layers.Dense(4, dtype="mixed_float16")(x), name="half")
+    assert half(X).dtype == "float16"
+    wrapped = flip_averaged(half)
+    assert wrapped(X).dtype == "float32"
+    mixed = keras_preact.build_resnet((1, 1, 1), widths=(8, 16, 16), dtype_policy="mixed_bfloat16")
+    assert flip_averaged(mixed)(X).dtype == "float32"
+
+
+def test_flip_export_signatures_and_files_compute_the_flip_averaged_logits(model, exports):
+    flip, _ = exports
+    wrapped = flip_averaged(model)
+    images = np.stack([preprocess_for_eval(decode_image(b), "cifar").numpy() for b in ENCODED])
+    reference = wrapped(images, training=False).numpy()
+    loaded = tf.saved_model.load(flip)
+    out = loaded.signatures["predict_images"](images=tf.constant(images))
+    assert relative_error(out["logits"].numpy(), reference) <= 1e-4
+    np.testing.assert_allclose(out["probabilities"].numpy(), softmax(reference), rtol=0, atol=1e-5)
+    served = loaded.signatures["serving_default"](image_bytes=tf.constant(ENCODED))
+    assert relative_error(served["logits"].numpy(), reference) <= 1e-4
+    with open(os.path.join(flip, "assets.extra", "tflite", "float32.tflite"), "rb") as f:
+        tflite = TFLiteRunner(f.read())(images)
+    assert relative_error(tflite["logits"], reference) <= 1e-4
+    np.testing.assert_allclose(tflite["probabilities"], softmax(reference), rtol=0, atol=1e-5)
+    onnx_logits = OnnxRunner(os.path.join(flip, "assets.extra", "model.onnx")).logits(images)
+    assert relative_error(onnx_logits, reference) <= 1e-4
+
+
+def test_flip_parity_report_records_tta_and_compares_with_the_wrapper(exports):
+    flip, plain = exports
+    report = report_of(flip)
+    assert report["export"]["tta"] == "flip" and report_of(plain)["export"]["tta"] == "none"
+    assert report["float32_parity_passed"] is True
+    rows = report["comparisons"]
+    assert set(rows) == {"saved_model/predict_images", "saved_model/serving_default", "keras_folded",
+                         "tflite/float32", "tflite/float16", "tflite/int8", "onnx"}
+    for name in ("saved_model/predict_images", "saved_model/serving_default", "keras_folded",
+                 "tflite/float32", "onnx"):
+        assert rows[name]["passed"] and rows[name]["top1_agreement"] == 1.0, name
+    # The folding is that of the inner ResNet (its 4 conv -> BN pairs), wrapped afterwards.
+    assert report["fold"]["bn_folded_into_conv"] == 4
+    # The flip happens in the graph: the flatbuffers reverse the images, the ONNX model too.
+    for variant in ("float32", "float16", "int8"):
+        ops = report["tflite"][variant]["ops"]
+        assert report["tflite"][variant]["non_builtin_ops"] == []
+        assert ops["CONV_2D"] == 2 * 7 and ops["REVERSE_V2"] == 1, variant
+    assert report["onnx"]["ops"]["Conv"] == 2 * 7 and report["onnx"]["ops"]["ReverseSequence"] == 1
+
+
+def test_flip_export_answers_differently_from_the_plain_export(exports):
+    flip, plain = exports
+    flip_out = tf.saved_model.load(flip).signatures["predict_images"](images=tf.constant(X))
+    plain_out = tf.saved_model.load(plain).signatures["predict_images"](images=tf.constant(X))
+    assert np.abs(flip_out["probabilities"].numpy() - plain_out["probabilities"].numpy()).max() > 1e-3
+
+
+def test_unfolded_flip_export_wraps_the_network_itself(model, tmp_path):
+    """fold=False: TFLite and ONNX are converted from the wrapper of the unfolded network."""
+    path = export_model(model, str(tmp_path), name="unfolded", recipe="cifar", class_names=CLASSES,
+                        tta="flip", fold=False, onnx=True, tflite_variants=("float32",),
+                        eval_images=ENCODED[:4], verbose=False)
+    report = report_of(path)
+    assert report["float32_parity_passed"] and "keras_folded" not in report["comparisons"]
+    assert report["onnx"]["from"] == report["export"]["tflite_from"] == "keras_model"
+    assert report["onnx"]["ops"]["Conv"] == 2 * 7 and report["tflite"]["float32"]["ops"]["REVERSE_V2"] == 1
+    reference = flip_averaged(model)(X, training=False).numpy()
+    assert relative_error(OnnxRunner(os.path.join(path, "assets.extra", "model.onnx")).logits(X), reference) <= 1e-4
+
+
+def test_unknown_tta_is_refused_before_anything_is_written(model, tmp_path):
+    base = tmp_path / "saved_models"
+    base.mkdir()
+    with pytest.raises(ValueError, match=r"'mirror'.*'none', 'flip'"):
+        export_model(model, str(base), name="tiny", recipe="cifar", class_names=CLASSES,
+                     tta="mirror", verbose=False)
+    assert list(base.iterdir()) == []
+    assert TTA_CHOICES == ("none", "flip")
+
+
+def test_command_line_passes_tta_through_and_refuses_other_values(monkeypatch, tmp_path, capsys, model):
+    path = str(tmp_path / "tiny.keras")
+    model.save(path)
+    seen = {}
+
+    def fake_export(net, base_dir, **kwargs):
+        seen.update(kwargs)
+        return os.path.join(base_dir, "tiny", "1")
+
+    monkeypatch.setattr(export_main, "export_model", fake_export)
+    argv = ["--model_file", path, "--recipe", "cifar", "--class_names", ",".join(CLASSES),
+            "--base_dir", str(tmp_path / "out")]
+    assert export_main.main(argv) == 0 and seen["tta"] == "none"
+    assert export_main.main([*argv, "--tta", "flip"]) == 0 and seen["tta"] == "flip"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        export_main.main([*argv, "--tta", "mirror"])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and "--tta" in error and "mirror" in error
+
+
+def test_model_card_says_which_tta_the_artefacts_compute(exports):
+    flip, plain = exports
+    assert "horizontal flip" in model_card.tta_text("flip") and "two forward passes" in model_card.tta_text("flip")
+    assert model_card.tta_text("none").startswith("Test-time augmentation: none")
+    recipe = {"momentum": 0.9, "schedule": "cosine", "weight_decay": 1e-4, "eval_flip": True}
+    assert "exported artefacts compute it too" in model_card.recipe_text(recipe, 0.1, "flip")
+    assert "not in the exported signature" in model_card.recipe_text(recipe, 0.1)
+    # What the card reads: the export's own record, through the release the card measures.
+    from keras_preact.export.classify import Release
+
+    assert Release(flip).export_info["tta"] == "flip" and Release(plain).export_info["tta"] == "none"
+    card = {
+        "name": "flip", "date": "2026-01-01", "notes": "", "eval_dir_description": "",
+        "measured": {"version_dir": "1", "recipe": "cifar", "class_names": CLASSES, "tta": "flip",
+                     "accuracy": {"sample_test": {}}},
+        "training": {"command": "x", "steps": 1, "epochs": 1.0, "global_batch": 128, "recipe": recipe,
+                     "base_lr": 0.1, "first_logged_step": 1, "wall_time_hours": 0.1,
+                     "median_images_per_sec": 1.0, "parameters": 1},
+        "hardware": {"cpu": "cpu", "logical_cores": 2, "memory_gb": 1, "gpu": False,
+                     "tensorflow": tf.__version__, "keras": keras.__version__},
+        "artefact_bytes": {},
+    }
+    assert model_card.tta_text("flip") in model_card.render(card)
