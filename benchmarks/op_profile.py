@@ -6,7 +6,8 @@ writes; no TensorBoard plugin needed) and sums the time of every executed op:
 
 * by **category**: ``batch_norm`` (the fused kernels *and* the mean/variance/multiply ops of
   Keras' unfused BatchNormalization, recognised by the layer they belong to), ``conv``,
-  ``relu``, ``shortcut``, ``classifier``, ``optimizer`` and ``other``;
+  ``relu``, ``shortcut`` (zero-pad and gate), ``classifier``, ``optimizer`` and ``other``
+  (the residual additions, casts, the folded model's per-channel multiply-adds...);
 * by **op type** (``_MklNativeConv2DBackpropFilter``, ``FusedBatchNormGradV3``, ``Cast``...).
 
 Shares are of summed op time, not of wall time: TensorFlow runs independent ops in parallel,
@@ -26,7 +27,10 @@ import tempfile
 import tensorflow as tf
 
 CATEGORIES = ("conv", "batch_norm", "relu", "shortcut", "classifier", "optimizer", "other")
-_LAYER_CATEGORIES = (  # (Keras layer class name contains, category)
+_LAYER_CATEGORIES = (  # (Keras layer class name contains, category); the first match wins
+    # The residual addition: "other" whether a layer of its own (ShortcutCombine, in the BN-folded
+    # model) or an op of the unit's own scope (ResidualUnit), so builds compare like for like.
+    ("ShortcutCombine", "other"),
     ("BatchNorm", "batch_norm"),
     ("Conv", "conv"),
     ("ReLU", "relu"),
@@ -44,7 +48,8 @@ def layer_categories(model) -> dict:
         kind = type(layer).__name__
         for marker, category in _LAYER_CATEGORIES:
             if marker in kind:
-                names.setdefault(layer.name, category)
+                if category != "other":
+                    names.setdefault(layer.name, category)
                 break
     return names
 

@@ -63,6 +63,16 @@ def test_categorize_by_type_then_by_layer():
     assert op_profile.categorize("m/u/add", "AddV2", layers) == "other"
 
 
+def test_the_residual_addition_is_other_in_the_folded_model_too():
+    from keras_preact.export import fold_batch_norm
+
+    folded = fold_batch_norm(get_model("resnet8"))
+    layers = op_profile.layer_categories(folded)
+    combine = [l.name for l in folded._flatten_layers() if type(l).__name__ == "ShortcutCombine"]
+    assert combine and not any(name in layers for name in combine)
+    assert op_profile.categorize(f"m/{combine[0]}_1/add", "AddV2", layers) == "other"
+
+
 def test_read_op_times_names_a_folder_without_a_trace(tmp_path):
     with pytest.raises(FileNotFoundError, match="No profiler trace"):
         op_profile.read_op_times(str(tmp_path))

@@ -214,6 +214,19 @@ def test_bad_requests_get_invalid_argument_and_server_keeps_working(served):
     assert served["peak_rss_mb"] < 2000
 
 
+def test_every_weight_is_saved_once(exported):
+    """The variables file holds each weight once (Keras' ``archive.track`` used to write each
+    twice: the Keras Variable and the tf.Variable inside it), and the loaded SavedModel lists
+    the model's variables."""
+    model, _, path = exported
+    data = os.path.join(path, "variables", "variables.data-00000-of-00001")
+    weight_bytes = 4 * sum(int(np.prod(w.shape)) for w in model.weights)
+    assert weight_bytes <= os.path.getsize(data) <= 1.1 * weight_bytes + 4096
+    loaded = tf.saved_model.load(path)
+    assert len(loaded.variables) == len(model.variables)
+    assert len(loaded.trainable_variables) == len(model.trainable_variables)
+
+
 def test_parity_report_covers_every_artefact(exported):
     _, _, path = exported
     with open(os.path.join(path, "assets.extra", "parity.json")) as f:
