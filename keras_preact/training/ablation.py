@@ -266,33 +266,50 @@ def _median_curve(curves):
 
 
 def plot_ablation(results, png_path: str, title: str = "") -> str:
-    """Training loss (dashed) and test error (solid) of every variant, median over its seeds."""
+    """Training loss (dashed) and test error (solid) of every variant, median over its seeds.
+
+    A variant none of whose runs finished (diverged, failed) is drawn too, labelled so; the loss
+    axis stops a little above the finished runs' highest loss, so that a diverging curve does
+    not flatten the others. The legend sits below both panels (Table 1 has 8 rows).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.lines import Line2D
 
-    figure, (loss_axis, error_axis) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
     by_variant = {}
     for result in results:
         by_variant.setdefault(result.variant, []).append(result)
+    legend_rows = (len(by_variant) + 1) // 2
+    figure, (loss_axis, error_axis) = plt.subplots(1, 2, figsize=(11, 4.2 + 0.22 * legend_rows), dpi=100)
     # Tables 1 and 2 have up to 9 rows: past the default cycle's 10 colours, take 20 distinct ones.
     colors = (plt.rcParams["axes.prop_cycle"].by_key()["color"] if len(by_variant) <= 10
               else [plt.get_cmap("tab20")(i) for i in range(20)])
+    handles, finished_losses = [], []
     for i, (variant, runs) in enumerate(by_variant.items()):
         color = colors[i % len(colors)]
+        finished = [r for r in runs if r.status == "finished"]
         for key, axis, style, scale in (("train_loss", loss_axis, "--", 1.0),
                                         ("test_error", error_axis, "-o", 100.0)):
             x, y = _median_curve([r.curves[key] for r in runs if r.curves.get(key)])
             if x:
-                axis.plot(x, [scale * v for v in y], style, color=color, linewidth=1.5,
-                          markersize=3, label=f"{variant.name} ({len(runs)} runs)")
+                axis.plot(x, [scale * v for v in y], style, color=color, linewidth=1.5, markersize=3)
+        finished_losses += [loss for r in finished for _, loss in r.curves.get("train_loss", [])]
+        note = f"{len(finished)}/{len(runs)} runs" + ("" if finished else f", {runs[0].status}")
+        handles.append(Line2D([], [], color=color, linewidth=1.5, label=f"{variant.name} ({note})"))
+    if finished_losses:
+        loss_axis.set_ylim(0, 1.1 * max(finished_losses))
     loss_axis.set_ylabel("training loss (median over seeds)")
     error_axis.set_ylabel("test error % (median over seeds)")
     for axis in (loss_axis, error_axis):
         axis.set_xlabel("epochs")
         axis.grid(alpha=0.3)
-    error_axis.legend(fontsize=8, framealpha=0.9)
+    figure.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.01), ncol=2,
+                  fontsize=8, frameon=False)
+    height = figure.get_figheight()  # inches: the x labels (0.6) and the legend rows (0.2 each)
+    figure.subplots_adjust(left=0.07, right=0.98, wspace=0.22, top=1 - 0.5 / height,
+                           bottom=(0.65 + 0.2 * legend_rows) / height)
     if title:
         figure.suptitle(title)
-    return save_figure(figure, png_path)
+    return save_figure(figure, png_path, tight_layout=False)

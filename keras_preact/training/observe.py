@@ -220,11 +220,13 @@ def plot_curves(metrics_path: str, png_path: str, title: str = "") -> str:
     return save_figure(figure, png_path)
 
 
-def save_figure(figure, png_path: str) -> str:
-    """Lay out, write and close a matplotlib figure; readers never see a half-written PNG."""
+def save_figure(figure, png_path: str, tight_layout: bool = True) -> str:
+    """Lay out (unless the caller placed the axes itself), write and close a matplotlib figure;
+    readers never see a half-written PNG."""
     from matplotlib import pyplot as plt
 
-    figure.tight_layout()
+    if tight_layout:
+        figure.tight_layout()
     tmp_path = png_path + ".tmp.png"
     figure.savefig(tmp_path)
     plt.close(figure)
