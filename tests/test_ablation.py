@@ -68,6 +68,50 @@ def test_bad_shortcut_options_are_named(spec, match):
         ablation.parse_variant(spec)
 
 
+@pytest.mark.parametrize(
+    "spec,name,flags_",
+    [  # a recipe ablation: one unit, one training element changed per row
+        ("full_preact --nonesterov", "full_preact/identity --nonesterov", ("--nonesterov",)),
+        ("full_preact --batch_size=256 --lr=0.2", "full_preact/identity --batch_size=256 --lr=0.2",
+         ("--batch_size=256", "--lr=0.2")),
+        (" exclusive_gating: gate_bias_init = -6.0  --lr_schedule=step ",
+         "original/exclusive_gating:gate_bias_init=-6 --lr_schedule=step", ("--lr_schedule=step",)),
+    ],
+)
+def test_parse_variant_with_row_flags(spec, name, flags_):
+    variant = ablation.parse_variant(spec)
+    assert variant.name == name and variant.flags == flags_
+    assert variant.trainer_flags()[-len(flags_):] == list(flags_)  # after the unit's own flags
+    assert "/" not in variant.slug and ":" not in variant.slug and " " not in variant.slug
+    assert ablation.parse_variant(name) == variant  # the printed name parses back
+    assert variant.slug != ablation.parse_variant(spec.split(" --")[0]).slug  # its own folder
+
+
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("full_preact lr=0.2", "then optionally trainer flags"),
+        ("full_preact --lr=0.2 0.3", "written --name=value"),
+        ("full_preact --lr=0.2 --lr=0.3", "--lr is given twice"),
+        ("full_preact --shortcut=conv1x1", "give the unit in the variant itself"),
+        ("exclusive_gating --gate_bias_init=0", "give the unit in the variant itself"),
+        ("full_preact --epochs=3", "--epochs is one per study"),
+        ("full_preact --seed=1", "--seed is one per study"),
+    ],
+)
+def test_bad_row_flags_are_named(spec, match):
+    with pytest.raises(ValueError, match=match):
+        ablation.parse_variant(spec)
+
+
+def test_a_diverged_run_is_recorded_and_read_back(tmp_path):
+    variant = ablation.parse_variant("original/dropout")
+    assert ablation.recorded_status(str(tmp_path)) is None
+    ablation.record_status(str(tmp_path), "diverged")
+    assert ablation.recorded_status(str(tmp_path)) == "diverged"
+    assert ablation.read_run(str(tmp_path), variant, 0).status == "diverged"  # no results.json
+
+
 def test_variants_differing_in_an_option_are_distinct_rows():
     variants = ablation.parse_variants(["shortcut_only_gating:gate_bias_init=0",
                                         "shortcut_only_gating:gate_bias_init=-6"])
@@ -127,7 +171,7 @@ def test_summary_statistics_and_failed_runs():
     preact = rows["full_preact/identity"]
     assert preact["finished"] == 0 and math.isnan(preact["median_error"])
     table = ablation.markdown_table(ablation.summarize(results))
-    assert "| original/identity | 3/3 | 11.00 | 11.67 +- 2.08 | 10.00, 14.00, 11.00 | n/a | 100 |" in table
+    assert "| original/identity | 3/3 | 11.00 | 11.67 +- 2.08 | 10.00, 14.00, 11.00 | n/a | n/a | 100 |" in table
     assert "| full_preact/identity | 0/1 (seed 0: failed (exit 1)) | n/a | fail |" in table
 
 
@@ -217,3 +261,93 @@ def test_dry_run_commands_are_valid_trainer_settings(tmp_path):
         recipe = settings.recipe
         assert (recipe.epochs, recipe.batch_size, recipe.weight_decay, recipe.lr_boundaries) == (
             3.0, 16, 5e-4, ("0.5", "0.75"))
+
+
+def _runner_module():
+    """trainers/ablation.py as a module, loaded once (it declares its flags on absl's FLAGS)."""
+    import importlib.util
+
+    if "ablation_runner" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("ablation_runner", ABLATION)
+        sys.modules["ablation_runner"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["ablation_runner"])
+    return sys.modules["ablation_runner"]
+
+
+def _ablation_in_process(capsys, *argv):
+    """trainers/ablation.py's command line in this process (flag checks only: no training)."""
+    runner = _runner_module()
+    flag_values = flags.FlagValues()
+    runner.define_flags(flag_values)
+    code = runner.console_main(["ablation.py", *argv], flag_values)
+    return code, capsys.readouterr()
+
+
+def test_recipe_rows_reach_the_trainer(tmp_path, capsys):
+    """Rows that differ in a training flag: each command parses into its own recipe."""
+    data = make_image_folder(tmp_path / "data", {"train": 2, "test": 1})
+    code, output = _ablation_in_process(
+        capsys, "--dry_run", "--seeds=0", "--model=resnet8", f"--data_dir={data}", f"--out={tmp_path / 'out'}",
+        "--variants=full_preact,full_preact --nonesterov,full_preact --label_smoothing=0 --lr_schedule=step",
+        "--", "--recipe=fast")
+    assert code == 0, output.err
+    commands = [line.split() for line in output.out.splitlines() if line.startswith(sys.executable)]
+    recipes = []
+    for command in commands:
+        flag_values = flags.FlagValues()
+        train_cli.define_flags("cifar", flag_values)
+        flag_values(["cifar.py", *command[2:]])
+        recipes.append(train_cli.settings_from_flags("cifar", flag_values).recipe)
+    assert [(r.name, r.nesterov, r.label_smoothing, r.schedule) for r in recipes] == [
+        ("fast", True, 0.1, "cosine"), ("fast", False, 0.1, "cosine"), ("fast", True, 0.0, "step")]
+    assert len({a for c in commands for a in c if a.startswith("--model_dir=")}) == 3  # a folder per row
+
+
+@pytest.mark.parametrize(
+    "row,extra,match",
+    [
+        ("full_preact --label_smoothing=0", ["--", "--label_smoothing=0.2"], "--label_smoothing is also given after --"),
+        ("full_preact --nesterov=false", ["--", "--nonesterov"], "--nesterov is also given after --"),
+        ("full_preact --batch_size=32", ["--batch_size=16"], "--batch_size is set for every run by the runner's --batch_size"),
+        ("full_preact --lr_boundaries=0.3", [], "--lr_boundaries is set for every run"),
+        ("full_preact --no_such_flag=1", [], "full_preact/identity --no_such_flag=1: --no_such_flag: unknown flag"),
+    ],
+)
+def test_row_flags_that_clash_are_refused(tmp_path, capsys, row, extra, match):
+    runner_flags = [a for a in extra if a.startswith("--batch")]
+    after = extra[extra.index("--"):] if "--" in extra else []
+    code, output = _ablation_in_process(capsys, "--dry_run", "--seeds=0", f"--out={tmp_path / 'out'}",
+                                        f"--variants={row}", *runner_flags, *after)
+    assert code == train_cli.EXIT_FLAG_ERROR
+    assert output.err.startswith("error: --variants: ") and match in output.err, output.err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_diverged_run_is_not_trained_again(tmp_path):
+    """The trainer exits 3 on divergence; the runner records it, and a rerun reports it without
+    training (with the same seed it would diverge again)."""
+    data = make_image_folder(tmp_path / "data", {"train": 16, "test": 8})
+    out = tmp_path / "out"
+    flags_ = [f"--data_dir={data}", "--model=resnet8", "--variants=original --lr=1e6", "--seeds=0",
+              "--epochs=4", "--batch_size=16", f"--out={out}"]
+    first = _ablation(*flags_)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    run = out / "runs" / "original__identity__lr_1e6" / "seed0"
+    assert "diverged in" in first.stdout and (run / ablation.STATUS_FILE).exists()
+    log_size = (run / "trainer.log").stat().st_size
+    again = _ablation(*flags_)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "diverged earlier, not trained again" in again.stdout
+    assert (run / "trainer.log").stat().st_size == log_size  # no trainer was started
+    assert "| original/identity --lr=1e6 | 0/1 (seed 0: diverged) |" in (out / "results.md").read_text()
+
+
+def test_study_title_names_the_data_and_the_shared_flags(tmp_path, capsys):
+    runner = _runner_module()
+    flag_values = flags.FlagValues()
+    runner.define_flags(flag_values)
+    data = make_image_folder(tmp_path / "cifar" / "data", {"train": 2, "test": 1})
+    rest = train_cli.parse_command_line(flag_values, ["ablation.py", "--seeds=0,1", "--epochs=12",
+                                                      f"--data_dir={data}", "--", "--recipe=fast"])
+    options = runner.options_from_flags(flag_values, rest)
+    assert runner.study_title(options) == "resnet20, 12 epochs, 2 seed(s), cifar/data, --recipe=fast"

@@ -4,16 +4,20 @@
     python trainers/ablation.py --variants=full_preact,original --model=resnet110 --seeds=0,1,2,3,4 \
         --epochs=164 --lr_boundaries=0.5,0.75 --data_dir=/data/cifar10-jpeg --out=runs/table2
     python trainers/ablation.py --dataset=cifar10 -- --weight_decay=5e-4   # after --: trainer flags
+    python trainers/ablation.py --variants="full_preact,full_preact --nonesterov" --seeds=0 \
+        --data_dir=/data/cifar10-jpeg -- --recipe=fast     # a training recipe, element by element
 
 A variant is ``order/shortcut`` (paper Fig. 4 orders, Fig. 2 shortcuts), or just an order
-(identity shortcut) or just a shortcut (on ``--base_order``, ``original`` as in Table 1).
+(identity shortcut) or just a shortcut (on ``--base_order``, ``original`` as in Table 1), then
+optionally trainer flags of that row alone, after a space (``full_preact --label_smoothing=0``).
 
 The default study (4 variants x 2 seeds, ResNet-20, 3 epochs of CIFAR-10's 50,000 training
 images, step decay at 50 % and 75 %) is sized to take about an hour on a 2-core CPU; the
 paper's own budget is 164 epochs and deeper nets (ResNet-110, 164, 1001). Each run is an
 ordinary ``trainers/cifar.py`` run in its own folder ``<out>/runs/<order>__<shortcut>/seed<k>``;
 re-running the same command skips finished runs and resumes interrupted ones from their last
-checkpoint. Outputs: ``<out>/results.md`` and ``results.csv`` (final test error, median and
+checkpoint; a run that diverged is reported as such without training it again (delete its
+folder to retry). Outputs: ``<out>/results.md`` and ``results.csv`` (final test error, median and
 mean +- std over seeds) and ``<out>/curves.png`` (training loss and test error vs epochs).
 """
 
@@ -51,7 +55,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     def define(definer, *args):
         definer(*args, flag_values=flag_values)
 
-    define(flags.DEFINE_list, "variants", DEFAULT_VARIANTS, "Variants: order/shortcut, order, or shortcut.")
+    define(flags.DEFINE_list, "variants", DEFAULT_VARIANTS,
+           "Variants: order/shortcut, order, or shortcut, each optionally followed by trainer flags of "
+           "that row (e.g. 'full_preact --label_smoothing=0').")
     define(flags.DEFINE_string, "base_order", "original", "Unit order of variants given as a shortcut only.")
     define(flags.DEFINE_list, "seeds", ["0", "1"], "Seeds; every variant is trained once per seed.")
     define(flags.DEFINE_string, "model", "resnet20", "CIFAR model (trainers/cifar.py --model).")
@@ -176,11 +182,36 @@ def reuse_finished_run(options: Options, variant, seed) -> str | None:
     return None
 
 
+def _canonical_flag(argument: str, flag_values: flags.FlagValues) -> str:
+    """The trainer flag an argument sets: ``--nonesterov`` and ``--nesterov=false`` both set nesterov."""
+    name = ablation.flag_name(argument)
+    if name not in flag_values and name.startswith("no") and name[2:] in flag_values:
+        return name[2:]
+    return name
+
+
+def check_row_flags(options: Options) -> None:
+    """A row's flag may not also be set for every run (after ``--``, or by the runner): which
+    one wins would depend on the order of the command line."""
+    flag_values = flags.FlagValues()
+    train_cli.define_flags("cifar", flag_values)
+    shared = {_canonical_flag(a, flag_values): "also given after --" for a in options.trainer_flags}
+    shared["lr_boundaries"] = "set for every run by the runner's --lr_boundaries"
+    if options.batch_size:
+        shared["batch_size"] = "set for every run by the runner's --batch_size"
+    for variant in options.variants:
+        for argument in variant.flags:
+            name = _canonical_flag(argument, flag_values)
+            if name in shared:
+                raise FlagError("variants", f"{variant.name}: --{name} is {shared[name]}; set it in one place.")
+
+
 def validate(options: Options) -> None:
     """Check every trainer command as ``trainers/cifar.py`` would, before anything is written.
 
     A FlagError names the runner's flag, or for a flag after ``--`` the trainer's.
     """
+    check_row_flags(options)
     for variant in options.variants:
         for seed in options.seeds:
             command = trainer_command(options, variant, seed)
@@ -224,6 +255,15 @@ def run_trainer(command, path: str, header: str) -> int:
         return process.wait()
 
 
+def study_title(options: Options) -> str:
+    """What the table and plot are of: model, budget, seeds, data, and the flags every run got."""
+    source = str(options.data_dir or options.dataset or "cifar10_sample").rstrip("/")
+    # Two path components: a folder is often called just "data" or "images".
+    source = "/".join(source.split("/")[-2:])
+    shared = f", {' '.join(options.trainer_flags)}" if options.trainer_flags else ""
+    return f"{options.model}, {options.epochs:g} epochs, {len(options.seeds)} seed(s), {source}{shared}"
+
+
 def run_ablation(options: Options) -> int:
     """Train every (variant, seed) not finished yet, then write the table; the exit status."""
     shared = options.shared()
@@ -254,6 +294,10 @@ def run_ablation(options: Options) -> int:
         if ablation.is_finished(path):
             print(f"{header}: finished earlier, skipped ({path})", flush=True)
             continue
+        earlier = ablation.recorded_status(path)
+        if earlier:
+            print(f"{header}: {earlier} earlier, not trained again (delete {path} to retry)", flush=True)
+            continue
         remaining = len(jobs) - index + 1
         eta = f", ablation ETA {format_duration(remaining * sorted(timings)[len(timings) // 2])}" if timings else ""
         print(f"{header} -> {path}{eta}", flush=True)
@@ -265,6 +309,7 @@ def run_ablation(options: Options) -> int:
             raise FlagError("-", f"the trainer rejected its flags (see {path}/trainer.log); stopped.")
         if code == EXIT_DIVERGED:
             status[(variant, seed)] = "diverged"
+            ablation.record_status(path, "diverged")
         elif code != 0:
             status[(variant, seed)] = f"failed (exit {code})"
         print(f"{header}: {status.get((variant, seed), 'finished')} in {format_duration(timings[-1])}", flush=True)
@@ -272,9 +317,7 @@ def run_ablation(options: Options) -> int:
     results = [ablation.read_run(ablation.run_dir(options.out, v, s), v, s, status.get((v, s)))
                for v, s in jobs]
     rows = ablation.summarize(results)
-    source = options.data_dir or options.dataset or "cifar10_sample"
-    title = (f"{options.model}, {options.epochs:g} epochs, {len(options.seeds)} seed(s), "
-             f"{os.path.basename(str(source).rstrip('/'))}")
+    title = study_title(options)
     md_path, csv_path = ablation.write_table(rows, options.out, title)
     png_path = ablation.plot_ablation(results, os.path.join(options.out, "curves.png"), title)
     print()

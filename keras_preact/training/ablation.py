@@ -4,7 +4,9 @@
 piece is testable on its own:
 
 * ``parse_variant`` -- ``"original/constant_scaling"``, ``"full_preact"`` or ``"conv1x1"`` to a
-  ``Variant`` (a unit order of Fig. 4 and a shortcut of Fig. 2);
+  ``Variant`` (a unit order of Fig. 4 and a shortcut of Fig. 2), optionally followed by trainer
+  flags of that row alone (``"full_preact --label_smoothing=0"``): the same runner then
+  ablates a training recipe element by element;
 * ``run_dir`` -- where one (variant, seed) run lives, so an interrupted ablation resumes: a run
   with a ``results.json`` is finished and skipped, a run with checkpoints resumes from them;
 * ``collect`` / ``summarize`` -- read the runs back and reduce them to median and mean +- std
@@ -23,6 +25,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import statistics
 
 from keras_preact import common
@@ -34,25 +37,30 @@ class Variant:
     """One row of an ablation table: a unit order, a shortcut type and its options.
 
     ``options`` are ``(name, value)`` pairs of ``common.SHORTCUT_OPTIONS``, as text, e.g.
-    ``(("gate_bias_init", "0"),)`` for Table 1's shortcut-only gating with b_g = 0.
+    ``(("gate_bias_init", "0"),)`` for Table 1's shortcut-only gating with b_g = 0. ``flags``
+    are trainer flags of this row only, e.g. ``("--label_smoothing=0",)``: a row of a recipe
+    ablation, where every row has the same unit and one training element changed.
     """
 
     order: str
     shortcut: str
     options: tuple = ()
+    flags: tuple = ()
 
     @property
     def name(self) -> str:
-        return f"{self.order}/{self.shortcut}" + "".join(f":{k}={v}" for k, v in self.options)
+        return (f"{self.order}/{self.shortcut}" + "".join(f":{k}={v}" for k, v in self.options)
+                + "".join(f" {flag}" for flag in self.flags))
 
     @property
     def slug(self) -> str:
         """File-system name of the variant's folder."""
-        return f"{self.order}__{self.shortcut}" + "".join(f"__{k}_{v}" for k, v in self.options)
+        return (f"{self.order}__{self.shortcut}" + "".join(f"__{k}_{v}" for k, v in self.options)
+                + "".join("__" + re.sub(r"[^A-Za-z0-9.]+", "_", flag.lstrip("-")) for flag in self.flags))
 
     def trainer_flags(self) -> list:
         return [f"--order={self.order}", f"--shortcut={self.shortcut}",
-                *(f"--{k}={v}" for k, v in self.options)]
+                *(f"--{k}={v}" for k, v in self.options), *self.flags]
 
 
 def _parse_options(shortcut: str, texts) -> tuple:
@@ -82,14 +90,44 @@ def _parse_options(shortcut: str, texts) -> tuple:
     return tuple(sorted(options.items()))
 
 
+# Trainer flags a row may not set: the unit has its own syntax, the rest is one per study.
+UNIT_FLAGS = ("order", "shortcut", *common.SHORTCUT_OPTIONS)
+STUDY_FLAGS = ("model", "seed", "epochs", "model_dir", "data_dir", "dataset")
+
+
+def flag_name(argument: str) -> str:
+    """``"--label_smoothing=0"`` -> ``"label_smoothing"``; ``"--nonesterov"`` -> ``"nonesterov"``."""
+    return argument[2:].split("=", 1)[0]
+
+
+def _parse_row_flags(texts) -> tuple:
+    """The trainer flags after a variant's unit, in the order given, checked."""
+    seen = set()
+    for text in texts:
+        name = flag_name(text)
+        if not text.startswith("--") or not name:
+            raise ValueError(f"{text!r}: a row's trainer flags are written --name=value.")
+        if name in UNIT_FLAGS:
+            raise ValueError(f"{text!r}: give the unit in the variant itself (order/shortcut:option=value).")
+        if name in STUDY_FLAGS:
+            raise ValueError(f"{text!r}: --{name} is one per study; give it to the runner.")
+        if name in seen:
+            raise ValueError(f"{text!r}: --{name} is given twice in one row.")
+        seen.add(name)
+    return tuple(texts)
+
+
 def parse_variant(spec: str, base_order: str = "original") -> Variant:
     """``"order/shortcut"``, ``"order"`` (identity shortcut) or ``"shortcut"`` (``base_order``),
     optionally followed by shortcut options: ``"shortcut_only_gating:gate_bias_init=0"``,
-    ``"original/constant_scaling:scale_residual"`` (a bare name sets a boolean option).
+    ``"original/constant_scaling:scale_residual"`` (a bare name sets a boolean option), then by
+    trainer flags of this row alone, separated by spaces: ``"full_preact --nonesterov"``.
 
     Raises ValueError naming the valid orders, shortcuts and options.
     """
-    text, *option_texts = spec.strip().split(":")
+    first_flag = re.search(r"(?:^|\s)--", spec)  # the unit may contain spaces, a flag starts with --
+    unit, flag_text = (spec[:first_flag.start()], spec[first_flag.start():]) if first_flag else (spec, "")
+    text, *option_texts = unit.strip().split(":")
     text = text.strip()
     common.check_choice("base order", base_order, common.ORDERS)
     if "/" in text:
@@ -101,11 +139,12 @@ def parse_variant(spec: str, base_order: str = "original") -> Variant:
     else:
         raise ValueError(
             f"Unknown variant {spec!r}: give an order ({', '.join(common.ORDERS)}), a shortcut "
-            f"({', '.join(common.SHORTCUTS)}) or order/shortcut."
+            f"({', '.join(common.SHORTCUTS)}) or order/shortcut, then optionally trainer flags of the row "
+            f"(e.g. --label_smoothing=0)."
         )
     common.check_choice("order", order, common.ORDERS)
     common.check_choice("shortcut", shortcut, common.SHORTCUTS)
-    return Variant(order, shortcut, _parse_options(shortcut, option_texts))
+    return Variant(order, shortcut, _parse_options(shortcut, option_texts), _parse_row_flags(flag_text.split()))
 
 
 def parse_variants(specs, base_order: str = "original") -> list:
@@ -113,11 +152,12 @@ def parse_variants(specs, base_order: str = "original") -> list:
     variants = [parse_variant(spec, base_order) for spec in specs if spec.strip()]
     if not variants:
         raise ValueError("No variants given.")
-    seen = set()
+    seen = {}
     for variant in variants:
-        if variant in seen:
-            raise ValueError(f"Variant {variant.name} is listed twice.")
-        seen.add(variant)
+        if variant.slug in seen:  # two rows would share one run folder
+            raise ValueError(f"Variant {variant.name} is listed twice"
+                             + ("." if seen[variant.slug] == variant else f" (as {seen[variant.slug].name})."))
+        seen[variant.slug] = variant
     return variants
 
 
@@ -125,8 +165,28 @@ def run_dir(out_dir: str, variant: Variant, seed: int) -> str:
     return os.path.join(out_dir, "runs", variant.slug, f"seed{seed}")
 
 
+STATUS_FILE = "ablation_status.json"
+
+
 def is_finished(path: str) -> bool:
     return os.path.exists(os.path.join(path, RESULTS_FILE))
+
+
+def record_status(path: str, status: str) -> None:
+    """Remember that a run ended without results (``diverged``), so that running the study again
+    reports it instead of training it again: a diverged run diverges again with the same seed
+    (Table 1's dropout shortcut did, twice, 10 minutes each). Delete the run's folder to retry."""
+    with open(os.path.join(path, STATUS_FILE), "w") as handle:
+        json.dump({"status": status}, handle)
+
+
+def recorded_status(path: str) -> str | None:
+    """The status ``record_status`` left in a run folder, or None."""
+    try:
+        with open(os.path.join(path, STATUS_FILE)) as handle:
+            return json.load(handle)["status"]
+    except FileNotFoundError:
+        return None
 
 
 @dataclasses.dataclass
@@ -139,6 +199,7 @@ class RunResult:
     test_error: float | None = None  # final, as a fraction
     steps: int | None = None
     parameters: int | None = None
+    train_minutes: float | None = None  # training wall time (evaluations and checkpoints left out)
     curves: dict = dataclasses.field(default_factory=dict)  # train_loss / test_error vs epoch
 
     @property
@@ -165,7 +226,9 @@ def read_run(path: str, variant: Variant, seed: int, status: str | None = None,
         "test_error": [(float(r["epoch"]), float(r["test_error"])) for r in rows
                        if r["test_error"] and (r["eval_name"] or eval_name) == eval_name],
     }
-    result = RunResult(variant, seed, status or "missing", curves=curves)
+    seconds = [float(r["train_seconds"]) for r in rows if r.get("train_seconds")]
+    result = RunResult(variant, seed, status or recorded_status(path) or "missing", curves=curves,
+                       train_minutes=max(seconds) / 60 if seconds else None)
     results_path = os.path.join(path, RESULTS_FILE)
     if os.path.exists(results_path):
         with open(results_path) as handle:
@@ -191,6 +254,7 @@ def summarize(results) -> list:
     for variant, runs in by_variant.items():
         errors = [100 * r.test_error for r in runs if r.status == "finished" and r.test_error is not None]
         losses = [r.final_train_loss for r in runs if r.final_train_loss is not None]
+        minutes = [r.train_minutes for r in runs if r.status == "finished" and r.train_minutes]
         rows.append({
             "variant": variant.name,
             "order": variant.order,
@@ -203,13 +267,15 @@ def summarize(results) -> list:
             "std_error": statistics.stdev(errors) if len(errors) > 1 else math.nan,
             "errors": [round(e, 4) for e in errors],
             "median_train_loss": statistics.median(losses) if losses else math.nan,
+            "median_train_minutes": statistics.median(minutes) if minutes else math.nan,
             "parameters": next((r.parameters for r in runs if r.parameters), None),
         })
     return rows
 
 
 CSV_FIELDS = ("variant", "order", "shortcut", "runs", "finished", "median_error", "mean_error",
-              "std_error", "errors", "median_train_loss", "parameters", "not_finished")
+              "std_error", "errors", "median_train_loss", "median_train_minutes", "parameters",
+              "not_finished")
 
 
 def _cell(value, digits=2):
@@ -222,8 +288,8 @@ def markdown_table(rows, title: str = "") -> str:
     lines = [f"**{title}**", ""] if title else []
     lines += [
         "| variant | runs | median test error (%) | mean +- std (%) | per-run errors (%) "
-        "| final training loss (median) | parameters |",
-        "|---|---:|---:|---:|---|---:|---:|",
+        "| final training loss (median) | training minutes (median) | parameters |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     for row in rows:
         runs = f"{row['finished']}/{row['runs']}"
@@ -234,6 +300,7 @@ def markdown_table(rows, title: str = "") -> str:
         lines.append(
             f"| {row['variant']} | {runs} | {_cell(row['median_error'])} | {spread} | "
             f"{', '.join(f'{e:.2f}' for e in row['errors'])} | {_cell(row['median_train_loss'], 3)} | "
+            f"{_cell(row['median_train_minutes'], 1)} | "
             f"{'' if row['parameters'] is None else format(row['parameters'], ',')} |"
         )
     return "\n".join(lines) + "\n"
