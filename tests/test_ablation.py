@@ -264,14 +264,14 @@ def test_dry_run_commands_are_valid_trainer_settings(tmp_path):
 
 
 def _runner_module():
-    """trainers/ablation.py as a module, loaded once (it declares its flags on absl's FLAGS)."""
-    import importlib.util
+    """trainers/ablation.py as a module. It declares its flags on absl's FLAGS when imported, so
+    it is imported once per process, under the name tests/test_cli_usage_errors.py uses."""
+    import importlib
 
-    if "ablation_runner" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("ablation_runner", ABLATION)
-        sys.modules["ablation_runner"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules["ablation_runner"])
-    return sys.modules["ablation_runner"]
+    trainers = os.path.join(ROOT, "trainers")
+    if trainers not in sys.path:
+        sys.path.insert(0, trainers)
+    return importlib.import_module("ablation")
 
 
 def _ablation_in_process(capsys, *argv):
