@@ -84,3 +84,23 @@ def test_classify_command_on_sample_images(card_path):
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
     assert bad.returncode == 2 and "could not classify" in bad.stderr
+
+
+@pytest.mark.parametrize("card_path", CARDS, ids=lambda p: os.path.basename(os.path.dirname(p)))
+def test_serving_default_alone_reproduces_the_card_in_a_tensorflow_only_process(card_path, tmp_path):
+    # What a TF Serving user gets: benchmarks/serving_accuracy.py imports TensorFlow only (it fails
+    # if keras_preact was imported) and must count what the card counts for the SavedModel.
+    with open(card_path) as handle:
+        claimed = json.load(handle)["measured"]["accuracy"]["sample_test"]["saved_model"]
+    output = tmp_path / "serving_accuracy.json"
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "serving_accuracy.py"), os.path.dirname(card_path),
+         f"--data_dir={cifar10_sample_dir()}", f"--output={output}"],
+        capture_output=True, text=True, cwd=str(tmp_path), timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(output) as handle:
+        result = json.load(handle)
+    assert (result["images"], result["correct"]) == (claimed["count"], claimed["correct"])
+    assert result["keras_preact_imported"] is False and result["signature"] == "serving_default"
