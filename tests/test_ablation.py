@@ -311,6 +311,7 @@ def test_recipe_rows_reach_the_trainer(tmp_path, capsys):
         ("full_preact --batch_size=32", ["--batch_size=16"], "--batch_size is set for every run by the runner's --batch_size"),
         ("full_preact --lr_boundaries=0.3", [], "--lr_boundaries is set for every run"),
         ("full_preact --no_such_flag=1", [], "full_preact/identity --no_such_flag=1: --no_such_flag: unknown flag"),
+        ("full_preact --nesterov --nonesterov", [], "--nesterov is given twice in one row (as --nonesterov)"),
     ],
 )
 def test_row_flags_that_clash_are_refused(tmp_path, capsys, row, extra, match):
@@ -320,6 +321,15 @@ def test_row_flags_that_clash_are_refused(tmp_path, capsys, row, extra, match):
                                         f"--variants={row}", *runner_flags, *after)
     assert code == train_cli.EXIT_FLAG_ERROR
     assert output.err.startswith("error: --variants: ") and match in output.err, output.err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_flag_given_twice_after_the_separator_is_refused(tmp_path, capsys):
+    # --nesterov then --nonesterov: absl would let the later one win without a word.
+    code, output = _ablation_in_process(capsys, "--dry_run", "--seeds=0", f"--out={tmp_path / 'out'}",
+                                        "--variants=full_preact", "--", "--nesterov", "--nonesterov")
+    assert code == train_cli.EXIT_FLAG_ERROR
+    assert output.err.startswith("error: --nesterov: given twice after -- (as --nonesterov)"), output.err
     assert not os.path.exists(tmp_path / "out")
 
 

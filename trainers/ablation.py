@@ -195,13 +195,22 @@ def check_row_flags(options: Options) -> None:
     one wins would depend on the order of the command line."""
     flag_values = flags.FlagValues()
     train_cli.define_flags("cifar", flag_values)
-    shared = {_canonical_flag(a, flag_values): "also given after --" for a in options.trainer_flags}
+    shared = {}
+    for argument in options.trainer_flags:
+        name = _canonical_flag(argument, flag_values)
+        if name in shared:  # e.g. --nesterov and --nonesterov: the later one would silently win
+            raise FlagError(name, f"given twice after -- (as {argument}); give it once.")
+        shared[name] = "also given after --"
     shared["lr_boundaries"] = "set for every run by the runner's --lr_boundaries"
     if options.batch_size:
         shared["batch_size"] = "set for every run by the runner's --batch_size"
     for variant in options.variants:
+        row = set()
         for argument in variant.flags:
             name = _canonical_flag(argument, flag_values)
+            if name in row:
+                raise FlagError("variants", f"{variant.name}: --{name} is given twice in one row (as {argument}).")
+            row.add(name)
             if name in shared:
                 raise FlagError("variants", f"{variant.name}: --{name} is {shared[name]}; set it in one place.")
 
