@@ -28,7 +28,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def version_dir(path: str) -> str:
-    """The folder TF Serving would load: ``path`` itself if it is a SavedModel, else its newest numeric version."""
+    """The folder TF Serving would load: ``path`` itself if it is a SavedModel, else its newest numeric version.
+
+    The same rule as ``keras_preact.export.classify``, written again on purpose: this script must
+    not import the package whose absence it checks.
+    """
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return path
     if not os.path.isdir(path):
