@@ -16,11 +16,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CARDS = sorted(glob.glob(os.path.join(ROOT, "saved_models", "*", "model_card.json")))
 
 
+def read_card(card_path):
+    with open(card_path) as handle:
+        return json.load(handle)
+
+
 def test_a_trained_model_ships_and_its_card_describes_the_files_shipped():
     assert CARDS, "saved_models/<name>/model_card.json is missing: the shipped model is gone"
     for card_path in CARDS:
-        with open(card_path) as handle:
-            card = json.load(handle)
+        card = read_card(card_path)
         release = Release(os.path.dirname(card_path))
         assert release.path == os.path.join(os.path.dirname(card_path), card["measured"]["version_dir"])
         # Sizes on disk are those the card lists (no artefact replaced after the card was written).
@@ -32,8 +36,7 @@ def test_a_trained_model_ships_and_its_card_describes_the_files_shipped():
 
 @pytest.mark.parametrize("card_path", CARDS, ids=lambda p: os.path.basename(os.path.dirname(p)))
 def test_shipped_model_classifies_the_bundled_sample_as_its_card_says(card_path):
-    with open(card_path) as handle:
-        card = json.load(handle)
+    card = read_card(card_path)
     model_dir = os.path.dirname(card_path)
     release = Release(model_dir)
     claimed = card["measured"]["accuracy"]["sample_test"]
@@ -90,8 +93,7 @@ def test_classify_command_on_sample_images(card_path):
 def test_serving_default_alone_reproduces_the_card_in_a_tensorflow_only_process(card_path, tmp_path):
     # What a TF Serving user gets: benchmarks/serving_accuracy.py imports TensorFlow only (it fails
     # if keras_preact was imported) and must count what the card counts for the SavedModel.
-    with open(card_path) as handle:
-        claimed = json.load(handle)["measured"]["accuracy"]["sample_test"]["saved_model"]
+    claimed = read_card(card_path)["measured"]["accuracy"]["sample_test"]["saved_model"]
     output = tmp_path / "serving_accuracy.json"
     done = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "serving_accuracy.py"), os.path.dirname(card_path),
@@ -110,8 +112,7 @@ def test_serving_default_alone_reproduces_the_card_in_a_tensorflow_only_process(
 def test_readmes_name_the_shipped_version_and_its_measured_accuracy(card_path):
     # The two READMEs quote the shipped model; they went stale once (saved_models/README.md still
     # named version 1 at 88.69 % after version 3 shipped). Tie them to the card's measurements.
-    with open(card_path) as handle:
-        card = json.load(handle)
+    card = read_card(card_path)
     name, version = card["name"], card["measured"]["version_dir"]
     full_test = card["measured"]["accuracy"].get("eval_dir_test", {}).get("saved_model")
     for readme in ("README.md", os.path.join("saved_models", "README.md")):
