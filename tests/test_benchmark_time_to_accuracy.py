@@ -10,6 +10,7 @@ from keras_preact.data import cifar10_sample_dir
 
 SCRIPT = os.path.join(trainer_runs.ROOT, "benchmarks", "time_to_accuracy.py")
 LEVERS = os.path.join(trainer_runs.ROOT, "benchmarks", "evaluation_levers.py")
+TTA_VIEWS = os.path.join(trainer_runs.ROOT, "benchmarks", "tta_views.py")
 
 
 def test_both_runs_write_curves_json_and_plot(tmp_path):
@@ -49,7 +50,28 @@ def test_both_runs_write_curves_json_and_plot(tmp_path):
     table = json.loads((out / "fast" / "evaluation_levers.json").read_text())
     assert table["images"] == 1000 and table["rows"]
     last = table["rows"][-1]
-    assert set(last) == {"step", "own", "own+flip", "average", "average+flip"}
+    assert set(last) == {"step", "own", "own+flip", "average", "average+flip", "average+flip+translate"}
+    assert 0.2 < last["average+flip+translate"] <= 1  # the ten views of a briefly trained net: above chance (0.1)
     # The run's own last evaluation (averaged weights, flip) is what the tool measures (up to a
     # few images whose top class flips with the batch size's float round-off).
     assert abs(last["average+flip"] - result["fast"]["curve"][-1][1]) <= 0.005
+    only_last = subprocess.run([sys.executable, LEVERS, f"--run_dir={out / 'fast'}", "--model=resnet8",
+                                f"--data_dir={cifar10_sample_dir()}", "--batch_size=250", "--last"],
+                               capture_output=True, text=True, env=trainer_runs.env(), cwd=trainer_runs.ROOT,
+                               timeout=300)
+    assert only_last.returncode == 0, only_last.stderr[-3000:]
+    assert json.loads((out / "fast" / "evaluation_levers.json").read_text())["rows"] == [last]
+
+    # The view-set study on the same checkpoint: its "flip" and "flip+cross1" sets are the
+    # levers' average+flip and ten-view columns, computed by another path.
+    views = subprocess.run([sys.executable, TTA_VIEWS, f"--run_dir={out / 'fast'}", "--model=resnet8",
+                            f"--data_dir={cifar10_sample_dir()}", "--batch_size=250", "--max_shift=1"],
+                           capture_output=True, text=True, env=trainer_runs.env(), cwd=trainer_runs.ROOT,
+                           timeout=300)
+    assert views.returncode == 0, views.stderr[-3000:]
+    study = json.loads((out / "fast" / "tta_views.json").read_text())
+    assert study["weights"] == "averaged" and study["images"] == 1000
+    assert set(study["accuracy"]) == {"none", "flip", "flip+cross1", "flip+diag1", "flip+grid1"}
+    assert abs(study["accuracy"]["flip"] - last["average+flip"]) <= 0.003
+    assert abs(study["accuracy"]["flip+cross1"] - last["average+flip+translate"]) <= 0.003
+    assert abs(study["accuracy"]["none"] - last["average"]) <= 0.003

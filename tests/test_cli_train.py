@@ -134,8 +134,11 @@ def test_fast_recipe_and_its_levers_are_flags():
     assert (fast.name, fast.nesterov, fast.label_smoothing, fast.schedule, fast.decay_bn) == (
         "fast", True, 0.1, "cosine", False)
     assert (fast.weight_average, fast.eval_flip, fast.epochs) == (0.999, True, 5)
+    assert (fast.eval_translate, fast.eval_tta) == (False, "flip")
     off = check("cifar", "--recipe=fast", "--weight_average=0", "--noeval_flip").recipe
-    assert (off.weight_average, off.eval_flip) == (0.0, False)
+    assert (off.weight_average, off.eval_flip, off.eval_tta) == (0.0, False, "none")
+    both = check("cifar", "--recipe=fast", "--eval_translate").recipe
+    assert (both.eval_flip, both.eval_translate, both.eval_tta) == (True, True, "flip_translate")
     paper = check("cifar").recipe  # the paper's recipe stays the default, without the levers
     assert (paper.name, paper.weight_average, paper.eval_flip) == ("cifar10_sample", 0.0, False)
     assert check("cifar").input == "auto" and check("imagenet").input == "stream"

@@ -1,5 +1,6 @@
-"""Flip test-time augmentation in the export (``keras_preact.export.tta``, ``export_model(tta=...)``,
-``--tta``): the wrapper's function, its ``.keras`` round trip, and every artefact computing it."""
+"""Test-time augmentation in the export (``keras_preact.export.tta``, ``export_model(tta=...)``,
+``--tta``): flip and flip-and-translate wrappers, their ``.keras`` round trips, and every artefact
+computing them."""
 
 import json
 import os
@@ -16,9 +17,12 @@ from keras_preact.export import (
     OnnxRunner,
     TFLiteRunner,
     TTA_CHOICES,
+    Translate,
     export_model,
     flip_averaged,
+    tta_averaged,
 )
+from keras_preact.export.tta import tta_logits, tta_name, tta_views
 from keras_preact.export import __main__ as export_main
 from keras_preact.export import model_card
 from keras_preact.export.exporter import synthetic_images
@@ -94,6 +98,82 @@ def test_horizontal_flip_reverses_the_width_axis_only():
     np.testing.assert_array_equal(flipped, X[:, :, ::-1, :])
     with pytest.raises(ValueError, match="HorizontalFlip expects"):
         HorizontalFlip()(np.zeros((2, 3), np.float32))
+
+
+def shifted(images, dy, dx):
+    """Written out with NumPy: content moved dy rows down and dx columns right, zeros enter."""
+    out = np.zeros_like(images)
+    height, width = images.shape[1:3]
+    out[:, max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = \
+        images[:, max(-dy, 0) : height - max(dy, 0), max(-dx, 0) : width - max(dx, 0)]
+    return out
+
+
+@pytest.mark.parametrize("dy, dx", [(1, 0), (-1, 0), (0, 1), (0, -1), (2, -3), (0, 0)])
+def test_translate_moves_the_content_and_fills_with_zeros(dy, dx):
+    out = Translate(dy, dx)(X).numpy()
+    np.testing.assert_array_equal(out, shifted(X, dy, dx))
+    if dy == 1:  # the first row entered empty; the image's last row left the frame
+        assert not out[:, 0].any() and np.array_equal(out[:, 1:], X[:, :-1])
+
+
+def test_translate_refuses_bad_shapes_and_shifts():
+    with pytest.raises(ValueError, match="Translate expects"):
+        Translate(1, 0)(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="whole pixels"):
+        Translate(0.5, 0)
+    with pytest.raises(ValueError, match="out of its frame"):
+        Translate(32, 0)(X)
+    assert Translate(2, -1).get_config()["dy"] == 2 and Translate.from_config(Translate(2, -1).get_config()).dx == -1
+
+
+def test_views_of_each_choice():
+    assert tta_views("none") == ((0, 0, False),)
+    assert tta_views("flip") == ((0, 0, False), (0, 0, True))
+    assert len(tta_views("translate")) == 5 and not any(m for _, _, m in tta_views("translate"))
+    views = tta_views("flip_translate")
+    assert len(views) == len(set(views)) == 10
+    assert {(dy, dx) for dy, dx, _ in views} == {(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)}
+    assert [tta_name(f, t) for f in (False, True) for t in (False, True)] == [
+        "none", "translate", "flip", "flip_translate"]
+    with pytest.raises(ValueError, match="Unknown test-time augmentation"):
+        tta_views("rotate")
+
+
+def test_flip_translate_wrapper_is_the_mean_over_ten_views(model, tmp_path):
+    wrapped = tta_averaged(model, "flip_translate")
+    assert wrapped.name == "tiny_flip_translate_tta" and len(wrapped.weights) == len(model.weights)
+    views = [shifted(X, dy, dx) for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))]
+    views += [view[:, :, ::-1] for view in views]
+    expected = np.mean([model(view, training=False).numpy() for view in views], axis=0)
+    logits = wrapped(X, training=False).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    assert relative_error(logits, flip_averaged(model)(X, training=False).numpy()) > 1e-3  # not the flip alone
+    # The tensor function (the trainer's evaluation) computes the same mean.
+    direct = tta_logits(lambda images: model(images, training=False), tf.constant(X), "flip_translate")
+    np.testing.assert_allclose(direct.numpy(), logits, rtol=0, atol=1e-5 * np.abs(expected).max())
+    path = str(tmp_path / "tiny_flip_translate.keras")
+    wrapped.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
+    np.testing.assert_array_equal(loaded(X, training=False).numpy(), logits)
+    with pytest.raises(ValueError, match="no views to average"):
+        tta_averaged(model, "none")
+
+
+def test_flip_translate_export_computes_the_ten_view_mean(model, tmp_path):
+    path = export_model(model, str(tmp_path), name="shifted", recipe="cifar", class_names=CLASSES,
+                        tta="flip_translate", tflite_variants=("float32",), eval_images=ENCODED[:6],
+                        verbose=False)
+    report = report_of(path)
+    assert report["export"]["tta"] == "flip_translate" and report["float32_parity_passed"]
+    ops = report["tflite"]["float32"]["ops"]
+    assert ops["CONV_2D"] == 10 * 7 and ops["REVERSE_V2"] == 5 and report["tflite"]["float32"]["non_builtin_ops"] == []
+    images = np.stack([preprocess_for_eval(decode_image(b), "cifar").numpy() for b in ENCODED])
+    reference = tta_averaged(model, "flip_translate")(images, training=False).numpy()
+    served = tf.saved_model.load(path).signatures["serving_default"](image_bytes=tf.constant(ENCODED))
+    assert relative_error(served["logits"].numpy(), reference) <= 1e-4
+    with open(os.path.join(path, "assets.extra", "tflite", "float32.tflite"), "rb") as f:
+        assert relative_error(TFLiteRunner(f.read())(images)["logits"], reference) <= 1e-4
 
 
 def test_keras_file_round_trip_in_safe_mode(model, tmp_path):
@@ -184,7 +264,7 @@ def test_unknown_tta_is_refused_before_anything_is_written(model, tmp_path):
         export_model(model, str(base), name="tiny", recipe="cifar", class_names=CLASSES,
                      tta="mirror", verbose=False)
     assert list(base.iterdir()) == []
-    assert TTA_CHOICES == ("none", "flip")
+    assert TTA_CHOICES == ("none", "flip", "translate", "flip_translate")
 
 
 def test_command_line_passes_tta_through_and_refuses_other_values(monkeypatch, tmp_path, capsys, model):
@@ -216,6 +296,11 @@ def test_model_card_says_which_tta_the_artefacts_compute(exports):
     recipe = {"momentum": 0.9, "schedule": "cosine", "weight_decay": 1e-4, "eval_flip": True}
     assert "exported artefacts compute it too" in model_card.recipe_text(recipe, 0.1, "flip")
     assert "not in the exported signature" in model_card.recipe_text(recipe, 0.1)
+    assert "(the exported artefacts compute 'flip_translate')" in model_card.recipe_text(recipe, 0.1, "flip_translate")
+    both = {**recipe, "eval_translate": True}
+    assert "flip and one-pixel translation test-time augmentation (the exported artefacts compute it too)" in \
+        model_card.recipe_text(both, 0.1, "flip_translate")
+    assert "ten forward passes" in model_card.tta_text("flip_translate")
     # What the card reads: the export's own record, through the release the card measures.
     from keras_preact.export.classify import Release
 

@@ -410,3 +410,19 @@ def test_flip_evaluation_averages_the_logits_of_both_mirror_images(tmp_path):
     assert result["error"] == pytest.approx(error)
     loss = keras.losses.sparse_categorical_crossentropy(labels, expected, from_logits=True)
     assert result["loss"] == pytest.approx(float(np.mean(loss)), rel=1e-5)
+
+
+def test_translate_evaluation_averages_the_ten_flipped_and_shifted_views(tmp_path):
+    batches, per_epoch = in_memory_batches()
+    images, labels = next(iter(batches(0)))
+    trainer = sample_trainer(tmp_path / "run", per_epoch, total=1, weight_average=0.0, eval_flip=True,
+                             eval_translate=True)
+    assert trainer.recipe.eval_tta == "flip_translate"
+    padded = np.pad(images.numpy(), [(0, 0), (1, 1), (1, 1), (0, 0)])
+    views = [padded[:, 1 - dy : 33 - dy, 1 - dx : 33 - dx] for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))]
+    views += [view[:, :, ::-1] for view in views]  # written out here, not taken from the package
+    expected = np.mean([trainer.model(view, training=False).numpy() for view in views], axis=0)
+    result = trainer.evaluate(tf.data.Dataset.from_tensors((images, labels)))
+    loss = keras.losses.sparse_categorical_crossentropy(labels, expected, from_logits=True)
+    assert result["loss"] == pytest.approx(float(np.mean(loss)), rel=1e-5)
+    assert result["error"] == pytest.approx(1 - np.mean(np.argmax(expected, -1) == labels.numpy()))

@@ -206,6 +206,9 @@ def define_flags(family: str, flag_values: flags.FlagValues = FLAGS) -> None:
         "step (e.g. 0.999); 0: off.")
     _define(flag_values, flags.DEFINE_bool, "eval_flip", None,
         "Evaluate on the mean logits of each image and its mirror image (test-time augmentation).")
+    _define(flag_values, flags.DEFINE_bool, "eval_translate", None,
+        "Also average the logits of copies of each image shifted one pixel up, down, left and "
+        "right (5 views, 10 with --eval_flip; docs/training.md, 'Test-time translation').")
     _define(flag_values, flags.DEFINE_integer, "train_steps", None, "Train this many iterations.")
     _define(flag_values, flags.DEFINE_float, "epochs", None, "Train this many epochs (instead of --train_steps).")
     # Run.
@@ -508,6 +511,7 @@ def settings_from_flags(family: str, flag_values: flags.FlagValues = FLAGS, argv
         label_smoothing=F.label_smoothing,
         weight_average=F.weight_average,
         eval_flip=F.eval_flip,
+        eval_translate=F.eval_translate,
         train_steps=F.train_steps,
         epochs=F.epochs,
     )

@@ -9,7 +9,8 @@ The command line does the same from a ``.keras`` file or a training checkpoint::
     python -m keras_preact.export --model_file model.keras --name resnet20 --recipe cifar
 
 ``export_model(..., tta="flip")`` (``--tta=flip``) makes every artefact average the logits of
-each image and its mirror image (``flip_averaged``). See ``docs/serving.md`` for the TF Serving,
+each image and its mirror image (``flip_averaged``); ``"flip_translate"`` also averages their
+copies shifted by one pixel (``tta_averaged``, ten views). See ``docs/serving.md`` for the TF Serving,
 TFLite (LiteRT) and ONNX usage.
 """
 
@@ -36,7 +37,7 @@ from keras_preact.export.tflite import (
     convert_model as convert_to_tflite,
     op_counts,
 )
-from keras_preact.export.tta import TTA_CHOICES, HorizontalFlip, flip_averaged
+from keras_preact.export.tta import TTA_CHOICES, HorizontalFlip, Translate, flip_averaged, tta_averaged
 
 __all__ = [
     "ChannelAffine",
@@ -51,6 +52,7 @@ __all__ = [
     "TFLITE_VARIANTS",
     "TFLiteRunner",
     "TTA_CHOICES",
+    "Translate",
     "check_builtin_ops",
     "checked_image_bytes",
     "convert_to_onnx",
@@ -63,6 +65,7 @@ __all__ = [
     "load_model_file",
     "op_counts",
     "parity_report",
+    "tta_averaged",
     "serving_archive",
     "write_saved_model",
 ]

@@ -107,8 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta",
         default="none",
         choices=TTA_CHOICES,
-        help="Test-time augmentation computed by every artefact: none (default) or flip (the mean "
-        "of the logits of the image and of its mirror image; two forward passes per image).",
+        help="Test-time augmentation computed by every artefact: none (default), flip (the mean "
+        "of the logits of the image and of its mirror image; two forward passes per image), "
+        "translate (the image and its copies shifted one pixel up, down, left, right; five) or "
+        "flip_translate (those five and their mirror images; ten).",
     )
     parser.add_argument("--top_k", type=positive_int, default=5, help="Classes returned per image.")
     parser.add_argument("--max_image_pixels", type=positive_int, help="Reject larger images at serving time.")

@@ -12,8 +12,9 @@ Layout written (``<version>`` is an integer, the next free one by default)::
 
 With ``tta="flip"`` every artefact (both SavedModel signatures, each TFLite file, the ONNX
 model) computes the flip test-time augmentation of ``keras_preact.export.tta``: the mean of the
-logits of the image and of its mirror image, two forward passes per image. The parity report
-then compares each artefact with that flip-averaged Keras model.
+logits of the image and of its mirror image, two forward passes per image (``"flip_translate"``:
+ten views, the five one-pixel translations and their mirror images). The parity report then
+compares each artefact with that averaged Keras model.
 
 The version directory is assembled in a hidden staging directory next to it and renamed into
 place only once everything is written and the float32 parity checks passed, so a TF Serving

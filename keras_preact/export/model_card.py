@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from keras_preact.data import cifar10_sample_dir
 from keras_preact.export.classify import Release
+from keras_preact.export.tta import tta_name
 from keras_preact.hardware import cpu_description
 from keras_preact.training.observe import RESULTS_FILE, read_metrics
 
@@ -106,6 +107,13 @@ TTA_TEXT = {
     "none": "Test-time augmentation: none (one forward pass per image).",
     "flip": "Test-time augmentation: horizontal flip (mean of the logits of the image and its mirror "
             "image); inference costs two forward passes per image. The accuracies above include it.",
+    "translate": "Test-time augmentation: one-pixel translations (mean of the logits of the image and "
+                 "of its copies shifted one pixel up, down, left and right, zero fill); inference costs "
+                 "five forward passes per image. The accuracies above include it.",
+    "flip_translate": "Test-time augmentation: horizontal flip and one-pixel translations (mean of the "
+                      "logits of the image, its copies shifted one pixel up, down, left and right with "
+                      "zero fill, and the mirror images of all five); inference costs ten forward "
+                      "passes per image. The accuracies above include it.",
 }
 
 
@@ -131,9 +139,13 @@ def recipe_text(recipe: dict, base_lr, exported_tta: str = "none") -> str:
     if recipe.get("weight_average"):
         text += (f", evaluated and exported with a moving average of the weights (decay "
                  f"{recipe['weight_average']:g} per iteration)")
-    if recipe.get("eval_flip"):
-        text += ", evaluated during training with flip test-time augmentation " + (
-            "(the exported artefacts compute it too)" if exported_tta == "flip"
+    trained_tta = tta_name(recipe.get("eval_flip", False), recipe.get("eval_translate", False))
+    if trained_tta != "none":
+        described = {"flip": "flip", "translate": "one-pixel translation",
+                     "flip_translate": "flip and one-pixel translation"}[trained_tta]
+        text += f", evaluated during training with {described} test-time augmentation " + (
+            "(the exported artefacts compute it too)" if exported_tta == trained_tta
+            else f"(the exported artefacts compute {exported_tta!r})" if exported_tta != "none"
             else "(not in the exported signature)"
         )
     return text

@@ -1,16 +1,28 @@
-"""Horizontal-flip test-time augmentation (TTA) as a plain Keras model, for the exporter.
+"""Test-time augmentation (TTA): flip and translate views as plain Keras models and tensors.
 
-``flip_averaged(model)`` wraps a classifier that outputs logits into a functional model with
-the same input and output shapes whose logits are the mean of ``model(x)`` and
-``model(flip(x))``, the flip mirroring each image left-right (axis 2, the width of NHWC).
+A TTA choice names a set of *views* of each image; the logits of the views are averaged.
 
-Why: a CIFAR/ImageNet classifier is trained with random horizontal flips, so the mirror image
-is an equally valid view of the same object; averaging the two views' logits is the standard,
-cheap form of test-time augmentation (the trainer's ``--eval_flip`` computes the same mean, and
-``docs/serving.md`` gives what it measured). It costs a second forward pass per image.
+* ``"flip"``: the image and its mirror image (left-right, axis 2, the width of NHWC): two
+  forward passes.
+* ``"translate"``: the image and its copies shifted by one pixel up, down, left and right with
+  zero fill (:data:`TRANSLATE_SHIFTS`): five forward passes.
+* ``"flip_translate"``: the five translated views and their mirror images: ten forward passes.
 
-The wrapper is built from serializable layers only (:class:`HorizontalFlip` and
-``keras.layers.Average``, no ``Lambda``), so it round-trips through a ``.keras`` file with
+Why: a CIFAR/ImageNet classifier is trained with random horizontal flips and, on CIFAR, with
+random 4-pixel translations (zero padding and a random crop, the paper's Sec. 4.1 / [1]); the
+mirror image and slightly shifted copies are equally valid views of the same object, so the
+mean of their logits is a cheaper prediction to trust than any one of them. Zero fill is the
+training augmentation's: the views are taken of the *normalised* image, whose padding is zero.
+
+``tta_averaged(model, tta)`` wraps a classifier that outputs logits into a functional model with
+the same input and output shapes (``flip_averaged(model)`` is its ``"flip"`` case, for the
+exporter); :func:`tta_logits` computes the same mean on a tensor batch (the trainer's
+evaluation, ``--eval_flip`` / ``--eval_translate``). Both take their views from
+:func:`tta_views`, and both move pixels with :func:`view_of`, so the two cannot disagree.
+``docs/training.md`` and ``docs/serving.md`` give what each choice measured.
+
+The wrapper is built from serializable layers only (:class:`HorizontalFlip`, :class:`Translate`
+and ``keras.layers.Average``, no ``Lambda``), so it round-trips through a ``.keras`` file with
 ``safe_mode=True``, and it converts to SavedModel, TFLite (builtin ops) and ONNX like the bare
 network. The mean is taken in float32 whatever the wrapped model's dtype policy.
 """
@@ -22,8 +34,63 @@ from keras import ops
 
 from keras_preact.common import PACKAGE
 
-TTA_CHOICES = ("none", "flip")
-WIDTH_AXIS = 2  # NHWC
+TTA_CHOICES = ("none", "flip", "translate", "flip_translate")
+HEIGHT_AXIS, WIDTH_AXIS = 1, 2  # NHWC
+# (rows down, columns right) of the translated views: one pixel each way. Chosen by measurement
+# on the 110-minute ResNet-56 run's weights against diagonal shifts, 2-pixel shifts and the full
+# 3x3 and 5x5 grids (docs/training.md, "Test-time translation").
+TRANSLATE_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def tta_name(flip: bool, translate: bool) -> str:
+    """The TTA choice of the trainer's ``--eval_flip`` / ``--eval_translate`` pair."""
+    return {(False, False): "none", (True, False): "flip", (False, True): "translate",
+            (True, True): "flip_translate"}[(bool(flip), bool(translate))]
+
+
+def tta_views(tta) -> tuple[tuple[int, int, bool], ...]:
+    """The views a TTA choice averages, as ``(rows down, columns right, mirrored)`` triples."""
+    shifts = TRANSLATE_SHIFTS if check_tta(tta) in ("translate", "flip_translate") else ((0, 0),)
+    mirrors = (False, True) if tta in ("flip", "flip_translate") else (False,)
+    return tuple((dy, dx, mirror) for dy, dx in shifts for mirror in mirrors)
+
+
+def translate(images, dy: int, dx: int):
+    """NHWC ``images`` moved ``dy`` rows down and ``dx`` columns right, vacated pixels zero.
+
+    A static pad-and-slice (TFLite PAD + STRIDED_SLICE, ONNX Pad + Slice): the content that
+    leaves the frame is dropped, as in the training crop of a zero-padded image.
+    """
+    if dy == 0 and dx == 0:
+        return images
+    height, width = images.shape[HEIGHT_AXIS], images.shape[WIDTH_AXIS]
+    if height is None or width is None:
+        raise ValueError(f"translate needs a static image size, got shape {images.shape}.")
+    if abs(dy) >= height or abs(dx) >= width:
+        raise ValueError(f"Shift ({dy}, {dx}) moves a {height}x{width} image out of its frame.")
+    padded = ops.pad(images, [[0, 0], [max(dy, 0), max(-dy, 0)], [max(dx, 0), max(-dx, 0)], [0, 0]])
+    top, left = max(-dy, 0), max(-dx, 0)
+    return padded[:, top : top + height, left : left + width, :]
+
+
+def view_of(images, dy: int, dx: int, mirrored: bool):
+    """One view of a batch: shifted, then mirrored (the view set is symmetric, so the order of
+    the two does not change the set)."""
+    moved = translate(images, dy, dx)
+    return ops.flip(moved, axis=WIDTH_AXIS) if mirrored else moved
+
+
+def tta_logits(model, images, tta):
+    """The float32 mean of ``model``'s logits over the views of ``tta`` (``model(images)``
+    itself for ``"none"``). ``model`` is any callable taking an NHWC batch."""
+    views = tta_views(tta)
+    if len(views) == 1:
+        return model(images)
+    total = None
+    for dy, dx, mirrored in views:
+        logits = ops.cast(model(view_of(images, dy, dx, mirrored)), "float32")
+        total = logits if total is None else total + logits
+    return total / float(len(views))
 
 
 def check_tta(tta) -> str:
@@ -60,30 +127,74 @@ class HorizontalFlip(keras.layers.Layer):
         return super().get_config()  # no arguments of its own: the axis is always the width
 
 
-def flip_averaged(model: keras.Model, name: str | None = None) -> keras.Model:
-    """A functional model computing ``mean(model(x), model(mirror(x)))`` (logits), in float32.
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Translate(keras.layers.Layer):
+    """Move NHWC images ``dy`` rows down and ``dx`` columns right, filling with zeros
+    (:func:`translate`), deterministically, in training and inference alike."""
+
+    def __init__(self, dy: int = 0, dx: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        if int(dy) != dy or int(dx) != dx:
+            raise ValueError(f"Translate shifts whole pixels, got dy={dy!r}, dx={dx!r}.")
+        self.dy, self.dx = int(dy), int(dx)
+        self.supports_masking = True
+
+    def call(self, inputs):
+        if len(inputs.shape) != 4:
+            raise ValueError(f"Translate expects [batch, H, W, C] images, got shape {inputs.shape}.")
+        return translate(inputs, self.dy, self.dx)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "dy": self.dy, "dx": self.dx}
+
+
+def tta_averaged(model: keras.Model, tta: str, name: str | None = None) -> keras.Model:
+    """A functional model computing the float32 mean of ``model``'s logits over the views of
+    ``tta`` (:func:`tta_views`): for ``"flip"``, ``mean(model(x), model(mirror(x)))``.
 
     Args:
       model: a single-input ``[batch, H, W, C]``, single-output ``[batch, classes]`` Keras
         classifier that outputs logits (averaging probabilities would be another function).
         It is shared, not copied: the wrapper's weights are ``model``'s.
-      name: the wrapper's name; default ``"<model.name>_flip_tta"`` (``model`` keeps its own
+      tta: ``"flip"``, ``"translate"`` or ``"flip_translate"`` (``"none"`` has nothing to
+        wrap: use ``model``).
+      name: the wrapper's name; default ``"<model.name>_<tta>_tta"`` (``model`` keeps its own
         name as the wrapper's inner layer).
     """
+    if check_tta(tta) == "none":
+        raise ValueError('tta="none" has no views to average: use the model itself (apply_tta does).')
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ValueError("flip_averaged wraps single-input, single-output classifiers only.")
+        raise ValueError(f"{tta} test-time augmentation wraps single-input, single-output classifiers only.")
     spec = model.inputs[0]
     if len(spec.shape) != 4:
-        raise ValueError(f"flip_averaged needs [batch, H, W, C] images, the model takes {tuple(spec.shape)}.")
+        raise ValueError(f"{tta} test-time augmentation needs [batch, H, W, C] images, the model takes "
+                         f"{tuple(spec.shape)}.")
     inputs = keras.Input(batch_shape=spec.shape, dtype=spec.dtype, name=spec.name or "image")
-    # The flip only moves values: it keeps the input's dtype, whatever the global policy.
-    mirrored = HorizontalFlip(name="horizontal_flip", dtype=spec.dtype)(inputs)
+    outputs, moved = [], {}
+    for dy, dx, mirrored in tta_views(tta):
+        # The views only move values: they keep the input's dtype, whatever the global policy.
+        suffix = "" if (dy, dx) == (0, 0) else f"_{dy}_{dx}".replace("-", "m")
+        if (dy, dx) not in moved:  # one Translate per shift, shared by the view and its mirror
+            moved[dy, dx] = inputs if not suffix else Translate(dy, dx, name="translate" + suffix,
+                                                                 dtype=spec.dtype)(inputs)
+        view = moved[dy, dx]
+        if mirrored:
+            view = HorizontalFlip(name="horizontal_flip" + suffix, dtype=spec.dtype)(view)
+        outputs.append(model(view))
     # float32 mean: Average casts its inputs to its own (float32) dtype, so a mixed-precision
     # model's half-precision logits are not averaged in half precision.
-    outputs = keras.layers.Average(name="flip_mean", dtype="float32")([model(inputs), model(mirrored)])
-    return keras.Model(inputs, outputs, name=name or f"{model.name}_flip_tta")
+    mean = keras.layers.Average(name=f"{tta}_mean", dtype="float32")(outputs)
+    return keras.Model(inputs, mean, name=name or f"{model.name}_{tta}_tta")
+
+
+def flip_averaged(model: keras.Model, name: str | None = None) -> keras.Model:
+    """``tta_averaged(model, "flip")``: the mean of the logits of each image and its mirror image."""
+    return tta_averaged(model, "flip", name)
 
 
 def apply_tta(model: keras.Model, tta: str) -> keras.Model:
-    """``model`` itself for ``tta="none"``, ``flip_averaged(model)`` for ``"flip"``."""
-    return flip_averaged(model) if check_tta(tta) == "flip" else model
+    """``model`` itself for ``tta="none"``, else ``tta_averaged(model, tta)``."""
+    return model if check_tta(tta) == "none" else tta_averaged(model, tta)

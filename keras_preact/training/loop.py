@@ -40,13 +40,14 @@ Speed levers (each keeps the numbers of the plain loop; see docs/training.md):
   fall on the same steps as with N=1, and the numbers are the same. The divergence check then
   sees the mean loss of each loop.
 
-Recipe levers for short runs (``Recipe.weight_average``, ``Recipe.eval_flip``; see the ``fast``
-recipe):
+Recipe levers for short runs (``Recipe.weight_average``, ``Recipe.eval_flip``,
+``Recipe.eval_translate``; see the ``fast`` recipe):
 
 * an exponential moving average of the weights (``averaging.WeightAverage``), updated after
   every step, checkpointed with the run, used for every evaluation and for the exported model;
-* test-time augmentation by horizontal flip: the evaluation logits are the mean of the
-  image's and its mirror image's.
+* test-time augmentation by horizontal flip (and, optionally, one-pixel translations): the
+  evaluation logits are the mean over the views of ``keras_preact.export.tta``, the same
+  views the exporter's ``tta`` option computes.
 
 A lost worker: under ``MultiWorkerMirroredStrategy`` a worker whose peer died (killed,
 preempted, its machine gone) fails in its next collective, at once if the peer's connection
@@ -73,6 +74,7 @@ from typing import Callable, Mapping
 import keras
 import tensorflow as tf
 
+from keras_preact.export.tta import tta_logits
 from keras_preact.training import strategy as strategy_lib
 from keras_preact.training.averaging import WeightAverage
 from keras_preact.training.checkpoints import DEFAULT_CONFIRM_STEPS, RunCheckpoints
@@ -157,7 +159,8 @@ class Trainer:
       steps_per_loop: run up to this many steps per ``tf.function`` call (one host sync).
 
     The recipe's ``weight_average`` (decay of an exponential moving average of the weights,
-    0: off) and ``eval_flip`` (flip test-time augmentation) apply to every evaluation.
+    0: off), ``eval_flip`` and ``eval_translate`` (test-time augmentation) apply to every
+    evaluation.
     """
 
     def __init__(
@@ -324,11 +327,8 @@ class Trainer:
         return _all_sum(list(self._losses(labels, logits, 0.0)))
 
     def _replica_logits(self, images):
-        logits = self.model(images, training=False)
-        if self.recipe.eval_flip:  # the mean of the image's and its mirror image's logits
-            mirrored = self.model(tf.reverse(images, axis=[2]), training=False)
-            logits = (tf.cast(logits, tf.float32) + tf.cast(mirrored, tf.float32)) / 2.0
-        return logits
+        # The mean logits over the recipe's test-time views (the image alone without TTA).
+        return tta_logits(lambda views: self.model(views, training=False), images, self.recipe.eval_tta)
 
     def _reduce(self, values):
         # Every replica holds the same all-reduced sums; take this worker's first.
