@@ -10,8 +10,8 @@ The command line does the same from a ``.keras`` file or a training checkpoint::
 
 ``export_model(..., tta="flip")`` (``--tta=flip``) makes every artefact average the logits of
 each image and its mirror image (``flip_averaged``); ``"flip_translate"`` also averages their
-copies shifted by one pixel (``tta_averaged``, ten views). See ``docs/serving.md`` for the TF Serving,
-TFLite (LiteRT) and ONNX usage.
+copies shifted by one pixel (``tta_averaged``, ten views). See ``docs/serving.md`` for the TF
+Serving, TFLite (LiteRT) and ONNX usage.
 """
 
 from keras_preact.export.exporter import (
@@ -65,7 +65,7 @@ __all__ = [
     "load_model_file",
     "op_counts",
     "parity_report",
-    "tta_averaged",
     "serving_archive",
+    "tta_averaged",
     "write_saved_model",
 ]

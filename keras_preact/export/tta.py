@@ -9,10 +9,12 @@ A TTA choice names a set of *views* of each image; the logits of the views are a
 * ``"flip_translate"``: the five translated views and their mirror images: ten forward passes.
 
 Why: a CIFAR/ImageNet classifier is trained with random horizontal flips and, on CIFAR, with
-random 4-pixel translations (zero padding and a random crop, the paper's Sec. 4.1 / [1]); the
-mirror image and slightly shifted copies are equally valid views of the same object, so the
-mean of their logits is a cheaper prediction to trust than any one of them. Zero fill is the
-training augmentation's: the views are taken of the *normalised* image, whose padding is zero.
+random translations of up to 4 pixels (zero padding and a random 32x32 crop, the augmentation
+of He et al., "Deep Residual Learning", Sec. 4.2, which the paper follows); the mirror image and
+slightly shifted copies are equally valid views of the same object, and the mean of their
+logits depends less on where the object happens to sit in the frame than any one view does.
+Zero fill is the training augmentation's: the views are taken of the *normalised* image, whose
+padding is zero.
 
 ``tta_averaged(model, tta)`` wraps a classifier that outputs logits into a functional model with
 the same input and output shapes (``flip_averaged(model)`` is its ``"flip"`` case, for the
