@@ -16,7 +16,10 @@ Two runs of the same architecture, one after the other on an otherwise idle mach
 Both evaluate on the full test split about ``--evals`` times, at regular amounts of training
 time. Times are training wall time: evaluations (and the fast run's checkpoints) are left out
 and reported separately. The time to an accuracy is that of the first evaluation at or above it
-(so it is known to within one evaluation interval).
+(so it is known to within one evaluation interval). The fast run's final weights are then
+evaluated once more with flip and one-pixel translations (ten views per image,
+``evaluation_levers.py --last``; ``--no-final_translate`` skips it): its curve uses the flip
+alone, because ten views at every evaluation would cost five times as much.
 
 Writes ``<output_dir>/time_to_accuracy.json`` and ``time_to_accuracy.png`` (test accuracy
 against minutes, both runs). The fast run's directory ``<output_dir>/fast`` is a normal run
@@ -48,6 +51,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 TRAINER = os.path.join(ROOT, "trainers", "cifar.py")
+LEVERS = os.path.join(HERE, "evaluation_levers.py")
+TEN_VIEWS = "average+flip+translate"  # evaluation_levers.py's column: weight average, ten views
 PROBE_STEPS = 60
 SAFETY = 0.97  # the probe's images/s overestimates a long run slightly (evaluations warm caches)
 
@@ -68,6 +73,10 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", default=os.path.join("runs", "time_to_accuracy"))
     parser.add_argument("--fast_flags", default="", help="Extra trainer flags for the fast run.")
+    parser.add_argument("--final_translate", action=argparse.BooleanOptionalAction, default=True,
+                        help="Also evaluate the fast run's final weights with flip and one-pixel "
+                        "translations (ten views, benchmarks/evaluation_levers.py --last); "
+                        "--no-final_translate skips it.")
     args = parser.parse_args(argv)
     for name in ("budget_minutes", "evals", "target"):
         if getattr(args, name) <= 0:
@@ -107,6 +116,19 @@ def run_trainer(flags: list, log_path: str) -> None:
         process = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
     if process.returncode:
         raise SystemExit(f"The trainer failed (exit {process.returncode}); see {log_path}.")
+
+
+def final_ten_views(args, folder: str, run_dir: str):
+    """Accuracy of the run's last checkpoint (weight average) with the ten-view test-time
+    augmentation, or None if the run kept no weight average."""
+    command = [sys.executable, LEVERS, f"--run_dir={run_dir}", f"--model={args.model}",
+               f"--data_dir={folder}", "--last"]
+    print("$ " + " ".join(command), flush=True)
+    process = subprocess.run(command, capture_output=True, text=True)
+    if process.returncode:
+        raise SystemExit(f"evaluation_levers.py failed (exit {process.returncode}):\n{process.stderr[-2000:]}")
+    with open(os.path.join(run_dir, "evaluation_levers.json")) as handle:
+        return json.load(handle)["rows"][-1].get(TEN_VIEWS)
 
 
 def fast_run(args, folder: str) -> dict:
@@ -271,6 +293,8 @@ def main(argv=None) -> dict:
     fast = fast_run(args, folder)
     fast["label"] = f"fast recipe, {args.dtype_policy}"
     result["fast"] = fast
+    if args.final_translate:
+        fast["final_accuracy_ten_views"] = final_ten_views(args, folder, os.path.join(args.output_dir, "fast"))
     if args.baseline_minutes:
         baseline = baseline_run(args, folder)
         baseline["label"] = "plain Keras fit, float32"
@@ -285,6 +309,9 @@ def main(argv=None) -> dict:
             reached = run["minutes_to_target"]
             print(f"{name:<10}{run['train_minutes']:>10.1f}{100 * run['final_accuracy']:>9.2f}%"
                   f"{100 * run['best_accuracy']:>9.2f}%{reached if reached is None else round(reached, 1)!s:>12}")
+    if fast.get("final_accuracy_ten_views") is not None:
+        print(f"fast, final weights with flip and one-pixel translations (ten views, float32): "
+              f"{100 * fast['final_accuracy_ten_views']:.2f}%")
     if "baseline" in result and fast["minutes_to_target"] and result["baseline"]["minutes_to_target"]:
         result["speedup_to_target"] = result["baseline"]["minutes_to_target"] / fast["minutes_to_target"]
         print(f"Time to {args.target:.0%}: baseline / fast = {result['speedup_to_target']:.2f}x")

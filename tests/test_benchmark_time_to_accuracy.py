@@ -33,13 +33,16 @@ def test_both_runs_write_curves_json_and_plot(tmp_path):
     plan = json.loads((out / "fast" / "plan.json").read_text())
     assert plan["images_per_sec_probe"] > 0 and plan["train_examples"] == 5000
     assert "--recipe=fast" in result["fast"]["command"]
+    ten_views = result["fast"]["final_accuracy_ten_views"]  # the final weights, ten-view TTA
+    assert 0 < ten_views <= 1 and "(ten views, float32)" in process.stdout
     assert (out / "time_to_accuracy.png").stat().st_size > 1000
     # Run again: the finished fast run is resumed (nothing retrained), its plan kept.
-    again = subprocess.run(command + ["--baseline_minutes=0"], capture_output=True, text=True,
+    again = subprocess.run(command + ["--baseline_minutes=0", "--no-final_translate"], capture_output=True, text=True,
                            env=trainer_runs.env(), cwd=trainer_runs.ROOT, timeout=400)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Resuming the fast run planned" in again.stdout
-    assert json.loads((out / "time_to_accuracy.json").read_text())["fast"]["curve"] == result["fast"]["curve"]
+    rerun = json.loads((out / "time_to_accuracy.json").read_text())["fast"]
+    assert rerun["curve"] == result["fast"]["curve"] and "final_accuracy_ten_views" not in rerun
 
     # The evaluation levers of the same run: own/averaged weights, with and without flip.
     levers = subprocess.run([sys.executable, LEVERS, f"--run_dir={out / 'fast'}", "--model=resnet8",
@@ -52,6 +55,7 @@ def test_both_runs_write_curves_json_and_plot(tmp_path):
     last = table["rows"][-1]
     assert set(last) == {"step", "own", "own+flip", "average", "average+flip", "average+flip+translate"}
     assert 0.2 < last["average+flip+translate"] <= 1  # the ten views of a briefly trained net: above chance (0.1)
+    assert abs(last["average+flip+translate"] - ten_views) <= 0.003  # what the benchmark recorded
     # The run's own last evaluation (averaged weights, flip) is what the tool measures (up to a
     # few images whose top class flips with the batch size's float round-off).
     assert abs(last["average+flip"] - result["fast"]["curve"][-1][1]) <= 0.005
