@@ -69,6 +69,10 @@ def training_record(run_dir: str) -> dict:
     # Training rows only: an evaluation-only rerun appends a row hours later.
     rows = [r for r in rows if r.get("train_loss")]
     times = [float(r["wall_time"]) for r in rows if r.get("wall_time")]
+    # The span also holds evaluations and any pause between a stopped process and its resume (a
+    # run spread over several sessions spans days); the trainer's own clock, which adds up the
+    # time in training steps over every process, is the training time.
+    seconds = [float(r["train_seconds"]) for r in rows if r.get("train_seconds")]
     argv = results.get("argv", [])
     return {
         "command": " ".join(["python", "trainers/cifar.py", *argv[1:]]) if argv else None,
@@ -76,6 +80,7 @@ def training_record(run_dir: str) -> dict:
         "epochs": float(rows[-1]["epoch"]) if rows else None,
         "first_logged_step": int(rows[0]["step"]) if rows else None,
         "wall_time_hours": round((times[-1] - times[0]) / 3600, 2) if len(times) > 1 else None,
+        "train_hours": round(max(seconds) / 3600, 2) if seconds else None,
         "median_images_per_sec": rates[len(rates) // 2] if rates else None,
         "final_test_error_in_training": {k: v["error"] for k, v in results["final"].items()},
         "parameters": results["parameters"],
@@ -84,6 +89,18 @@ def training_record(run_dir: str) -> dict:
         "base_lr": results.get("base_lr"),
         "global_batch": results.get("global_batch"),
     }
+
+
+def _time_text(training: dict) -> str:
+    """The card's line on how long training took (cards written before ``train_hours`` have only the span)."""
+    span = (f"wall-clock span from the first logged iteration ({training['first_logged_step']}) to the end: "
+            f"{training['wall_time_hours']:.2f} h")
+    rate = f"at a median {training['median_images_per_sec']:.0f} images/s"
+    if training.get("train_hours") is None:
+        return f"{span[0].upper()}{span[1:]}, {rate}."
+    return (f"Training time: {training['train_hours']:.2f} h in training steps, {rate} (the trainer's clock, "
+            f"added up over every process of the run; evaluations and checkpoints excluded); {span} "
+            "(evaluations and any pause between a stopped process and its resume included).")
 
 
 def _flag_value(argv, name: str, default: str) -> str:
@@ -185,8 +202,7 @@ def render(card: dict) -> str:
         f"- {t['steps']} iterations ({t['epochs']:g} epochs) at batch {t['global_batch']}: "
         f"{recipe_text(t['recipe'], t['base_lr'], m.get('tta', 'none'))}; the trainer's CIFAR augmentation (4-pixel "
         "pad, random 32x32 crop, horizontal flip).",
-        f"- Wall time from the first logged iteration ({t['first_logged_step']}) to the end: "
-        f"{t['wall_time_hours']:.2f} h, at a median {t['median_images_per_sec']:.0f} images/s.",
+        f"- {_time_text(t)}",
         f"- Parameters: {t['parameters']:,}.",
         f"- Hardware: {h['cpu']}, {h['logical_cores']} logical cores, {h['memory_gb']} GB, "
         f"{'GPU' if h['gpu'] else 'no GPU'}; TensorFlow {h['tensorflow']}, Keras {h['keras']}, "
