@@ -36,7 +36,7 @@ from keras_preact.data import cifar10_sample_dir
 from keras_preact.export.classify import Release
 from keras_preact.export.tta import tta_name
 from keras_preact.hardware import cpu_description
-from keras_preact.training.observe import RESULTS_FILE, read_metrics
+from keras_preact.training.observe import RESULTS_FILE, read_metrics, train_seconds
 
 CARD_JSON = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
@@ -70,9 +70,8 @@ def training_record(run_dir: str) -> dict:
     rows = [r for r in rows if r.get("train_loss")]
     times = [float(r["wall_time"]) for r in rows if r.get("wall_time")]
     # The span also holds evaluations and any pause between a stopped process and its resume (a
-    # run spread over several sessions spans days); the trainer's own clock, which adds up the
-    # time in training steps over every process, is the training time.
-    seconds = [float(r["train_seconds"]) for r in rows if r.get("train_seconds")]
+    # run spread over several sessions spans days): the trainer's own clock is the training time.
+    seconds = train_seconds(rows)
     argv = results.get("argv", [])
     return {
         "command": " ".join(["python", "trainers/cifar.py", *argv[1:]]) if argv else None,
@@ -80,7 +79,7 @@ def training_record(run_dir: str) -> dict:
         "epochs": float(rows[-1]["epoch"]) if rows else None,
         "first_logged_step": int(rows[0]["step"]) if rows else None,
         "wall_time_hours": round((times[-1] - times[0]) / 3600, 2) if len(times) > 1 else None,
-        "train_hours": round(max(seconds) / 3600, 2) if seconds else None,
+        "train_hours": round(seconds / 3600, 2) if seconds is not None else None,
         "median_images_per_sec": rates[len(rates) // 2] if rates else None,
         "final_test_error_in_training": {k: v["error"] for k, v in results["final"].items()},
         "parameters": results["parameters"],

@@ -29,7 +29,7 @@ import re
 import statistics
 
 from keras_preact import common
-from keras_preact.training.observe import RESULTS_FILE, read_metrics, save_figure
+from keras_preact.training.observe import RESULTS_FILE, read_metrics, save_figure, train_seconds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,9 +226,9 @@ def read_run(path: str, variant: Variant, seed: int, status: str | None = None,
         "test_error": [(float(r["epoch"]), float(r["test_error"])) for r in rows
                        if r["test_error"] and (r["eval_name"] or eval_name) == eval_name],
     }
-    seconds = [float(r["train_seconds"]) for r in rows if r.get("train_seconds")]
+    seconds = train_seconds(rows)
     result = RunResult(variant, seed, status or recorded_status(path) or "missing", curves=curves,
-                       train_minutes=max(seconds) / 60 if seconds else None)
+                       train_minutes=seconds / 60 if seconds is not None else None)
     results_path = os.path.join(path, RESULTS_FILE)
     if os.path.exists(results_path):
         with open(results_path) as handle:

@@ -143,6 +143,16 @@ def read_metrics(path: str) -> list:
         return list(csv.DictReader(handle))
 
 
+def train_seconds(rows: list) -> float | None:
+    """A run's time in training steps, from its ``metrics.csv`` rows (None if none recorded).
+
+    The trainer's clock adds up over every process of a resumed run, so the largest value is the
+    whole run's, whatever pauses lie between the processes.
+    """
+    seconds = [float(r["train_seconds"]) for r in rows if r.get("train_seconds")]
+    return max(seconds) if seconds else None
+
+
 def _scalar_metadata():
     """The metadata TensorBoard's scalar plugin reads (what ``tf.summary.scalar`` attaches).
 
