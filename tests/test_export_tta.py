@@ -18,6 +18,7 @@ from keras_preact.export import (
     TFLiteRunner,
     TTA_CHOICES,
     Translate,
+    ViewMean,
     export_model,
     flip_averaged,
     tta_averaged,
@@ -160,6 +161,29 @@ def test_flip_translate_wrapper_is_the_mean_over_ten_views(model, tmp_path):
         tta_averaged(model, "none")
 
 
+def test_view_mean_averages_view_major_blocks_in_float32():
+    # [views * batch, classes], view-major: rows 0-1 are view 0 of images 0-1, rows 2-3 view 1...
+    stacked = np.arange(3 * 2 * 4, dtype=np.float32).reshape(6, 4)
+    expected = stacked.reshape(3, 2, 4).mean(axis=0)
+    np.testing.assert_array_equal(ViewMean(3)(stacked).numpy(), expected)
+    half = ViewMean(3)(tf.constant(stacked, tf.bfloat16))
+    assert half.dtype == tf.float32 and ViewMean(3).compute_output_shape((6, 4)) == (2, 4)
+    layer = ViewMean.from_config(ViewMean(10, name="m").get_config())
+    assert (layer.views, layer.name, layer.dtype) == (10, "m", "float32")
+    for bad in (0, 2.5):
+        with pytest.raises(ValueError, match="positive whole number of views"):
+            ViewMean(bad)
+
+
+def test_wrapper_calls_the_network_once_on_the_stacked_views(model):
+    wrapped = tta_averaged(model, "flip_translate")
+    # One node of the network: the exported graphs hold it once, not once per view.
+    assert [layer.name for layer in wrapped.layers].count("tiny") == 1
+    calls = [node for nodes in wrapped._nodes_by_depth.values() for node in nodes if node.operation is model]
+    assert len(calls) == 1
+    assert wrapped.get_layer("views").output.shape == (None, 32, 32, 3)
+
+
 def test_flip_translate_export_computes_the_ten_view_mean(model, tmp_path):
     path = export_model(model, str(tmp_path), name="shifted", recipe="cifar", class_names=CLASSES,
                         tta="flip_translate", tflite_variants=("float32",), eval_images=ENCODED[:6],
@@ -167,7 +191,9 @@ def test_flip_translate_export_computes_the_ten_view_mean(model, tmp_path):
     report = report_of(path)
     assert report["export"]["tta"] == "flip_translate" and report["float32_parity_passed"]
     ops = report["tflite"]["float32"]["ops"]
-    assert ops["CONV_2D"] == 10 * 7 and ops["REVERSE_V2"] == 5 and report["tflite"]["float32"]["non_builtin_ops"] == []
+    # The network once, on the ten views stacked along the batch (one CONCATENATION of them).
+    assert ops["CONV_2D"] == 7 and ops["REVERSE_V2"] == 5 and ops["CONCATENATION"] == 1
+    assert report["tflite"]["float32"]["non_builtin_ops"] == []
     images = np.stack([preprocess_for_eval(decode_image(b), "cifar").numpy() for b in ENCODED])
     reference = tta_averaged(model, "flip_translate")(images, training=False).numpy()
     served = tf.saved_model.load(path).signatures["serving_default"](image_bytes=tf.constant(ENCODED))
@@ -233,8 +259,8 @@ def test_flip_parity_report_records_tta_and_compares_with_the_wrapper(exports):
     for variant in ("float32", "float16", "int8"):
         ops = report["tflite"][variant]["ops"]
         assert report["tflite"][variant]["non_builtin_ops"] == []
-        assert ops["CONV_2D"] == 2 * 7 and ops["REVERSE_V2"] == 1, variant
-    assert report["onnx"]["ops"]["Conv"] == 2 * 7 and report["onnx"]["ops"]["ReverseSequence"] == 1
+        assert ops["CONV_2D"] == 7 and ops["REVERSE_V2"] == 1, variant  # one network call, two views
+    assert report["onnx"]["ops"]["Conv"] == 7 and report["onnx"]["ops"]["ReverseSequence"] == 1
 
 
 def test_flip_export_answers_differently_from_the_plain_export(exports):
@@ -252,7 +278,7 @@ def test_unfolded_flip_export_wraps_the_network_itself(model, tmp_path):
     report = report_of(path)
     assert report["float32_parity_passed"] and "keras_folded" not in report["comparisons"]
     assert report["onnx"]["from"] == report["export"]["tflite_from"] == "keras_model"
-    assert report["onnx"]["ops"]["Conv"] == 2 * 7 and report["tflite"]["float32"]["ops"]["REVERSE_V2"] == 1
+    assert report["onnx"]["ops"]["Conv"] == 7 and report["tflite"]["float32"]["ops"]["REVERSE_V2"] == 1
     reference = flip_averaged(model)(X, training=False).numpy()
     assert relative_error(OnnxRunner(os.path.join(path, "assets.extra", "model.onnx")).logits(X), reference) <= 1e-4
 
@@ -296,7 +322,8 @@ def test_model_card_says_which_tta_the_artefacts_compute(exports):
     recipe = {"momentum": 0.9, "schedule": "cosine", "weight_decay": 1e-4, "eval_flip": True}
     assert "exported artefacts compute it too" in model_card.recipe_text(recipe, 0.1, "flip")
     assert "not in the exported signature" in model_card.recipe_text(recipe, 0.1)
-    assert "(the exported artefacts compute 'flip_translate')" in model_card.recipe_text(recipe, 0.1, "flip_translate")
+    assert "(the exported artefacts compute flip and one-pixel translation instead)" in \
+        model_card.recipe_text(recipe, 0.1, "flip_translate")
     both = {**recipe, "eval_translate": True}
     assert "flip and one-pixel translation test-time augmentation (the exported artefacts compute it too)" in \
         model_card.recipe_text(both, 0.1, "flip_translate")

@@ -37,7 +37,14 @@ from keras_preact.export.tflite import (
     convert_model as convert_to_tflite,
     op_counts,
 )
-from keras_preact.export.tta import TTA_CHOICES, HorizontalFlip, Translate, flip_averaged, tta_averaged
+from keras_preact.export.tta import (
+    TTA_CHOICES,
+    HorizontalFlip,
+    Translate,
+    ViewMean,
+    flip_averaged,
+    tta_averaged,
+)
 
 __all__ = [
     "ChannelAffine",
@@ -53,6 +60,7 @@ __all__ = [
     "TFLiteRunner",
     "TTA_CHOICES",
     "Translate",
+    "ViewMean",
     "check_builtin_ops",
     "checked_image_bytes",
     "convert_to_onnx",

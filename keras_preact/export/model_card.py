@@ -133,6 +133,10 @@ TTA_TEXT = {
 }
 
 
+# Short names of the test-time augmentations, for sentences ("evaluated with ... test-time augmentation").
+TTA_SHORT = {"flip": "flip", "translate": "one-pixel translation", "flip_translate": "flip and one-pixel translation"}
+
+
 def tta_text(tta: str) -> str:
     """The card's line for the test-time augmentation an export computes."""
     return TTA_TEXT.get(tta, f"Test-time augmentation: {tta}.")
@@ -157,12 +161,10 @@ def recipe_text(recipe: dict, base_lr, exported_tta: str = "none") -> str:
                  f"{recipe['weight_average']:g} per iteration)")
     trained_tta = tta_name(recipe.get("eval_flip", False), recipe.get("eval_translate", False))
     if trained_tta != "none":
-        described = {"flip": "flip", "translate": "one-pixel translation",
-                     "flip_translate": "flip and one-pixel translation"}[trained_tta]
-        text += f", evaluated during training with {described} test-time augmentation " + (
+        text += f", evaluated during training with {TTA_SHORT[trained_tta]} test-time augmentation " + (
             "(the exported artefacts compute it too)" if exported_tta == trained_tta
-            else f"(the exported artefacts compute {exported_tta!r})" if exported_tta != "none"
-            else "(not in the exported signature)"
+            else f"(the exported artefacts compute {TTA_SHORT.get(exported_tta, exported_tta)} instead)"
+            if exported_tta != "none" else "(not in the exported signature)"
         )
     return text
 

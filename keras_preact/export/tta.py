@@ -18,13 +18,14 @@ padding is zero.
 
 ``tta_averaged(model, tta)`` wraps a classifier that outputs logits into a functional model with
 the same input and output shapes (``flip_averaged(model)`` is its ``"flip"`` case, for the
-exporter); :func:`tta_logits` computes the same mean on a tensor batch (the trainer's
+exporter): the views stacked along the batch, one call of the network, the mean over the views
+(:class:`ViewMean`). :func:`tta_logits` computes the same mean on a tensor batch (the trainer's
 evaluation, ``--eval_flip`` / ``--eval_translate``). Both take their views from
 :func:`tta_views`, and both move pixels with :func:`view_of`, so the two cannot disagree.
 ``docs/training.md`` and ``docs/serving.md`` give what each choice measured.
 
-The wrapper is built from serializable layers only (:class:`HorizontalFlip`, :class:`Translate`
-and ``keras.layers.Average``, no ``Lambda``), so it round-trips through a ``.keras`` file with
+The wrapper is built from serializable layers only (:class:`HorizontalFlip`, :class:`Translate`,
+``keras.layers.Concatenate`` and :class:`ViewMean`, no ``Lambda``), so it round-trips through a ``.keras`` file with
 ``safe_mode=True``, and it converts to SavedModel, TFLite (builtin ops) and ONNX like the bare
 network. The mean is taken in float32 whatever the wrapped model's dtype policy.
 """
@@ -153,6 +154,34 @@ class Translate(keras.layers.Layer):
         return {**super().get_config(), "dy": self.dy, "dx": self.dx}
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ViewMean(keras.layers.Layer):
+    """The float32 mean over ``views`` blocks of a view-major batch: ``[views * batch, ...]``
+    (view 0's batch, then view 1's, ...) to ``[batch, ...]``.
+
+    Its dtype is float32 whatever the global policy, and it casts its input first, so a
+    mixed-precision model's half-precision logits are not averaged in half precision.
+    """
+
+    def __init__(self, views: int, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        if int(views) != views or views < 1:
+            raise ValueError(f"ViewMean needs a positive whole number of views, got {views!r}.")
+        self.views = int(views)
+
+    def call(self, inputs):
+        blocks = ops.reshape(ops.cast(inputs, "float32"), (self.views, -1) + tuple(inputs.shape[1:]))
+        return ops.mean(blocks, axis=0)
+
+    def compute_output_shape(self, input_shape):
+        batch = input_shape[0]
+        return (None if batch is None else batch // self.views, *input_shape[1:])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "views": self.views}
+
+
 def tta_averaged(model: keras.Model, tta: str, name: str | None = None) -> keras.Model:
     """A functional model computing the float32 mean of ``model``'s logits over the views of
     ``tta`` (:func:`tta_views`): for ``"flip"``, ``mean(model(x), model(mirror(x)))``.
@@ -175,7 +204,7 @@ def tta_averaged(model: keras.Model, tta: str, name: str | None = None) -> keras
         raise ValueError(f"{tta} test-time augmentation needs [batch, H, W, C] images, the model takes "
                          f"{tuple(spec.shape)}.")
     inputs = keras.Input(batch_shape=spec.shape, dtype=spec.dtype, name=spec.name or "image")
-    outputs, moved = [], {}
+    views, moved = [], {}
     for dy, dx, mirrored in tta_views(tta):
         # The views only move values: they keep the input's dtype, whatever the global policy.
         suffix = "" if (dy, dx) == (0, 0) else f"_{dy}_{dx}".replace("-", "m")
@@ -185,10 +214,13 @@ def tta_averaged(model: keras.Model, tta: str, name: str | None = None) -> keras
         view = moved[dy, dx]
         if mirrored:
             view = HorizontalFlip(name="horizontal_flip" + suffix, dtype=spec.dtype)(view)
-        outputs.append(model(view))
-    # float32 mean: Average casts its inputs to its own (float32) dtype, so a mixed-precision
-    # model's half-precision logits are not averaged in half precision.
-    mean = keras.layers.Average(name=f"{tta}_mean", dtype="float32")(outputs)
+        views.append(view)
+    # One call of the network on the views stacked along the batch, not one call per view: the
+    # exported graphs then hold the network once (a per-view call repeats it in every SavedModel
+    # function and TFLite subgraph: 6.0 MB of saved_model.pb for ten views of ResNet-56 against
+    # 1.8 MB for two), and the convolutions run on one larger batch.
+    stacked = keras.layers.Concatenate(axis=0, name="views", dtype=spec.dtype)(views)
+    mean = ViewMean(len(views), name=f"{tta}_mean")(model(stacked))
     return keras.Model(inputs, mean, name=name or f"{model.name}_{tta}_tta")
 
 
