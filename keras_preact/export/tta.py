@@ -25,9 +25,9 @@ evaluation, ``--eval_flip`` / ``--eval_translate``). Both take their views from
 ``docs/training.md`` and ``docs/serving.md`` give what each choice measured.
 
 The wrapper is built from serializable layers only (:class:`HorizontalFlip`, :class:`Translate`,
-``keras.layers.Concatenate`` and :class:`ViewMean`, no ``Lambda``), so it round-trips through a ``.keras`` file with
-``safe_mode=True``, and it converts to SavedModel, TFLite (builtin ops) and ONNX like the bare
-network. The mean is taken in float32 whatever the wrapped model's dtype policy.
+``keras.layers.Concatenate`` and :class:`ViewMean`, no ``Lambda``), so it round-trips through a
+``.keras`` file with ``safe_mode=True``, and it converts to SavedModel, TFLite (builtin ops) and
+ONNX like the bare network. The mean is taken in float32 whatever the wrapped model's dtype policy.
 """
 
 from __future__ import annotations
