@@ -23,6 +23,19 @@ steps, so the timing is unaffected) and prints where the op time goes: the share
 BatchNorm (fused kernels and Keras' unfused ops alike), ReLU, shortcut and other ops, and the
 top op types (``benchmarks/op_profile.py``).
 
+Backends (``--backend``, default ``$KERAS_BACKEND`` or tensorflow): every case runs in a worker
+process under that Keras backend, on whatever device the backend sees (a GPU if there is one),
+and the device's name is printed first. Two engines time a step:
+
+    step   the package's own ``tf.function`` training step (TensorFlow only; the default there)
+    fit    Keras' ``model.fit`` / ``model.predict`` with the ``fit`` defaults of each backend:
+           XLA-compiled on JAX, eager on PyTorch (``+jit``: ``torch.compile``), ``tf.function``
+           on TensorFlow (``+jit``: XLA). The default on JAX and PyTorch; ``--engine=fit`` on
+           TensorFlow gives the like-for-like row of a three-backend table.
+
+With ``fit``, each step ends with a read of its loss (or outputs), so steps are timed one by
+one, as the ``step`` engine does with ``float(step(...))``.
+
 Ratios are against the plain float32 build measured in the same run. ``--repeats=N`` runs every
 case N times with the variants interleaved (ABCABC...) and reports the median; quote numbers
 only from an otherwise idle machine. The CPU model and its bf16/AMX flags are printed first.
@@ -33,6 +46,7 @@ Usage:
     python benchmarks/training_speed.py --cases=resnet20,resnet110,resnet164 --also=bf16 --repeats=3
     python benchmarks/training_speed.py --quick              # tiny smoke run
     python benchmarks/training_speed.py --cases=resnet164 --variants=plain,fused,plain+bf16,fused+bf16 --profile
+    python benchmarks/training_speed.py --backend=jax --cases=resnet164 --variants=fused,fused+bf16
 
 Writes benchmarks/results/training_speed.json.
 """
@@ -55,15 +69,29 @@ import sys  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+BACKENDS = ("tensorflow", "jax", "torch")
+ENGINES = ("step", "fit")
+
+
+def _backend_from_argv(argv) -> str:
+    """The backend a worker runs under, set before Keras is imported (Keras reads it once)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--backend="):
+            return arg.split("=", 1)[1]
+        if arg == "--backend" and i + 1 < len(argv):
+            return argv[i + 1]
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+if __name__ == "__main__" and _backend_from_argv(sys.argv[1:]) in BACKENDS:
+    os.environ["KERAS_BACKEND"] = _backend_from_argv(sys.argv[1:])
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import op_profile  # noqa: E402
 
-from keras_preact.hardware import cpu_description  # noqa: E402
-from keras_preact.export import fold_batch_norm  # noqa: E402
+from keras_preact.hardware import cpu_description, device_description  # noqa: E402
 from keras_preact.registry import ModelNameError, get_model, resolve  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -104,6 +132,13 @@ def split_variant(name: str) -> tuple:
 
 def worker(spec: dict) -> dict:
     """Build, trace and time one case in this (fresh) process."""
+    if spec.get("engine", "step") == "fit":
+        return fit_worker(spec)
+    import tensorflow as tf  # the step engine is TensorFlow's
+    import op_profile
+
+    from keras_preact.export import fold_batch_norm
+
     keras.utils.set_random_seed(0)
     kwargs, base, jit = split_variant(spec["variant"])
     model = get_model(spec["model"], **kwargs)
@@ -155,9 +190,102 @@ def worker(spec: dict) -> dict:
     }
 
 
-def run_case(spec: dict) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+class _StepTimer(keras.callbacks.Callback):
+    """Seconds of every batch of ``fit`` / ``predict``; each batch ends with a read of its
+    result, so the device has finished it (asynchronous backends would otherwise run ahead)."""
+
+    def __init__(self):
+        super().__init__()
+        self.times, self.ends = [], []
+
+    def _begin(self, batch, logs=None):
+        self._started = time.perf_counter()
+
+    def _end(self, batch, logs=None):
+        value = (logs or {}).get("loss", (logs or {}).get("outputs"))
+        if value is not None:
+            np.asarray(keras.ops.convert_to_numpy(keras.ops.sum(value)))
+        self.ends.append(time.perf_counter())
+        self.times.append(self.ends[-1] - self._started)
+
+    on_train_batch_begin = on_predict_batch_begin = _begin
+    on_train_batch_end = on_predict_batch_end = _end
+
+
+def fit_worker(spec: dict) -> dict:
+    """One case timed through Keras' own ``fit`` / ``predict``, on any backend.
+
+    ``spec["mode"]`` is ``train``, ``infer``, or ``train+infer`` (one build timed both ways;
+    the result then holds a row per mode under ``"rows"``).
+    """
+    keras.utils.set_random_seed(0)
+    kwargs, base, jit = split_variant(spec["variant"])
+    if base == "folded":
+        raise ValueError("the folded variant is TensorFlow's (export); use --engine=step")
+    backend = keras.backend.backend()
+    model = get_model(spec["model"], **kwargs)
+    batch, steps = spec["batch"], spec["steps"]
+    rng = np.random.RandomState(0)
+    x = rng.rand(batch, 32, 32, 3).astype("float32")
+    y = rng.randint(0, 10, batch).astype("int32")
+    # XLA is how JAX runs a step; PyTorch and TensorFlow compile (torch.compile, XLA) on +jit.
+    jit_compile = True if backend == "jax" else jit
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    if kwargs.get("dtype_policy") == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer, jit_compile=jit_compile,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    # The same batch every step: 2 untimed steps (trace/compile + one warm step), then `steps`.
+    xs, ys = np.concatenate([x] * (steps + 2)), np.concatenate([y] * (steps + 2))
+    params = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    rows = []
+    for mode in spec["mode"].split("+"):
+        timer = _StepTimer()
+        if mode == "train":
+            model.fit(xs, ys, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
+        else:
+            model.predict(xs, batch_size=batch, verbose=0, callbacks=[timer])
+        median = statistics.median(timer.times[2:])
+        rows.append({
+            **spec, "mode": mode, "params": params,
+            # From process start (imports, build, compile, one step) for a process's first mode;
+            # the first batch alone (its compilation and one step) for a later one.
+            "first_step_s": round(timer.ends[0] - PROCESS_START if not rows else timer.times[0], 2),
+            "step_s_median": round(median, 4),
+            "images_per_s": round(batch / median, 2),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+            **device_memory(),
+        })
+    return rows[0] if len(rows) == 1 else {**spec, "rows": rows}
+
+
+def device_memory() -> dict:
+    """Peak accelerator memory of this process, where the backend reports it (GPU)."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            stats = jax.devices()[0].memory_stats() or {}
+            peak = stats.get("peak_bytes_in_use")
+        elif backend == "torch":
+            import torch
+
+            peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+        else:
+            peak = None
+    except Exception:  # noqa: BLE001 - a report, never a failure
+        peak = None
+    return {"peak_device_gb": round(peak / 2**30, 3)} if peak else {}
+
+
+def run_case(spec: dict, timeout: float | None = None) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--backend", spec["backend"],
+           "--worker", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**spec, "error": f"timed out after {timeout:.0f} s"}
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {**spec, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
@@ -204,12 +332,20 @@ def main(argv=None):
                              "and report the median images/s: the machines are noisy")
     parser.add_argument("--also", default="",
                         help="suffixes added to every variant of every case, e.g. bf16,jit,bf16+jit")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps of every case (default: each case's own)")
     parser.add_argument("--batches", default="", help="comma-separated batch sizes to keep (e.g. 64)")
     parser.add_argument("--modes", default="", help="train, infer or both (default)")
     parser.add_argument("--variants", default="",
                         help="comma-separated variants replacing each case's own (e.g. plain,fused+bf16)")
     parser.add_argument("--profile", action="store_true",
                         help="profile 3 more steps of every case: op time by category and op type")
+    parser.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"),
+                        choices=BACKENDS, help="Keras backend of every case (default: $KERAS_BACKEND "
+                        "or tensorflow)")
+    parser.add_argument("--engine", choices=ENGINES, default=None,
+                        help="step: the package's tf.function step (TensorFlow only, its default); "
+                             "fit: Keras' model.fit/predict (any backend, the default elsewhere)")
     parser.add_argument("--output", default=os.path.join(HERE, "results", "training_speed.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -232,6 +368,10 @@ def main(argv=None):
     if modes - {"train", "infer"}:
         parser.error(f"argument --modes: train and/or infer, got {args.modes!r}")
     cases = [c for c in cases if (not batches or c[2] in batches) and (not modes or c[1] in modes)]
+    if args.steps is not None:
+        if args.steps < 1:
+            parser.error(f"argument --steps: must be >= 1, got {args.steps}")
+        cases = [(m, mode, b, variants, args.steps) for m, mode, b, variants, _ in cases]
     chosen = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     if chosen:
         cases = [(m, mode, b, chosen, n) for m, mode, b, _, n in cases]
@@ -245,9 +385,17 @@ def main(argv=None):
                 split_variant(variant)
             except ValueError as error:
                 parser.error(f"argument {'--variants' if chosen else '--also'}: {error}")
+    engine = args.engine or ("step" if args.backend == "tensorflow" else "fit")
+    if engine == "step" and args.backend != "tensorflow":
+        parser.error(f"argument --engine: the step engine is TensorFlow's; use --engine=fit "
+                     f"with --backend={args.backend}")
+    if args.profile and engine != "step":
+        parser.error("argument --profile: TensorFlow's profiler needs --engine=step")
     cpu = cpu_description()
+    device = device_description(args.backend)
     print(f"CPU: {cpu['model']}; {os.cpu_count()} logical CPUs; flags: "
-          f"{', '.join(cpu['flags']) or 'no avx512/bf16/amx'}; TensorFlow {tf.__version__}")
+          f"{', '.join(cpu['flags']) or 'no avx512/bf16/amx'}")
+    print(f"Backend: {args.backend} {device['version']} (engine: {engine}); device: {device['name']}")
     rows = []
     header = (f"{'model':<11}{'mode':<6}{'batch':>6} {'variant':<28}{'params':>11}"
               f"{'first step s':>13}{'img/s':>9}{'x plain':>8}{'peak GB':>9}")
@@ -258,8 +406,9 @@ def main(argv=None):
         runs = {v: [] for v in variants}
         for _ in range(max(1, args.repeats)):
             for variant in variants:
-                runs[variant].append(run_case(dict(model=model, mode=mode, batch=batch, variant=variant,
-                                                   steps=steps, profile=args.profile)))
+                runs[variant].append(run_case(dict(
+                    model=model, mode=mode, batch=batch, variant=variant, steps=steps,
+                    profile=args.profile, backend=args.backend, engine=engine)))
         for variant in variants:
             r = _median_run(runs[variant])
             if "error" in r:
@@ -285,7 +434,9 @@ def main(argv=None):
     with open(args.output, "w") as f:
         json.dump({
             "machine": {"cpus": os.cpu_count(), "cpu": cpu, "platform": platform.platform(),
-                        "python": platform.python_version(), "tensorflow": tf.__version__},
+                        "python": platform.python_version(), "keras": keras.__version__,
+                        "backend": args.backend, "backend_version": device["version"],
+                        "device": device["name"], "engine": engine},
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "results": rows,
         }, f, indent=1)

@@ -14,6 +14,7 @@ The layers of the package (each imports only the ones above it):
     config       ResNetConfig (every architecture argument)
     model        ResNet (the Keras model built from a config)
     registry     model names -> ResNet
+    recipes      the training recipes as Keras objects, for compile/fit on any backend
     data, training, export, diagnostics, cli   (see docs/architecture.md)
 """
 
@@ -40,6 +41,7 @@ from keras_preact.registry import (
     get_model,
     list_models,
 )
+from keras_preact import recipes
 from keras_preact.shortcuts import ShortcutCombine, ShortcutGate, ZeroPadShortcut
 from keras_preact.stacked import StackedStage
 from keras_preact.units import ResidualUnit

@@ -34,3 +34,34 @@ def cpu_has_bf16(description: dict | None = None) -> bool:
     """Whether the CPU computes bfloat16 in hardware (``avx512_bf16`` or AMX)."""
     description = description or cpu_description()
     return any(flag in description["flags"] for flag in BF16_FLAGS)
+
+
+def device_description(backend: str) -> dict:
+    """``{"name": the device a Keras backend computes on, "version": the backend's version}``.
+
+    The GPU's model where the backend sees one (``"NVIDIA H200"``), else ``"CPU: <model>"``.
+    Imports the backend's own library (never TensorFlow for JAX or PyTorch).
+    """
+    name = None
+    if backend == "jax":
+        import jax
+
+        version = jax.__version__
+        device = jax.devices()[0]
+        if device.platform != "cpu":
+            name = f"{device.platform.upper()}: {device.device_kind} (x{jax.device_count()})"
+    elif backend == "torch":
+        import torch
+
+        version = torch.__version__
+        if torch.cuda.is_available():
+            name = f"GPU: {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()})"
+    else:
+        import tensorflow as tf
+
+        version = tf.__version__
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            details = tf.config.experimental.get_device_details(gpus[0])
+            name = f"GPU: {details.get('device_name', gpus[0].name)} (x{len(gpus)})"
+    return {"name": name or f"CPU: {cpu_description()['model']}", "version": version}

@@ -1,7 +1,10 @@
 """BatchNorm and convolution as the paper's code defines them: the one place for their math.
 
 * ``batch_norm_forward`` is the BatchNorm normalisation, training and inference mode, used by
-  :class:`FusedBatchNormalization` and by the stacked-stage executor alike;
+  :class:`FusedBatchNormalization` and by the stacked-stage executor alike. It is one function
+  with one backend switch: on TensorFlow it calls TensorFlow's fused kernel (the fast path on
+  CPU), on every other Keras backend (JAX, PyTorch) it computes the same normalisation with
+  ``keras.ops``, which those backends' compilers fuse themselves.
   ``update_moving_average`` is the running-statistics update both apply; ``inference_affine``
   is the eval-mode BN written as a per-channel ``scale * x + offset`` (what BN folding needs).
 * :class:`HeNormalFanOut` is the paper's initialisation (He et al. 2015, "MSRA", as in the
@@ -19,29 +22,53 @@ import math
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from keras_preact.common import PACKAGE, check_choice
 from keras_preact.padding import PADDINGS, SymmetricConv2D
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
-# Input dtypes TensorFlow's fused BatchNorm kernel takes (with float32 parameters/statistics).
-FUSED_INPUT_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
+# Input dtypes BatchNorm takes as they are (with float32 parameters and statistics): what
+# TensorFlow's fused kernel accepts, and the half-precision dtypes of Keras' mixed policies.
+FUSED_INPUT_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def uses_tensorflow_kernels() -> bool:
+    """Whether Keras runs on TensorFlow, where the TensorFlow-only fast paths apply."""
+    return keras.backend.backend() == "tensorflow"
 
 
 # -- BatchNorm math -------------------------------------------------------------------------
 def batch_norm_forward(x, gamma, beta, moving_mean, moving_variance, epsilon, training):
-    """BatchNorm of an NHWC tensor with TensorFlow's fused kernel.
+    """BatchNorm of an NHWC tensor: TensorFlow's fused kernel on TensorFlow, ``keras.ops`` elsewhere.
 
     ``x`` may be float32, float16 or bfloat16 (mixed precision); the parameters and statistics
-    are float32 whatever ``x`` is (the kernel computes its statistics in float32 and returns
-    ``y`` in ``x``'s dtype), so a half-precision network keeps float32 BN statistics.
+    are float32 whatever ``x`` is. The statistics are computed in float32 and ``y`` is returned
+    in ``x``'s dtype, so a half-precision network keeps float32 BN statistics.
 
     Returns ``(y, batch_mean, batch_variance)``; in training mode the statistics are the
     batch's (variance *biased*, as Keras and this package keep it in the moving average), in
     inference mode the moving ones are used and the two statistics returned are ``None``.
     """
+    if uses_tensorflow_kernels():
+        return _fused_batch_norm(x, gamma, beta, moving_mean, moving_variance, epsilon, training)
+    x32 = ops.cast(x, "float32")
+    if training:
+        mean = ops.mean(x32, axis=(0, 1, 2))
+        # Two passes (mean, then the mean squared deviation): as exact as the fused kernel.
+        variance = ops.mean(ops.square(x32 - mean), axis=(0, 1, 2))
+    else:
+        mean, variance = ops.cast(moving_mean, "float32"), ops.cast(moving_variance, "float32")
+    scale = ops.cast(gamma, "float32") * ops.rsqrt(variance + epsilon)
+    y = ops.cast((x32 - mean) * scale + ops.cast(beta, "float32"), x.dtype)
+    return (y, mean, variance) if training else (y, None, None)
+
+
+def _fused_batch_norm(x, gamma, beta, moving_mean, moving_variance, epsilon, training):
+    """``batch_norm_forward`` by TensorFlow's fused kernel (TensorFlow backend only)."""
+    import tensorflow as tf  # only on the TensorFlow backend: the package never needs it elsewhere
+
     if not training:
         y, _, _ = tf.compat.v1.nn.fused_batch_norm(
             x, gamma, beta, mean=moving_mean, variance=moving_variance,
@@ -58,8 +85,11 @@ def batch_norm_forward(x, gamma, beta, moving_mean, moving_variance, epsilon, tr
 
 
 def update_moving_average(variable, value, momentum: float) -> None:
-    """``variable <- momentum * variable + (1 - momentum) * value`` (Keras' convention)."""
-    variable.assign(variable * momentum + value * (1.0 - momentum))
+    """``variable <- momentum * variable + (1 - momentum) * value`` (Keras' convention).
+
+    No gradient flows into a statistic (``value`` is a batch statistic of the forward pass).
+    """
+    variable.assign(variable * momentum + ops.stop_gradient(value) * (1.0 - momentum))
 
 
 def inference_affine(gamma, beta, moving_mean, moving_variance, epsilon):
@@ -76,26 +106,28 @@ def layer_affine(bn: keras.layers.BatchNormalization):
     """``inference_affine`` of a channels-last Keras BatchNormalization layer (any subclass)."""
     if bn.axis not in (-1, 3, [-1], [3]):
         raise ValueError(f"Only channels-last BatchNormalization can be folded, got axis={bn.axis}.")
-    mean = bn.moving_mean.numpy()
-    gamma = bn.gamma.numpy() if bn.scale else np.ones_like(mean)
-    beta = bn.beta.numpy() if bn.center else np.zeros_like(mean)
-    return inference_affine(gamma, beta, mean, bn.moving_variance.numpy(), bn.epsilon)
+    mean = np.asarray(bn.moving_mean)
+    gamma = np.asarray(bn.gamma) if bn.scale else np.ones_like(mean)
+    beta = np.asarray(bn.beta) if bn.center else np.zeros_like(mean)
+    return inference_affine(gamma, beta, mean, np.asarray(bn.moving_variance), bn.epsilon)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class FusedBatchNormalization(keras.layers.BatchNormalization):
-    """Keras BatchNormalization computed by TensorFlow's fused kernel.
+    """Keras BatchNormalization computed by :func:`batch_norm_forward`.
 
-    Keras 3 normalises with generic ops (moments, then a chain of element-wise ops); on CPU the
-    fused kernel (one pass for the statistics, one for the output, and a fused gradient) is
-    much faster: on the 2-core benchmark machine it is the largest single speed-up of
-    ResNet training (see benchmarks/training_speed.py). The result is the same layer: same
-    variables, same config, same normalisation, and the moving statistics are updated exactly
-    as Keras does (biased batch variance). Under a mixed-precision policy (``mixed_float16``,
-    ``mixed_bfloat16``) the inputs arrive in half precision and the fused kernel takes them as
-    they are, with the float32 gamma, beta and statistics (no cast of the activations to float32
-    and back, which is what Keras' own path does). Anything the fused kernel cannot do (masks,
-    other axes or ranks, float64 inputs, renorm, synchronized BN) falls back to Keras' own path.
+    Keras 3 normalises with generic ops (moments, then a chain of element-wise ops); on CPU
+    TensorFlow's fused kernel (one pass for the statistics, one for the output, and a fused
+    gradient) is much faster: on the 2-core benchmark machine it is the largest single speed-up
+    of ResNet training (see benchmarks/training_speed.py). On JAX and PyTorch the layer runs
+    the same normalisation in ``keras.ops`` (their compilers fuse it), so a model saved under
+    one backend loads and computes the same numbers under another. The result is the same
+    layer as Keras': same variables, same config, same normalisation, and the moving
+    statistics are updated exactly as Keras does (biased batch variance). Under a
+    mixed-precision policy (``mixed_float16``, ``mixed_bfloat16``) the inputs arrive in half
+    precision and are normalised with the float32 gamma, beta and statistics. Anything else
+    (masks, other axes or ranks, float64 inputs, renorm, synchronized BN) falls back to Keras'
+    own path.
     """
 
     def _fusable(self, inputs, mask):
@@ -103,10 +135,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             mask is None
             and len(inputs.shape) == 4
             and self.axis in (-1, 3)
-            and tf.as_dtype(inputs.dtype) in FUSED_INPUT_DTYPES
+            and keras.backend.standardize_dtype(inputs.dtype) in FUSED_INPUT_DTYPES
             and self.scale
             and self.center
-            and tf.as_dtype(self.gamma.dtype) == tf.float32
+            and keras.backend.standardize_dtype(self.gamma.dtype) == "float32"
             and not self.renorm
             and not getattr(self, "synchronized", False)
         )
@@ -128,7 +160,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 def batch_norm(
     momentum: float = BN_MOMENTUM, epsilon: float = BN_EPSILON, name=None, fused: bool = True
 ):
-    """The BatchNorm every unit uses (channels-last); ``fused=False`` gives Keras' own layer."""
+    """The BatchNorm every unit uses (channels-last); ``fused=False`` gives Keras' own layer.
+
+    ``fused=True`` (:class:`FusedBatchNormalization`) is TensorFlow's fused kernel on the
+    TensorFlow backend and the same math in ``keras.ops`` on the others.
+    """
     cls = FusedBatchNormalization if fused else keras.layers.BatchNormalization
     return cls(axis=-1, momentum=momentum, epsilon=epsilon, name=name)
 

@@ -1,24 +1,32 @@
 """Stacked stages: the identical units of a stage run as one loop over stacked weights.
 
 A ResNet-1001 has 333 residual units; built unit by unit, its training graph has thousands of
-ops per unit and TensorFlow spends minutes tracing it and gigabytes keeping every intermediate.
-All units of a stage after the first have the same shapes, so :class:`StackedStage` keeps their
-weights stacked along a leading axis (``[units, ...]``) and runs them with one
-``tf.while_loop`` whose body is a single unit: the graph is the same size whatever the depth.
-With ``recompute=True`` each unit's internals are recomputed in the backward pass
-(``tf.recompute_grad``), so only the unit inputs are kept: memory grows by one feature map per
-unit instead of a dozen.
+ops per unit and a graph compiler (TensorFlow's tracing, XLA under JAX) spends minutes on it and
+gigabytes keeping every intermediate. All units of a stage after the first have the same
+shapes, so :class:`StackedStage` keeps their weights stacked along a leading axis
+(``[units, ...]``) and runs them as one loop whose body is a single unit: the graph is the same
+size whatever the depth. With ``recompute=True`` each unit's internals are recomputed in the
+backward pass (``keras.remat``), so only the unit inputs are kept: memory grows by one feature
+map per unit instead of a dozen.
+
+The loop is the backend's own (the one switch of this module, :meth:`StackedStage._loop`):
+
+* TensorFlow: a ``tf.while_loop`` reading each unit's slice of the weights from a
+  ``TensorArray`` (the fast path: its gradient writes one slot per unit);
+* JAX: ``keras.ops.scan`` over the stacked weights (``jax.lax.scan``, compiled once);
+* other backends (PyTorch, eager): a Python loop over ``keras.ops.unstack`` of the weights.
 
 The unit's math is not written again here: the loop body runs ``ResidualUnit.plan`` (the same
 plan the Keras-layer unit is built from) with ``keras_preact.plan.run_unit``, BatchNorm with
 ``keras_preact.norm.batch_norm_forward`` and initialisation with ``norm.HeNormalFanOut``;
-this module only supplies how one op reads its slice of the stacked weights. BatchNorm
-moving statistics are updated exactly once per call, after the loop, from the batch statistics
-each unit reports, also under recompute (the recomputed forward pass does not update them).
+this module only supplies how one op reads its slice of the stacked weights, in ``keras.ops``.
+BatchNorm moving statistics are updated exactly once per call, after the loop, from the batch
+statistics each unit reports, also under recompute (the recomputed forward pass does not
+update them).
 
-Mixed precision: the stacked weights and the BN statistics stay float32 (the statistics'
-TensorArrays are float32 whatever the activations are); each conv reads its kernel cast to the
-activations' dtype, as a Keras layer under a ``mixed_*`` policy does, and BatchNorm takes the
+Mixed precision: the stacked weights and the BN statistics stay float32 (the statistics are
+float32 whatever the activations are); each conv reads its kernel cast to the activations'
+dtype, as a Keras layer under a ``mixed_*`` policy does, and BatchNorm takes the
 half-precision activations with float32 parameters (``norm.batch_norm_forward``).
 
 Limits: every unit must keep its shape (stride 1, same channels), so a stage's first unit stays
@@ -30,7 +38,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from keras_preact import norm
 from keras_preact.common import PACKAGE
@@ -56,9 +64,9 @@ class _StackedBackend(UnitBackend):
         kind, name, *_ = op
         p = self.p
         if kind == "relu":
-            return tf.nn.relu(x)
+            return ops.relu(x)
         if kind == "conv":  # float32 weights, cast to the activations' dtype (mixed precision)
-            return tf.nn.conv2d(x, tf.cast(p[(name, "kernel")], x.dtype), 1, "SAME")
+            return ops.conv(x, ops.cast(p[(name, "kernel")], x.dtype), strides=1, padding="same")
         y, mean, variance = norm.batch_norm_forward(
             x, p[(name, "gamma")], p[(name, "beta")], p[(name, "moving_mean")],
             p[(name, "moving_variance")], self.epsilon, self.training,
@@ -68,8 +76,8 @@ class _StackedBackend(UnitBackend):
         return y
 
     def gate(self, x):
-        kernel, bias = (tf.cast(self.p[("gate", key)], x.dtype) for key in ("kernel", "bias"))
-        return tf.sigmoid(tf.nn.conv2d(x, kernel, 1, "SAME") + bias)
+        kernel, bias = (ops.cast(self.p[("gate", key)], x.dtype) for key in ("kernel", "bias"))
+        return ops.sigmoid(ops.conv(x, kernel, strides=1, padding="same") + bias)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -181,22 +189,55 @@ class StackedStage(keras.layers.Layer):
         training = bool(training) and self.trainable
         unit = self._unit_fn(training)
         if self.recompute and training:
-            unit = tf.recompute_grad(unit)
+            unit = keras.remat(unit)
+        # The BN statistics are read as copies: they are updated in place after the loop, and
+        # PyTorch's recomputing backward refuses inputs that changed since the forward pass.
+        values = [v.value if v.trainable or not training else ops.copy(v.value)
+                  for v in self._params.values()]
+        y, stats = self._loop(unit, inputs, values, training)
+        if training:
+            m = self.unit_options["bn_momentum"]
+            for j, name in enumerate(self._plan.bn_names()):
+                norm.update_moving_average(self._params[(name, "moving_mean")], stats[2 * j], m)
+                norm.update_moving_average(self._params[(name, "moving_variance")], stats[2 * j + 1], m)
+        return y
+
+    def _loop(self, unit, inputs, weights, training: bool):
+        """Run ``unit`` over the stack: ``(output, [per-unit statistic stacked over units])``."""
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            return self._tf_while_loop(unit, inputs, weights, training)
+        if backend == "jax":
+            def step(x, unit_weights):
+                y, *stats = unit(x, *unit_weights)
+                return y, tuple(stats)
+
+            y, stats = ops.scan(step, inputs, tuple(weights))
+            return y, list(stats)
+        # Eager backends: unstack once (each unit's gradient lands in its own slice; indexing
+        # v[i] would add a full-size gradient per unit), then a plain loop.
+        slices = [ops.unstack(w, axis=0) for w in weights]
+        y, collected = inputs, []
+        for i in range(self.num_units):
+            y, *stats = unit(y, *[s[i] for s in slices])
+            collected.append(stats)
+        return y, [ops.stack(column) for column in zip(*collected)]
+
+    def _tf_while_loop(self, unit, inputs, weights, training: bool):
+        """The TensorFlow fast path of ``_loop``: a ``tf.while_loop`` over TensorArrays."""
+        import tensorflow as tf  # TensorFlow backend only
+
         # Each unit reads its slice of the stacked weights from a TensorArray: the gradient of
         # a read lands in one slot of a gradient TensorArray, where slicing the stacked tensor
         # (v[i]) would add a full-size, mostly-zero gradient at every iteration.
-        weights = [
-            tf.TensorArray(v.dtype, size=self.num_units, element_shape=v.shape[1:]).unstack(
-                tf.convert_to_tensor(v)
-            )
-            for v in self._params.values()
+        arrays_in = [
+            tf.TensorArray(w.dtype, size=self.num_units, element_shape=w.shape[1:]).unstack(w)
+            for w in weights
         ]
-        bn_names = self._plan.bn_names()
-        num_stats = 2 * len(bn_names) if training else 0
+        num_stats = 2 * len(self._plan.bn_names()) if training else 0
 
         def body(i, x, *arrays):
-            out = unit(x, *[w.read(i) for w in weights])
-            y, stats = out[0], out[1:]
+            y, *stats = unit(x, *[w.read(i) for w in arrays_in])
             arrays = [a.write(i, s) for a, s in zip(arrays, stats)]
             return (i + 1, y, *arrays)
 
@@ -210,14 +251,7 @@ class StackedStage(keras.layers.Layer):
             # A fixed trip count: XLA (jit_compile) needs it to size the gradient's accumulators.
             maximum_iterations=self.num_units,
         )
-        if training:
-            m = self.unit_options["bn_momentum"]
-            for j, name in enumerate(bn_names):
-                mean = tf.stop_gradient(arrays[2 * j].stack())
-                var = tf.stop_gradient(arrays[2 * j + 1].stack())
-                norm.update_moving_average(self._params[(name, "moving_mean")], mean, m)
-                norm.update_moving_average(self._params[(name, "moving_variance")], var, m)
-        return y
+        return y, [a.stack() for a in arrays]
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -232,7 +266,7 @@ class StackedStage(keras.layers.Layer):
         if len(weights) != len(self._params):
             raise ValueError(f"Expected {len(self._params)} arrays, got {len(weights)}.")
         for v, w in zip(self._params.values(), weights):
-            full = np.asarray(v)
+            full = np.array(v)  # a writable copy (a JAX array's numpy view is read-only)
             full[i] = w
             v.assign(full)
 

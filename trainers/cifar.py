@@ -19,6 +19,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
+from keras_preact.cli import require_tensorflow_backend  # noqa: E402
+
+require_tensorflow_backend(f"trainers/{os.path.basename(__file__)}")
+
 from keras_preact.cli import train as train_cli  # noqa: E402
 
 train_cli.define_flags("cifar")

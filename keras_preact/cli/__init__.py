@@ -5,4 +5,29 @@
 model registry, the data pipelines, the training loop and, at the end of a run, the exporter
 (``keras_preact.export``, which itself builds on ``keras_preact.training``). Nothing in the
 package imports this layer.
+
+``keras_preact.cli.fit`` (``trainers/fit.py``) trains with Keras' ``model.fit`` on any backend;
+the ``tf.distribute`` trainers need the TensorFlow backend and say so in one line otherwise
+(:func:`require_tensorflow_backend`).
 """
+
+import sys
+
+EXIT_WRONG_BACKEND = 2
+
+
+def require_tensorflow_backend(program: str) -> None:
+    """Exit with one line on stderr (status 2) unless Keras runs on TensorFlow.
+
+    Called by the ``tf.distribute`` trainers before they import TensorFlow, so that under
+    ``KERAS_BACKEND=jax`` or ``torch`` the user learns what to run instead, not an ImportError.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        print(f"error: {program} trains with tf.distribute on the TensorFlow backend, and Keras "
+              f"runs on {backend} here (KERAS_BACKEND): on {backend} train with Keras' fit, "
+              f"`python trainers/fit.py` (same models, recipes and data), or set "
+              "KERAS_BACKEND=tensorflow.", file=sys.stderr)
+        sys.exit(EXIT_WRONG_BACKEND)

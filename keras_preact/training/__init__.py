@@ -12,28 +12,38 @@ The command-line trainers (``trainers/cifar.py``, ``trainers/imagenet.py``) are 
 over ``keras_preact.cli.train``.
 """
 
-from keras_preact.training.averaging import WeightAverage
-from keras_preact.training.checkpoints import RunCheckpoints, check_finite_checkpoint, non_finite_tensors
-from keras_preact.training.divergence import LossMonitor, NonFiniteCheckpointError
-from keras_preact.training.loop import DivergenceError, Trainer, WorkerLostError, enable_sync_batch_norm
-from keras_preact.training.observe import MetricsLog, ProgressBar, TensorBoardLog, plot_curves, read_metrics
-from keras_preact.training.recipes import RECIPES, Recipe, get_recipe
-from keras_preact.training.schedules import (
-    SCHEDULES,
-    CosineDecay,
-    StepDecay,
-    build_schedule,
-    resolve_boundaries,
-    scale_learning_rate,
-)
-from keras_preact.training.strategy import (
-    STRATEGIES,
-    StrategyError,
-    build_strategy,
-    configure_cpu_devices,
-    is_chief,
-    per_replica_batch,
-)
+import importlib
+
+# Where each public name lives. They are imported on first use (PEP 562), so that the
+# TensorFlow-free parts (the recipes as data, schedules, divergence checks) import without
+# TensorFlow: keras_preact.recipes reads them on every Keras backend.
+_EXPORTS = {
+    "WeightAverage": "averaging",
+    "RunCheckpoints": "checkpoints", "check_finite_checkpoint": "checkpoints",
+    "non_finite_tensors": "checkpoints",
+    "LossMonitor": "divergence", "NonFiniteCheckpointError": "divergence",
+    "DivergenceError": "loop", "Trainer": "loop", "WorkerLostError": "loop",
+    "enable_sync_batch_norm": "loop",
+    "MetricsLog": "observe", "ProgressBar": "observe", "TensorBoardLog": "observe",
+    "plot_curves": "observe", "read_metrics": "observe",
+    "RECIPES": "recipes", "Recipe": "recipes", "get_recipe": "recipes",
+    "SCHEDULES": "schedules", "CosineDecay": "schedules", "StepDecay": "schedules",
+    "build_schedule": "schedules", "resolve_boundaries": "schedules",
+    "scale_learning_rate": "schedules",
+    "STRATEGIES": "strategy", "StrategyError": "strategy", "build_strategy": "strategy",
+    "configure_cpu_devices": "strategy", "is_chief": "strategy", "per_replica_batch": "strategy",
+}
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))
+
 
 __all__ = [
     "WorkerLostError",

@@ -86,11 +86,9 @@ from keras_preact.training.divergence import (
     NonFiniteCheckpointError,
 )
 from keras_preact.training.observe import MetricsLog, ProgressBar, TensorBoardLog, plot_curves
-from keras_preact.training.recipes import Recipe
+from keras_preact.training.recipes import Recipe, decays, has_short_name
 from keras_preact.training.schedules import build_schedule, resolve_boundaries, scale_learning_rate
 
-# Variables the ``decay_bn=False`` switch leaves out of weight decay (Keras' short names).
-NO_DECAY_NAMES = ("gamma", "beta", "bias")
 BN_STATISTIC_NAMES = ("moving_mean", "moving_variance")
 
 
@@ -112,11 +110,6 @@ class WorkerLostError(RuntimeError):
         super().__init__(message)
         self.step = step
         self.checkpoint = checkpoint
-
-
-def has_short_name(variable, names) -> bool:
-    """Keras layers name a BN scale ``gamma``; a StackedStage names it ``<op>_gamma``."""
-    return any(variable.name == n or variable.name.endswith("_" + n) for n in names)
 
 
 def batch_norm_layers(model: keras.Model) -> list:
@@ -245,11 +238,7 @@ class Trainer:
                     [v for v in self.model.variables if v.dtype.startswith("float")],
                     recipe.weight_average,
                 )
-        self.decayed_variables = [
-            v
-            for v in self.model.trainable_variables
-            if recipe.decay_bn or not has_short_name(v, NO_DECAY_NAMES)
-        ]
+        self.decayed_variables = [v for v in self.model.trainable_variables if decays(v, recipe.decay_bn)]
         self.bn_statistics = [
             v for v in self.model.non_trainable_variables if has_short_name(v, BN_STATISTIC_NAMES)
         ]

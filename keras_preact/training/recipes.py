@@ -93,6 +93,21 @@ class Recipe:
         return relative_boundaries(self.lr_boundaries, self.train_steps, self.epochs)
 
 
+# Variables ``decay_bn=False`` leaves out of weight decay (Keras' short names; a StackedStage
+# names its BN scale ``<op>_gamma``): what remains are the conv and dense kernels.
+NO_DECAY_NAMES = ("gamma", "beta", "bias")
+
+
+def has_short_name(variable, names) -> bool:
+    """Whether a variable's name is one of ``names`` (or, stacked, ends with ``_<name>``)."""
+    return any(variable.name == n or variable.name.endswith("_" + n) for n in names)
+
+
+def decays(variable, decay_bn: bool) -> bool:
+    """Whether the recipe's weight decay applies to ``variable`` (a trainable variable)."""
+    return decay_bn or not has_short_name(variable, NO_DECAY_NAMES)
+
+
 RECIPES = {
     # Paper appendix: SGD momentum 0.9, batch 128, wd 1e-4, 0.1 /10 at 32k and 48k
     # iterations; 64k iterations in all ([1] section 4.2). The 400-iteration warm-up at 0.01
