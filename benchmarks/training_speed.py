@@ -306,6 +306,8 @@ def _median_run(results: list) -> dict:
 
 def print_profiles(rows) -> None:
     """Op time by category (% of summed op time) for every profiled row, then its top op types."""
+    import op_profile  # TensorFlow's profiler: only with --profile (the step engine)
+
     categories = op_profile.CATEGORIES
     header = f"{'model':<11}{'mode':<6}{'variant':<24}" + "".join(f"{c[:10]:>11}" for c in categories)
     print("\nop time by category (% of summed op time; ops run in parallel, so not wall time)")

@@ -82,7 +82,6 @@ def test_models_files_weights_and_fit_need_no_tensorflow(tmp_path):
     code = HIDE_TENSORFLOW + f"""
 import numpy as np, keras, keras_preact
 from keras_preact import recipes, weights
-import keras_preact.cli.fit
 model = keras_preact.get_model("resnet14", stacked_stages=True, recompute=True)
 x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")
 fit = recipes.fast(steps=2, batch_size=4)

@@ -13,6 +13,8 @@ the ``tf.distribute`` trainers need the TensorFlow backend and say so in one lin
 
 import sys
 
+import keras
+
 EXIT_WRONG_BACKEND = 2
 
 
@@ -22,8 +24,6 @@ def require_tensorflow_backend(program: str) -> None:
     Called by the ``tf.distribute`` trainers before they import TensorFlow, so that under
     ``KERAS_BACKEND=jax`` or ``torch`` the user learns what to run instead, not an ImportError.
     """
-    import keras
-
     backend = keras.backend.backend()
     if backend != "tensorflow":
         print(f"error: {program} trains with tf.distribute on the TensorFlow backend, and Keras "

@@ -31,7 +31,14 @@ import sys
 import time
 
 import keras
+import numpy as np
 from absl import flags
+
+import keras_preact
+from keras_preact import data as data_lib
+from keras_preact.hardware import device_description
+from keras_preact.registry import ModelNameError, resolve
+from keras_preact.training.recipes import RECIPES
 
 EXIT_FLAG_ERROR = 2
 EXIT_DIVERGED = 3
@@ -64,14 +71,6 @@ class FlagError(ValueError):
 
 def run(values: flags.FlagValues = flags.FLAGS, stream=None) -> dict:
     """Train and evaluate as the flags say; returns the results written to results.json."""
-    import numpy as np
-
-    import keras_preact
-    from keras_preact import data as data_lib
-    from keras_preact.hardware import device_description
-    from keras_preact.registry import ModelNameError, resolve
-    from keras_preact.training.recipes import RECIPES
-
     stream = stream or sys.stdout
     backend = keras.backend.backend()
     try:
@@ -159,8 +158,6 @@ def run(values: flags.FlagValues = flags.FLAGS, stream=None) -> dict:
 
 def evaluate(model, dataset, flip: bool) -> float:
     """Top-1 accuracy; with ``flip``, of the mean logits of each image and its mirror image."""
-    import numpy as np
-
     labels = np.concatenate([np.asarray(y) for _, y in dataset.as_numpy_iterator()])
     logits = model.predict(dataset, verbose=0)
     if flip:
