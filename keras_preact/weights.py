@@ -165,11 +165,17 @@ def read_torch_state_dict(path: str) -> dict:
     try:
         import torch  # optional: only to read files the restricted reader cannot
     except ImportError:
-        torch = None
-    if torch is not None:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-        return {k: v.float().numpy() if v.is_floating_point() else v.numpy()
-                for k, v in _unwrap(loaded).items() if hasattr(v, "numpy")}
+        return read_torch_archive(path)
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() if v.is_floating_point() else v.numpy()
+            for k, v in _unwrap(loaded).items() if hasattr(v, "numpy")}
+
+
+def read_torch_archive(path: str) -> dict:
+    """The restricted reader: a ``torch.save`` zip archive read without PyTorch.
+
+    Its unpickler only rebuilds tensors and ordered dicts; anything else is refused, not run.
+    """
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path} is not a PyTorch zip archive (legacy torch.save format): "
                          "install torch to read it, or save it as .safetensors.")

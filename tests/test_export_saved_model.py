@@ -210,8 +210,9 @@ def test_bad_requests_get_invalid_argument_and_server_keeps_working(served):
         assert reason in answer["error"], f"{case}: {answer['error']}"
     assert "predictions" in answers[-1], "a good request after bad ones failed"
     assert answers[-1] == answers[0]
-    # The 65000x65000 JPEG (12.7 GB if decoded) never got decoded.
-    assert served["peak_rss_mb"] < 2000
+    # The 65000x65000 JPEG (12.7 GB if decoded) never got decoded. The bound sits far below
+    # that size and far above the server's own ~2 GB (TensorFlow's import varies with the CPU).
+    assert served["peak_rss_mb"] < 6000
 
 
 def test_every_weight_is_saved_once(exported):
