@@ -12,7 +12,7 @@ writes; no TensorBoard plugin needed) and sums the time of every executed op:
 
 Shares are of summed op time, not of wall time: TensorFlow runs independent ops in parallel,
 so op time can exceed the step's wall time. They answer "what does the CPU spend its cycles
-on", e.g. BatchNorm's share of a training step in float32 vs bfloat16 (issue 12).
+on", e.g. BatchNorm's share of a training step in float32 vs bfloat16.
 """
 
 from __future__ import annotations

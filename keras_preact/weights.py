@@ -22,7 +22,7 @@ mismatching tensor. Convolution kernels are transposed from Torch's OIHW to Kera
 ``.keras`` and ``.weights.h5`` files load with Keras' own ``load_weights``.
 
     model = keras_preact.ResNet50(weights="resnetv2_50.safetensors")   # timm's logits, as is
-    python -m keras_preact.weights resnetv2_50.safetensors --model resnet50 --out resnet50.keras
+    python -m keras_preact.cli.convert_weights resnetv2_50.safetensors --model resnet50 --out resnet50.keras
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ def test_bad_arguments_name_the_choices(folder):
         build_dataset(folder, "train", batch_size=0, training=True)
 
 
-# --- the image-safety guard in the training pipeline (issue 14) --------------------------------
+# --- the image-safety guard in the training pipeline --------------------------------
 
 
 def write_bomb_png(path, side=16000):

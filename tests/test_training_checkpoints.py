@@ -87,7 +87,7 @@ def test_rewind_makes_the_known_good_checkpoint_the_one_a_restart_resumes(tmp_pa
 
 
 def test_a_non_finite_checkpoint_is_refused_at_resume(tmp_path):
-    """A checkpoint written by an older version of a diverged run (as in issue 14's ckpt-25)."""
+    """A checkpoint written by an older version of a run that diverged (its ckpt-25)."""
     run, model, _ = make_run(tmp_path)
     moving_variance(model).assign(np.full(moving_variance(model).shape, np.nan, np.float32))
     run.manager.save(checkpoint_number=25)  # bypass the check, as the old code did

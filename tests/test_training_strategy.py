@@ -74,7 +74,7 @@ def test_mirrored_without_sync_bn_keeps_replicas_identical(one_replica, tmp_path
 
 
 def test_mirrored_stacked_stages_keep_replicas_identical(tmp_path):
-    """Stacked stages (issue 6) under the same loop: their BN statistics are averaged too."""
+    """Stacked stages under the same loop: their BN statistics are averaged too."""
     out = str(tmp_path)
     result = training_worker.run_local(
         out, "--strategy=mirrored", "--cpu_devices=2", "--stacked", f"--steps={STEPS}",
