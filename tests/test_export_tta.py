@@ -23,7 +23,7 @@ from keras_preact.export import (
     flip_averaged,
     tta_averaged,
 )
-from keras_preact.export.tta import tta_logits, tta_name, tta_views
+from keras_preact.tta import tta_logits, tta_name, tta_views
 from keras_preact.export import __main__ as export_main
 from keras_preact.export import model_card
 from keras_preact.export.exporter import synthetic_images

@@ -38,13 +38,13 @@ from keras_preact.export.tflite import (
     op_counts,
 )
 from keras_preact.export.tta import (
-    TTA_CHOICES,
     HorizontalFlip,
     Translate,
     ViewMean,
     flip_averaged,
     tta_averaged,
 )
+from keras_preact.tta import TTA_CHOICES
 
 __all__ = [
     "ChannelAffine",

@@ -35,7 +35,7 @@ from keras_preact.export.exporter import (
 )
 from keras_preact.export.saved_model import eval_image_size
 from keras_preact.export.tflite import VARIANTS
-from keras_preact.export.tta import TTA_CHOICES
+from keras_preact.tta import TTA_CHOICES
 from keras_preact.common import OneLineArgumentParser, positive_int
 from keras_preact.training.checkpoints import VariableSet, check_finite_checkpoint
 from keras_preact.training.divergence import NonFiniteCheckpointError

@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from keras_preact.data import cifar10_sample_dir
 from keras_preact.export.classify import Release
-from keras_preact.export.tta import tta_name
+from keras_preact.tta import tta_name
 from keras_preact.hardware import cpu_description
 from keras_preact.training.observe import RESULTS_FILE, read_metrics, train_seconds
 
