@@ -16,7 +16,7 @@ from keras_preact.export.__main__ import main
 from keras_preact.training.checkpoints import RunCheckpoints
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-FAST = ["--recipe", "cifar", "--tflite", "none", "--eval_limit", "20"]
+FAST = ["--preprocessing", "cifar", "--tflite", "none", "--eval_limit", "20"]
 
 
 def trained_like(model):
@@ -83,9 +83,9 @@ def test_from_training_checkpoint(tmp_path):
     [
         (["--checkpoint", "nowhere", *FAST], "--model"),
         (["--model_file", "missing.keras", "--class_names", "a,b", *FAST], "No model file"),
-        (["--model_file", "m.keras", "--recipe", "cifar"], "class names"),
-        (["--model_file", "m.keras", "--class_names", "a", "--recipe", "cifar", "--tflite", "int4"], "int4"),
-        (["--model_file", "m.keras", "--recipe", "jpeg"], "invalid choice"),
+        (["--model_file", "m.keras", "--preprocessing", "cifar"], "class names"),
+        (["--model_file", "m.keras", "--class_names", "a", "--preprocessing", "cifar", "--tflite", "int4"], "int4"),
+        (["--model_file", "m.keras", "--preprocessing", "jpeg"], "invalid choice"),
         (["--checkpoint", "run", "--class_names", "a,b", "--model", "vgg16", *FAST],
          "argument --model: Unknown model 'vgg16'"),
         (["--checkpoint", "run", "--class_names", "a,b", "--model", "resnet21", *FAST],
@@ -101,7 +101,7 @@ def test_from_training_checkpoint(tmp_path):
         (["--checkpoint", "run", "--class_names", "a,b", "--model", "resnet8", "--model_kwargs",
           '{"depth": 3}', *FAST], ("argument --model_kwargs: ", "'depth'")),
     ],
-    ids=["checkpoint-without-model", "missing-file", "no-class-names", "bad-variant", "bad-recipe",
+    ids=["checkpoint-without-model", "missing-file", "no-class-names", "bad-variant", "bad-preprocessing",
          "unknown-model", "impossible-depth", "kwargs-not-json", "kwargs-not-object", "kwargs-bad-unit",
          "kwargs-bad-order", "kwargs-unknown-argument"],
 )

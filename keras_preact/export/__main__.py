@@ -1,11 +1,11 @@
 """``python -m keras_preact.export``: a ``.keras`` file or a training checkpoint -> saved_models/.
 
     # a saved Keras model (labels.txt next to it, or --class_names / --labels_file)
-    python -m keras_preact.export --model_file runs/r20/model.keras --name resnet20 --recipe cifar
+    python -m keras_preact.export --model_file runs/r20/model.keras --name resnet20 --preprocessing cifar
 
     # a training run directory (its checkpoints/ and labels.txt): rebuild the architecture
     python -m keras_preact.export --checkpoint runs/cifar10_resnet20 --model resnet20 \\
-        --recipe cifar --name resnet20
+        --preprocessing cifar --name resnet20
 
 Writes ``<base_dir>/<name>/<version>/`` (see ``keras_preact.export.exporter``) and prints the
 parity report. ``--onnx`` adds ``assets.extra/model.onnx`` (needs ``pip install
@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_preact import registry
-from keras_preact.data import LABEL_MAP_FILENAME, RECIPES
+from keras_preact.data import LABEL_MAP_FILENAME, PREPROCESSINGS
 from keras_preact.export.exporter import (
     ExportParityError,
     export_model,
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluations used it).",
     )
     parser.add_argument("--num_classes", type=positive_int, help="Outputs of --checkpoint's model (default: number of class names).")
-    parser.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="Evaluation preprocessing the serving signature applies.")
+    parser.add_argument("--preprocessing", required=True, choices=sorted(PREPROCESSINGS), help="Evaluation preprocessing the serving signature applies.")
     parser.add_argument("--name", help="Model name under --base_dir (default: from --model or the file name).")
     parser.add_argument("--base_dir", default="saved_models", help="TF Serving model base directory.")
     parser.add_argument("--version", type=positive_int, help="Version number (default: the next free one).")
@@ -169,7 +169,7 @@ def parse_model_kwargs(text: str) -> dict:
     return kwargs
 
 
-def build_architecture(name: str, kwargs: dict, num_classes: int, recipe: str):
+def build_architecture(name: str, kwargs: dict, num_classes: int, preprocessing: str):
     """The network ``name`` (resolved by ``keras_preact.registry``) with ``kwargs``, fresh weights.
 
     A name the registry does not know is an ArgumentError of ``--model``; a bad unit kind or
@@ -177,8 +177,8 @@ def build_architecture(name: str, kwargs: dict, num_classes: int, recipe: str):
     """
     kwargs = dict(kwargs)
     kwargs.setdefault("num_classes", num_classes)
-    if recipe == "cifar":
-        size = eval_image_size(recipe)
+    if preprocessing == "cifar":
+        size = eval_image_size(preprocessing)
         kwargs.setdefault("input_shape", (size, size, 3))
     try:
         return registry.get_model(name, **kwargs)
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
             if not args.model:
                 raise ValueError("--checkpoint needs --model (the architecture to restore into).")
             kwargs = parse_model_kwargs(args.model_kwargs)
-            model = build_architecture(args.model, kwargs, args.num_classes or len(class_names), args.recipe)
+            model = build_architecture(args.model, kwargs, args.num_classes or len(class_names), args.preprocessing)
             prefix = restore_checkpoint(model, args.checkpoint, args.weights)
             print(f"Restored {prefix}", file=sys.stderr)
             name = args.name or registry.resolve(args.model, kwargs.get("unit")).name
@@ -299,7 +299,7 @@ def main(argv=None) -> int:
             args.base_dir,
             name=name,
             version=args.version,
-            recipe=args.recipe,
+            preprocessing=args.preprocessing,
             class_names=class_names,
             top_k=args.top_k,
             tflite_variants=variants,

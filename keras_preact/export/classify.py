@@ -51,15 +51,27 @@ def version_dir(path: str) -> str:
     return os.path.join(path, str(versions[-1]))
 
 
+def recorded_preprocessing(export_info: dict) -> str:
+    """The evaluation preprocessing an export recorded in its parity report (``export`` section).
+
+    Exports written before the field was called ``preprocessing`` recorded it as ``recipe``
+    (saved_models/cifar10_preact_resnet56/4 among them); both are read.
+    """
+    for key in ("preprocessing", "recipe"):
+        if key in export_info:
+            return export_info[key]
+    raise ValueError("The parity report's export section names no preprocessing.")
+
+
 class Release:
-    """One exported version: its SavedModel, TFLite and ONNX files, class names and preprocessing recipe."""
+    """One exported version: its SavedModel, TFLite and ONNX files, class names and evaluation preprocessing."""
 
     def __init__(self, path: str):
         self.path = version_dir(path)
         with open(os.path.join(self.path, EXTRA_DIR, PARITY_FILE)) as handle:
             self.export_info = json.load(handle)["export"]
         self.class_names = list(self.export_info["class_names"])
-        self.recipe = self.export_info["recipe"]
+        self.preprocessing = recorded_preprocessing(self.export_info)
         self._saved_model = None
         self._runners = {}
 
@@ -84,7 +96,7 @@ class Release:
         elif backend not in self._runners:
             with open(os.path.join(self.path, EXTRA_DIR, TFLITE_DIR, backend.split("/", 1)[1] + ".tflite"), "rb") as f:
                 self._runners[backend] = TFLiteRunner(f.read())
-        images = parity.preprocess_encoded(encoded_images, self.recipe)
+        images = parity.preprocess_encoded(encoded_images, self.preprocessing)
         return self._runners[backend].logits(images, batch_size)
 
     def evaluate_folder(self, root: str, split: str, backends=None) -> dict:

@@ -21,8 +21,8 @@ place only once everything is written and the float32 parity checks passed, so a
 instance polling ``<base_dir>/<name>`` never loads a half-written or unverified version.
 
 Held-out images for the parity report and calibration images for int8 come from the caller;
-without them, recipe ``"cifar"`` uses the CIFAR-10 sample shipped in the package (test split
-for parity, train split for calibration: real images, no download). Other recipes fall back to
+without them, preprocessing ``"cifar"`` uses the CIFAR-10 sample shipped in the package (test split
+for parity, train split for calibration: real images, no download). Other preprocessings fall back to
 random images, which checks parity but says nothing about accuracy; the report records which.
 """
 
@@ -133,9 +133,9 @@ def synthetic_images(size: int, count: int, seed: int = 0) -> list:
     return [tf.io.encode_png(p).numpy() for p in pixels]
 
 
-def default_data(recipe: str, class_names, eval_limit: int, calibration_size: int, size: int):
+def default_data(preprocessing: str, class_names, eval_limit: int, calibration_size: int, size: int):
     """Held-out and calibration data when the caller gives none (see the module docstring)."""
-    if recipe == "cifar":
+    if preprocessing == "cifar":
         root = cifar10_sample_dir()
         eval_images, eval_labels = image_folder_split(root, "test", eval_limit, class_names)
         calibration, _ = image_folder_split(root, "train", calibration_size)
@@ -174,7 +174,7 @@ def export_model(
     *,
     name: str,
     version=None,
-    recipe: str,
+    preprocessing: str,
     class_names,
     top_k: int = DEFAULT_TOP_K,
     tflite_variants=tflite_lib.VARIANTS,
@@ -199,7 +199,7 @@ def export_model(
       name: the model's name under ``base_dir`` (TF Serving's model name).
       version: positive integer; None picks the next free one. Existing versions are never
         overwritten.
-      recipe: the evaluation preprocessing of ``keras_preact.data`` (``"cifar"``,
+      preprocessing: the evaluation preprocessing of ``keras_preact.data`` (``"cifar"``,
         ``"imagenet_224"``, ``"imagenet_320"``) the serving signature applies.
       class_names: one name per output, in label order.
       top_k: how many classes the signatures return (capped at the number of classes).
@@ -238,7 +238,7 @@ def export_model(
         model = unstack(float32_model(model))
     network = model  # the bare network: what BN folding works on
     model = apply_tta(network, tta)  # what every artefact computes (network itself for "none")
-    size, _ = check_model_for_export(model, recipe, class_names)
+    size, _ = check_model_for_export(model, preprocessing, class_names)
     class_names = [str(c) for c in class_names]
     tflite_variants = tuple(tflite_variants or ())
     for variant in tflite_variants:
@@ -252,7 +252,7 @@ def export_model(
     version = resolve_version(model_dir, version)
     if eval_images is None:
         eval_images, eval_labels, default_calibration, data_source = default_data(
-            recipe, class_names, eval_limit, calibration_size, size
+            preprocessing, class_names, eval_limit, calibration_size, size
         )
         calibration_images = calibration_images or default_calibration
     else:
@@ -268,7 +268,7 @@ def export_model(
         write_saved_model(
             model,
             staging,
-            recipe=recipe,
+            preprocessing=preprocessing,
             class_names=class_names,
             top_k=top_k,
             max_image_pixels=max_image_pixels,
@@ -289,7 +289,7 @@ def export_model(
         tflite_models, tflite_info = {}, {}
         calibration = None
         if "int8" in tflite_variants:
-            calibration = parity_lib.preprocess_encoded(calibration_images[:calibration_size], recipe)
+            calibration = parity_lib.preprocess_encoded(calibration_images[:calibration_size], preprocessing)
         for variant in tflite_variants:
             flatbuffer = tflite_lib.convert_model(
                 folded if fold else model, variant, size, calibration
@@ -323,7 +323,7 @@ def export_model(
 
         report = parity_lib.parity_report(
             model,
-            recipe=recipe,
+            preprocessing=preprocessing,
             encoded_images=eval_images,
             labels=eval_labels,
             saved_model_dir=staging,
@@ -338,7 +338,7 @@ def export_model(
         report["export"] = {
             "name": name,
             "version": version,
-            "recipe": recipe,
+            "preprocessing": preprocessing,
             "image_size": size,
             "class_names": class_names,
             "top_k": min(int(top_k), len(class_names)),

@@ -37,10 +37,10 @@ FLOAT32_ARTEFACTS = (
 )
 
 
-def preprocess_encoded(encoded_images, recipe: str, batch_size: int = 256) -> np.ndarray:
+def preprocess_encoded(encoded_images, preprocessing: str, batch_size: int = 256) -> np.ndarray:
     """Decode and preprocess encoded images with ``keras_preact.data``: float32 ``[N, H, W, 3]``."""
     dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(encoded_images), tf.string))
-    dataset = dataset.map(lambda b: preprocess_for_eval(decode_image(b), recipe)).batch(batch_size)
+    dataset = dataset.map(lambda b: preprocess_for_eval(decode_image(b), preprocessing)).batch(batch_size)
     return np.concatenate([batch.numpy() for batch in dataset], axis=0)
 
 
@@ -86,7 +86,7 @@ def compare(reference: np.ndarray, logits: np.ndarray, labels=None) -> dict:
 def parity_report(
     model,
     *,
-    recipe: str,
+    preprocessing: str,
     encoded_images,
     labels=None,
     saved_model_dir: str | None = None,
@@ -100,7 +100,7 @@ def parity_report(
 
     Args:
       model: the Keras model (reference, run with ``training=False``).
-      recipe: the evaluation recipe the export uses.
+      preprocessing: the evaluation preprocessing the export uses.
       encoded_images: JPEG/PNG bytes of the held-out images.
       labels: their integer labels, or None (then no accuracies).
       saved_model_dir: an export written by ``write_saved_model``; both signatures are checked.
@@ -115,7 +115,7 @@ def parity_report(
         raise ValueError("parity_report needs at least one image.")
     if labels is not None and len(labels) != len(encoded_images):
         raise ValueError(f"{len(labels)} labels for {len(encoded_images)} images.")
-    images = preprocess_encoded(encoded_images, recipe)
+    images = preprocess_encoded(encoded_images, preprocessing)
     reference = keras_logits(model, images, batch_size)
     report = {
         "reference": "keras",
