@@ -129,6 +129,10 @@ def test_onnx_flag_writes_model_onnx_next_to_the_other_artefacts(tmp_path):
         report = json.load(f)
     assert report["comparisons"]["onnx"]["passed"] and report["comparisons"]["onnx"]["max_rel_diff"] <= 1e-4
     assert report["onnx"]["bytes"] == os.path.getsize(os.path.join(extra, "model.onnx"))
+    # ONNX against what TF Serving answers (serving_default on the encoded images), not only Keras.
+    against_serving = report["vs_serving_default"]["onnx"]
+    assert against_serving["passed"] and against_serving["max_rel_diff"] <= 1e-4
+    assert against_serving["top1_agreement"] == 1.0
 
 
 def test_onnx_flag_without_the_onnx_extra_exits_2_and_exports_nothing(tmp_path, capsys, monkeypatch):

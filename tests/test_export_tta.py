@@ -190,6 +190,8 @@ def test_flip_translate_export_computes_the_ten_view_mean(model, tmp_path):
                         verbose=False)
     report = report_of(path)
     assert report["export"]["tta"] == "flip_translate" and report["float32_parity_passed"]
+    # The shipped version 4 said "flip" here although it computes ten views.
+    assert report["reference"].startswith("keras, flip_translate test-time augmentation (10 views")
     ops = report["tflite"]["float32"]["ops"]
     # The network once, on the ten views stacked along the batch (one CONCATENATION of them).
     assert ops["CONV_2D"] == 7 and ops["REVERSE_V2"] == 5 and ops["CONCATENATION"] == 1
@@ -246,6 +248,9 @@ def test_flip_parity_report_records_tta_and_compares_with_the_wrapper(exports):
     flip, plain = exports
     report = report_of(flip)
     assert report["export"]["tta"] == "flip" and report_of(plain)["export"]["tta"] == "none"
+    # The reference is named with the test-time augmentation it computes.
+    assert report["reference"].startswith("keras, flip test-time augmentation (2 views")
+    assert report_of(plain)["reference"] == "keras"
     assert report["float32_parity_passed"] is True
     rows = report["comparisons"]
     assert set(rows) == {"saved_model/predict_images", "saved_model/serving_default", "keras_folded",
