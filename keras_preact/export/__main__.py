@@ -9,9 +9,12 @@
 
 Writes ``<base_dir>/<name>/<version>/`` (see ``keras_preact.export.exporter``) and prints the
 parity report. ``--onnx`` adds ``assets.extra/model.onnx`` (needs ``pip install
-"keras_preact[onnx]"``). ``--tta=flip`` makes every artefact average the logits of each image
-and its mirror image (two forward passes per image). Exit status 2 on bad arguments, 1 if the
-float32 parity check fails.
+"keras_preact[onnx]"``). ``--tta`` makes every artefact average the logits over views of each
+image: ``flip`` (the image and its mirror image, two forward passes), ``translate`` (the image and
+its copies shifted one pixel up, down, left and right, five) or ``flip_translate`` (ten). A bad
+argument is one line ``error: --flag: message`` on stderr with exit status 2 (an unknown flag
+with the closest known ones; ``--recipe``, the old name of ``--preprocessing``, says so); exit
+status 1 if the float32 parity check fails.
 """
 
 from __future__ import annotations
