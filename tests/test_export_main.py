@@ -59,7 +59,7 @@ def _training_run(run_dir, model):
     write_label_map(CLASSES, run_dir)
 
 
-def test_from_training_checkpoint(tmp_path):
+def test_from_training_checkpoint(tmp_path, capsys):
     run_dir = str(tmp_path / "run")
     model = trained_like(keras_preact.cifar_resnet(8, order="original"))
     _training_run(run_dir, model)
@@ -74,9 +74,12 @@ def test_from_training_checkpoint(tmp_path):
     x = np.random.RandomState(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(saved_predictions(version_dir, x), model(x, training=False).numpy(), atol=1e-5)
     # Restoring into the wrong architecture is an argument error, not a silent fresh model.
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main(["--checkpoint", run_dir, "--model", "resnet8", "--base_dir", base, "--name", "bad", *FAST])
     assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --checkpoint: ") and "wrong --model" in err
     assert not os.path.exists(os.path.join(base, "bad"))
 
 

@@ -221,7 +221,11 @@ def restore_checkpoint(model, path: str, weights: str = "auto") -> str:
         variable.assign(np.full(variable.shape, np.nan, variable.dtype))
     status = tf.train.Checkpoint(**{key: VariableSet(model.variables)}).restore(prefix)
     status.expect_partial()  # the optimizer's slots are in the checkpoint too, unused here
-    status.assert_existing_objects_matched()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError:  # variables of other names or shapes: another architecture
+        raise ArgumentError("--checkpoint", f"{prefix} holds variables that do not fit the {model.name} built "
+                            "from --model/--model_kwargs (wrong --model or --model_kwargs?)") from None
     missing = [v.path for v in floats if np.isnan(np.asarray(v.numpy())).all()]
     if missing:
         raise ArgumentError("--checkpoint",
