@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
 
     from keras_preact import registry
     from keras_preact.data import InMemorySplit
-    from keras_preact.export.tta import tta_logits
+    from keras_preact.tta import tta_logits
     from keras_preact.hardware import cpu_description
     from keras_preact.training.checkpoints import VariableSet
 

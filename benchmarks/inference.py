@@ -156,7 +156,7 @@ def main(argv=None) -> int:
         keras_fn = tf.function(lambda x, net=net: net(x, training=False))
         backends[f"keras/{tag}"] = keras_fn
         progress(f"keras/{tag}")
-        path = write_saved_model(net, os.path.join(tmp, tag), recipe=args.recipe, class_names=names)
+        path = write_saved_model(net, os.path.join(tmp, tag), preprocessing=args.recipe, class_names=names)
         signature = tf.saved_model.load(path).signatures["predict_images"]
         backends[f"saved_model/{tag}"] = lambda x, fn=signature: fn(images=tf.constant(x))
         progress(f"saved_model/{tag}")

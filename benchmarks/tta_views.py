@@ -7,7 +7,7 @@ is scored from them, so the sets differ only in which views they average:
 
 * ``flip``: the image and its mirror image (the exporter's ``--tta=flip``);
 * ``flip+cross1``: the image shifted 0 or 1 pixel up, down, left or right, and the mirrors (ten
-  views: ``keras_preact.export.tta.TRANSLATE_SHIFTS``, the exporter's ``--tta=flip_translate``);
+  views: ``keras_preact.tta.TRANSLATE_SHIFTS``, the exporter's ``--tta=flip_translate``);
 * ``flip+cross2`` (2-pixel shifts), ``flip+diag1`` / ``flip+diag2`` (diagonal shifts),
   ``flip+grid1`` (the 3x3 grid of shifts, 18 views), ``flip+cross12`` (1- and 2-pixel shifts,
   18 views) and, with ``--max_shift=2``, ``flip+grid2`` (the 5x5 grid, 50 views).
@@ -63,7 +63,7 @@ def main(argv=None) -> dict:
     from keras_preact import registry
     from keras_preact.data import InMemorySplit
     from keras_preact.export.__main__ import restore_checkpoint
-    from keras_preact.export.tta import view_of
+    from keras_preact.tta import view_of
     from keras_preact.hardware import cpu_description
 
     split = InMemorySplit.load(args.data_dir, args.split)

@@ -18,7 +18,14 @@ The layers of the package (each imports only the ones above it):
     data, training, export, diagnostics, cli   (see docs/architecture.md)
 """
 
-from keras_preact.common import KINDS, ORDERS, SHORTCUTS
+import os
+
+# Before keras imports TensorFlow: its C++ start-up lines (CPU features, oneDNN) would come before
+# a command's output or its one-line error. Warnings and errors still show; TF_CPP_MIN_LOG_LEVEL=0
+# in the environment brings the start-up lines back.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from keras_preact.common import KINDS, ORDERS, SHORTCUTS  # noqa: E402
 from keras_preact.config import ResNetConfig
 from keras_preact.model import ResNet, build_resnet
 from keras_preact.registry import (

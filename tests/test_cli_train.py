@@ -162,7 +162,7 @@ def test_input_memory_refuses_images_that_are_not_cifar_sized(tmp_path):
         train.build_data(settings, 2)
     auto = check("cifar", f"--data_dir={folder}", "--batch_size=2")  # auto streams it instead
     batches, info, _ = train.build_data(auto, 2)
-    assert isinstance(batches, tf.data.Dataset) and info.recipe == "imagenet_224"
+    assert isinstance(batches, tf.data.Dataset) and info.preprocessing == "imagenet_224"
     small = check("cifar", f"--data_dir={trainer_runs.make_image_folder(tmp_path / 'small', {'train': 4, 'test': 2})}",
                   "--batch_size=2")
     batches, info, evals = train.build_data(small, 2)

@@ -70,7 +70,7 @@ TOOLS = {
     "classify": lambda argv: run_argparse(classify.main, argv),
 }
 
-EXPORT = ["--recipe", "cifar", "--class_names", "a,b", "--tflite", "none"]
+EXPORT = ["--preprocessing", "cifar", "--class_names", "a,b", "--tflite", "none"]
 
 # (tool, argv, the flag the one line must name). "{tmp}" is the test's empty folder, "{files}"
 # the module's fixture folder.
@@ -154,12 +154,12 @@ CASES = [
     ("export", ["--model_file", "{files}/garbage.keras", *EXPORT, "--eval_limit", "-1"], "--eval_limit"),
     ("export", ["--model_file", "{files}/garbage.keras", *EXPORT, "--version", "x"], "--version"),
     ("export", ["--model_file", "{files}/garbage.keras", *EXPORT, "--max_image_pixels", "0"], "--max_image_pixels"),
-    ("export", ["--model_file", "{files}/garbage.keras", "--recipe", "jpeg"], "--recipe"),
-    ("export", ["--model_file", "{files}/garbage.keras", "--recipe", "cifar", "--class_names", "a,b",
+    ("export", ["--model_file", "{files}/garbage.keras", "--preprocessing", "jpeg"], "--preprocessing"),
+    ("export", ["--model_file", "{files}/garbage.keras", "--preprocessing", "cifar", "--class_names", "a,b",
                 "--tflite", "int4"], "--tflite"),
     ("export", ["--checkpoint", "{tmp}", "--model", "resnet8", *EXPORT, "--num_classes", "1",
                 "--base_dir", "{tmp}/b"], "--num_classes"),
-    ("export", ["--checkpoint", "{tmp}", "--model", "resnet8", "--recipe", "cifar",
+    ("export", ["--checkpoint", "{tmp}", "--model", "resnet8", "--preprocessing", "cifar",
                 "--labels_file", "{tmp}/nolabels.txt", "--base_dir", "{tmp}/b"], "--labels_file"),
     ("export", ["--checkpoint", "{tmp}", "--model", "resnet8", *EXPORT, "--base_dir", "/dev/null/b"], "--base_dir"),
     ("export", ["--model_file", "x.keras", "--checkpoint", "{tmp}", *EXPORT], "--checkpoint"),

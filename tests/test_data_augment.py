@@ -109,17 +109,17 @@ def test_color_augment_changes_colours_within_range_deterministically():
 
 
 @pytest.mark.parametrize(
-    "augment, recipe, message",
+    "augment, preprocessing, message",
     [
-        ("cifar", "imagenet_224", "needs recipe='cifar'"),
-        ("scale", "cifar", "ImageNet recipe"),
+        ("cifar", "imagenet_224", "needs preprocessing='cifar'"),
+        ("scale", "cifar", "ImageNet augmentation"),
         ("inception", "imagenet_320", "evaluation protocol"),
         ("mixup", "cifar", "Valid choices"),
     ],
 )
-def test_bad_augmentation_choices_are_explained(augment, recipe, message):
+def test_bad_augmentation_choices_are_explained(augment, preprocessing, message):
     with pytest.raises(ValueError, match=message):
-        check_augment(augment, recipe)
+        check_augment(augment, preprocessing)
 
 
 def test_cifar_augment_batch_draws_every_window_and_flip_per_example():

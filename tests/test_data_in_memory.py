@@ -15,7 +15,7 @@ def test_eval_batches_equal_the_streaming_evaluation_pipeline():
     for (a, la), (b, lb) in zip(split.eval_batches(100), streamed):
         np.testing.assert_array_equal(la.numpy(), lb.numpy())
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
-    assert split.info.recipe == "cifar" and split.info.num_classes == 10
+    assert split.info.preprocessing == "cifar" and split.info.num_classes == 10
 
 
 def test_train_batches_are_normalised_augmented_and_checked():
@@ -35,8 +35,8 @@ def test_limits_are_checked_before_decoding(tmp_path):
     with pytest.raises(ValueError, match=r"1000 images of 32x32 need 3 MiB in memory, above the limit of 0 MiB"):
         load_pixels("cifar10_sample", "test", max_bytes=1000)
     folder = trainer_runs.make_image_folder(tmp_path, {"train": 2}, size=100)
-    with pytest.raises(ValueError, match="call for the 'imagenet_224' recipe, not 'cifar'"):
-        load_pixels(folder, "train", only_recipe="cifar")
+    with pytest.raises(ValueError, match="call for the 'imagenet_224' preprocessing, not 'cifar'"):
+        load_pixels(folder, "train", only_preprocessing="cifar")
 
 
 def test_bad_files_are_skipped_and_counted(tmp_path):

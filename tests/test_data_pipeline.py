@@ -43,7 +43,7 @@ def class_colour(images):
 def test_folder_training_batches(folder):
     ds, info = build_dataset(f"folder:{folder}", "train", batch_size=4, training=True, seed=1)
     assert info.class_names == list(CLASSES) and info.num_classes == 3 and info.num_examples == 18
-    assert info.recipe == "cifar" and info.augment == "cifar" and info.image_size == (32, 32)
+    assert info.preprocessing == "cifar" and info.augment == "cifar" and info.image_size == (32, 32)
     out = batches(ds)
     assert len(out) == 4  # 18 // 4, remainder dropped when training
     for x, y in out:
@@ -91,11 +91,11 @@ def test_eval_is_in_file_order_with_exact_labels(folder):
 def test_imagenet_style_folder_with_png_and_inception_crops(tmp_path):
     root = write_folder(tmp_path / "big", per_class=2, size=(90, 120), fmt="png")
     ds, info = build_dataset(root, "train", batch_size=3, training=True, augment="inception", seed=0)
-    assert info.recipe == "imagenet_224" and info.image_size == (224, 224)
+    assert info.preprocessing == "imagenet_224" and info.image_size == (224, 224)
     x, y = next(iter(ds))
     assert x.shape == (3, 224, 224, 3)
     np.testing.assert_array_equal(class_colour(x.numpy()), y.numpy())
-    ds, info = build_dataset(root, "train", batch_size=6, training=False, recipe="imagenet_320")
+    ds, info = build_dataset(root, "train", batch_size=6, training=False, preprocessing="imagenet_320")
     x, y = next(iter(ds))
     assert x.shape == (6, 320, 320, 3) and info.augment == "none"
     np.testing.assert_array_equal(y.numpy(), [0, 0, 1, 1, 2, 2])
@@ -159,7 +159,7 @@ def test_bad_arguments_name_the_choices(folder):
     with pytest.raises(ValueError, match="Valid choices: 'cifar10'"):
         build_dataset("cifar11", "train", batch_size=2, training=True)
     with pytest.raises(ValueError, match="Valid choices"):
-        build_dataset(folder, "train", batch_size=2, training=True, recipe="imagenet")
+        build_dataset(folder, "train", batch_size=2, training=True, preprocessing="imagenet")
     with pytest.raises(ValueError, match="batch_size"):
         build_dataset(folder, "train", batch_size=0, training=True)
 

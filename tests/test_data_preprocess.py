@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 
 from keras_preact.data import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, decode_image, preprocess_for_eval
-from keras_preact.data.preprocess import resize_shorter_side
+from keras_preact.data import preprocess
+from keras_preact.data.preprocess import PREPROCESSINGS, get_preprocessing, resize_shorter_side
 
 
 def coordinate_image(h, w):
@@ -47,14 +48,14 @@ def test_resize_shorter_side_rounds_the_longer_side():
     assert resize_shorter_side(np.zeros((100, 50, 3), np.uint8), 320).shape == (640, 320, 3)
 
 
-def test_cifar_recipe_only_normalises_32x32_images():
+def test_cifar_preprocessing_only_normalises_32x32_images():
     image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     out = preprocess_for_eval(image, "cifar").numpy()
     expected = (image.astype(np.float32) - np.asarray(CIFAR_MEAN, np.float32)) / np.asarray(CIFAR_STD, np.float32)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_cifar_recipe_brings_other_sizes_to_32():
+def test_cifar_preprocessing_brings_other_sizes_to_32():
     """Shorter side to 32 (64x80 -> 32x40), then the centre 32x32 window (columns 4-35)."""
     image = np.random.default_rng(2).integers(0, 256, (64, 80, 3), dtype=np.uint8)
     out = preprocess_for_eval(image, "cifar").numpy()
@@ -70,9 +71,18 @@ def test_constants_are_in_0_255_units():
     np.testing.assert_allclose(IMAGENET_STD, (58.395, 57.12, 57.375))
 
 
-def test_unknown_recipe_names_valid_choices():
-    with pytest.raises(ValueError, match="imagenet_224"):
+def test_unknown_preprocessing_names_valid_choices():
+    with pytest.raises(ValueError, match="Unknown preprocessing 'imagenet'. Valid choices: 'cifar', 'imagenet_224'"):
         preprocess_for_eval(np.zeros((32, 32, 3), np.uint8), "imagenet")
+
+
+def test_the_preprocessings_and_their_windows():
+    """One word, one meaning: ``preprocessing`` is the evaluation protocol, ``recipe`` the training one."""
+    assert tuple(PREPROCESSINGS) == ("cifar", "imagenet_224", "imagenet_320")
+    assert [(p.resize, p.crop, p.train_size) for p in PREPROCESSINGS.values()] == [
+        (32, 32, 32), (256, 224, 224), (320, 320, None)]
+    assert get_preprocessing("imagenet_320") is PREPROCESSINGS["imagenet_320"]
+    assert not hasattr(preprocess, "Recipe") and not hasattr(preprocess, "get_recipe")
 
 
 def test_eval_preprocessing_in_a_serving_signature():

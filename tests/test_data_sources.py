@@ -36,7 +36,7 @@ def test_cifar_tfds_end_to_end(name, classes):
         batches = [(bx.numpy(), by.numpy()) for bx, by in test]
         raw = list(tfds.load(name, split="test"))  # the same mocked records, decoded by TFDS
     assert info.num_classes == classes and len(info.class_names) == classes and info.num_examples == 20
-    assert info.recipe == "cifar" and info.augment == "cifar"
+    assert info.preprocessing == "cifar" and info.augment == "cifar"
     assert x.shape == (8, 32, 32, 3) and x.dtype.name == "float32" and y.dtype.name == "int32"
     assert all(0 <= v < classes for v in y.numpy())
     assert [len(by) for _, by in batches] == [8, 8, 4]
@@ -73,7 +73,7 @@ def test_imagenet2012_end_to_end(tmp_path):
         # The mock's encoded bytes are not an encoding of its decoded images: compare with ours.
         raw = list(tfds.load("imagenet2012", split="validation",
                              decoders={"image": tfds.decode.SkipDecoding()}).take(3))
-    assert info.num_classes == 1000 and info.class_names[0] == "n01440764" and info.recipe == "imagenet_224"
+    assert info.num_classes == 1000 and info.class_names[0] == "n01440764" and info.preprocessing == "imagenet_224"
     assert x.shape == (3, 224, 224, 3) and y.dtype.name == "int32"
     assert vx.shape == (3, 224, 224, 3) and val_info.augment == "none"
     # Images of several sizes, each resized (shorter side 256) and centre-cropped to 224.

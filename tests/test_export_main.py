@@ -3,6 +3,7 @@ a training checkpoint; model names resolved by the registry; bad flags named in 
 
 import json
 import os
+import subprocess
 import sys
 
 import keras
@@ -15,8 +16,9 @@ from keras_preact.data import write_label_map
 from keras_preact.export.__main__ import main
 from keras_preact.training.checkpoints import RunCheckpoints
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-FAST = ["--recipe", "cifar", "--tflite", "none", "--eval_limit", "20"]
+FAST = ["--preprocessing", "cifar", "--tflite", "none", "--eval_limit", "20"]
 
 
 def trained_like(model):
@@ -57,7 +59,7 @@ def _training_run(run_dir, model):
     write_label_map(CLASSES, run_dir)
 
 
-def test_from_training_checkpoint(tmp_path):
+def test_from_training_checkpoint(tmp_path, capsys):
     run_dir = str(tmp_path / "run")
     model = trained_like(keras_preact.cifar_resnet(8, order="original"))
     _training_run(run_dir, model)
@@ -72,48 +74,86 @@ def test_from_training_checkpoint(tmp_path):
     x = np.random.RandomState(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(saved_predictions(version_dir, x), model(x, training=False).numpy(), atol=1e-5)
     # Restoring into the wrong architecture is an argument error, not a silent fresh model.
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main(["--checkpoint", run_dir, "--model", "resnet8", "--base_dir", base, "--name", "bad", *FAST])
     assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --checkpoint: ") and "wrong --model" in err
     assert not os.path.exists(os.path.join(base, "bad"))
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """A .keras file without labels.txt next to it, and a (fake) checkpoint prefix."""
+    root = tmp_path_factory.mktemp("sources")
+    keras_preact.build_resnet((1, 1, 1), widths=(8, 16, 16)).save(str(root / "m.keras"))
+    (root / "run").mkdir()
+    (root / "run" / "ckpt-1.index").write_bytes(b"")
+    return root
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--checkpoint", "nowhere", *FAST], "--model"),
-        (["--model_file", "missing.keras", "--class_names", "a,b", *FAST], "No model file"),
-        (["--model_file", "m.keras", "--recipe", "cifar"], "class names"),
-        (["--model_file", "m.keras", "--class_names", "a", "--recipe", "cifar", "--tflite", "int4"], "int4"),
-        (["--model_file", "m.keras", "--recipe", "jpeg"], "invalid choice"),
+        (["--checkpoint", "nowhere", *FAST], "error: --model: --checkpoint needs --model"),
+        (["--model_file", "missing.keras", "--class_names", "a,b", *FAST], "error: --model_file: no model file"),
+        (["--model_file", "{src}/m.keras", *FAST], "error: --class_names: no class names"),
+        (["--checkpoint", "{tmp}/nowhere", "--model", "resnet8", *FAST],
+         "error: --checkpoint: no such file or folder"),
+        (["--checkpoint", "{src}", "--model", "resnet8", *FAST], "error: --checkpoint: no checkpoint at"),
+        (["--model_file", "m.keras", "--class_names", "a", "--preprocessing", "cifar", "--tflite", "int4"],
+         "error: --tflite: unknown variant(s) int4"),
+        (["--model_file", "m.keras", "--preprocessing", "jpeg"], "error: --preprocessing: invalid choice"),
+        (["--model_file", "m.keras", "--recipe", "cifar"], "error: --recipe: renamed --preprocessing"),
+        (["--model_file", "m.keras", "--prepocessing", "cifar"],
+         "error: --prepocessing: unknown flag (did you mean --preprocessing?)"),
+        (["--model_fiel", "m.keras", *FAST], "error: --model_fiel: unknown flag (did you mean --model_file"),
+        (["--model_file", "m.keras", "--preprocessing=cifar", "--onx"], "error: --onx: unknown flag (did you mean --onnx"),
         (["--checkpoint", "run", "--class_names", "a,b", "--model", "vgg16", *FAST],
-         "argument --model: Unknown model 'vgg16'"),
+         "error: --model: Unknown model 'vgg16'"),
         (["--checkpoint", "run", "--class_names", "a,b", "--model", "resnet21", *FAST],
-         ("argument --model: ", "Impossible depth 21")),
+         ("error: --model: ", "Impossible depth 21")),
         (["--checkpoint", "run", "--class_names", "a,b", "--model", "resnet8", "--model_kwargs", "notjson", *FAST],
-         "argument --model_kwargs: not valid JSON"),
+         "error: --model_kwargs: not valid JSON"),
         (["--checkpoint", "run", "--class_names", "a,b", "--model", "resnet8", "--model_kwargs", "[1]", *FAST],
-         "argument --model_kwargs: must be a JSON object"),
+         "error: --model_kwargs: must be a JSON object"),
         (["--checkpoint", "run", "--class_names", "a,b", "--model", "resnet8", "--model_kwargs",
-          '{"unit": "triple"}', *FAST], "argument --model_kwargs: Unknown unit kind 'triple'"),
-        (["--checkpoint", "run", "--class_names", "a,b", "--model", "resnet8", "--model_kwargs",
-          '{"order": "sideways"}', *FAST], "argument --model_kwargs: Unknown order 'sideways'"),
-        (["--checkpoint", "run", "--class_names", "a,b", "--model", "resnet8", "--model_kwargs",
-          '{"depth": 3}', *FAST], ("argument --model_kwargs: ", "'depth'")),
+          '{"unit": "triple"}', *FAST], "error: --model_kwargs: Unknown unit kind 'triple'"),
+        (["--checkpoint", "{src}/run/ckpt-1", "--class_names", "a,b", "--model", "resnet8", "--model_kwargs",
+          '{"order": "sideways"}', *FAST], "error: --model_kwargs: Unknown order 'sideways'"),
+        (["--checkpoint", "{src}/run/ckpt-1", "--class_names", "a,b", "--model", "resnet8", "--model_kwargs",
+          '{"depth": 3}', *FAST], ("error: --model_kwargs: ", "'depth'")),
     ],
-    ids=["checkpoint-without-model", "missing-file", "no-class-names", "bad-variant", "bad-recipe",
-         "unknown-model", "impossible-depth", "kwargs-not-json", "kwargs-not-object", "kwargs-bad-unit",
-         "kwargs-bad-order", "kwargs-unknown-argument"],
+    ids=["checkpoint-without-model", "missing-file", "no-class-names", "missing-checkpoint",
+         "folder-without-checkpoint", "bad-variant", "bad-preprocessing", "old-recipe-flag", "misspelled-flag",
+         "misspelled-source", "misspelled-switch", "unknown-model", "impossible-depth", "kwargs-not-json",
+         "kwargs-not-object", "kwargs-bad-unit", "kwargs-bad-order", "kwargs-unknown-argument"],
 )
-def test_bad_arguments_exit_2_with_a_message(argv, message, capsys, tmp_path, monkeypatch):
+def test_bad_arguments_exit_2_with_one_line_naming_the_flag(argv, message, capsys, tmp_path, monkeypatch, sources):
     monkeypatch.chdir(tmp_path)
+    argv = [a.replace("{src}", str(sources)).replace("{tmp}", str(tmp_path)) for a in argv]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
     for fragment in (message,) if isinstance(message, str) else message:
         assert fragment in err
     assert not os.listdir(tmp_path)  # nothing exported
+
+
+def test_missing_checkpoint_in_a_fresh_process_is_one_line_without_tensorflow_log(tmp_path):
+    """What a user sees: no TensorFlow start-up log before the one line, exit status 2."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + env.get("PYTHONPATH", "").split(os.pathsep))
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_preact.export", "--checkpoint", str(tmp_path / "no_run"), "--model",
+         "resnet20", "--preprocessing", "cifar", "--base_dir", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=300,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"error: --checkpoint: no such file or folder {str(tmp_path / 'no_run')!r}"]
 
 
 def test_onnx_flag_writes_model_onnx_next_to_the_other_artefacts(tmp_path):
@@ -129,6 +169,10 @@ def test_onnx_flag_writes_model_onnx_next_to_the_other_artefacts(tmp_path):
         report = json.load(f)
     assert report["comparisons"]["onnx"]["passed"] and report["comparisons"]["onnx"]["max_rel_diff"] <= 1e-4
     assert report["onnx"]["bytes"] == os.path.getsize(os.path.join(extra, "model.onnx"))
+    # ONNX against what TF Serving answers (serving_default on the encoded images), not only Keras.
+    against_serving = report["vs_serving_default"]["onnx"]
+    assert against_serving["passed"] and against_serving["max_rel_diff"] <= 1e-4
+    assert against_serving["top1_agreement"] == 1.0
 
 
 def test_onnx_flag_without_the_onnx_extra_exits_2_and_exports_nothing(tmp_path, capsys, monkeypatch):
@@ -141,5 +185,6 @@ def test_onnx_flag_without_the_onnx_extra_exits_2_and_exports_nothing(tmp_path, 
         main(["--model_file", path, "--class_names", ",".join(CLASSES), "--base_dir", str(base),
               "--onnx", *FAST])
     assert exit_info.value.code == 2
-    assert 'pip install "keras_preact[onnx]"' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: --onnx: ") and 'pip install "keras_preact[onnx]"' in err
     assert not base.exists()

@@ -91,7 +91,7 @@ def test_missing_onnx_packages_give_a_clear_error(monkeypatch):
 
 def test_export_model_writes_model_onnx_checked_against_keras_and_the_saved_model(model, tmp_path):
     base = str(tmp_path / "saved_models")
-    path = export_model(model, base, name="tiny", recipe="cifar", class_names=CLASSES,
+    path = export_model(model, base, name="tiny", preprocessing="cifar", class_names=CLASSES,
                         tflite_variants=(), onnx=True, eval_limit=40, verbose=False)
     onnx_file = os.path.join(path, "assets.extra", "model.onnx")
     assert os.path.isfile(onnx_file)
@@ -123,6 +123,6 @@ def test_export_model_without_onnx_packages_writes_nothing(model, tmp_path, monk
     monkeypatch.setitem(sys.modules, "tf2onnx", None)
     base = tmp_path / "saved_models"
     with pytest.raises(ImportError, match="tf2onnx"):
-        export_model(model, str(base), name="tiny", recipe="cifar", class_names=CLASSES,
+        export_model(model, str(base), name="tiny", preprocessing="cifar", class_names=CLASSES,
                      tflite_variants=(), onnx=True, verbose=False)
     assert not base.exists() or not any(base.rglob("*"))

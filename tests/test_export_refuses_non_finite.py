@@ -106,7 +106,7 @@ def test_export_and_resume_refuse_a_checkpoint_with_nan(tmp_path):
     # 3. The exporter refuses it: exit 2, one line that says why and names the checkpoint.
     export = subprocess.run(
         [sys.executable, "-m", "keras_preact.export", "--checkpoint", run_dir, "--model", MODEL,
-         "--model_kwargs", json.dumps(model_kwargs), "--recipe", "cifar", "--base_dir", base,
+         "--model_kwargs", json.dumps(model_kwargs), "--preprocessing", "cifar", "--base_dir", base,
          "--name", "poisoned", "--tflite", "none", "--eval_limit", "20"],
         capture_output=True, text=True, env=trainer_runs.env(), cwd=trainer_runs.ROOT, timeout=180,
     )
@@ -116,8 +116,8 @@ def test_export_and_resume_refuse_a_checkpoint_with_nan(tmp_path):
     errors = _error_lines(export.stderr)
     assert len(errors) == 1, report
     [line] = errors
-    assert line == export.stderr.strip().splitlines()[-1], report
-    assert line.startswith("python -m keras_preact.export: error: argument --checkpoint: "), report
+    assert line == export.stderr.strip().splitlines()[-1] == export.stderr.strip().splitlines()[0], report
+    assert line.startswith("error: --checkpoint: "), report
     assert re.search(r"non-finite|NaN", line), report
     assert f"Checkpoint {prefix} " in line and target in line, report
     for misleading in ("does not hold", "wrong --model", "missing", "ResidualUnit"):

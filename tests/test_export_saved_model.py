@@ -21,7 +21,7 @@ from keras_preact.export.exporter import image_folder_split
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 RNG = np.random.RandomState(0)
-# Test-generated images of several sizes: the serving signature resizes/crops them (recipe).
+# Test-generated images of several sizes: the serving signature resizes/crops them (preprocessing).
 PIXELS = [RNG.randint(0, 256, size=shape, dtype=np.uint8) for shape in [(32, 32, 3), (48, 40, 3), (32, 32, 3)]]
 JPEG = tf.io.encode_jpeg(PIXELS[0]).numpy()
 REQUEST_IMAGES = [JPEG, tf.io.encode_png(PIXELS[1]).numpy(), tf.io.encode_jpeg(PIXELS[2], quality=90).numpy()]
@@ -127,7 +127,7 @@ def exported(tmp_path_factory):
     # Non-default BN statistics, so the folded model and the TFLite files are checked on them.
     assert randomise_batch_norm(keras_preact_model, seed=3) == 7
     path = export_model(
-        keras_preact_model, base, name="tiny", recipe="cifar", class_names=CLASSES,
+        keras_preact_model, base, name="tiny", preprocessing="cifar", class_names=CLASSES,
         eval_limit=200, calibration_size=50, top_k=3, verbose=False,
     )
     return keras_preact_model, base, path
@@ -287,31 +287,31 @@ def test_parity_report_numbers_are_those_of_the_published_files(exported):
 def test_next_export_gets_the_next_version_and_versions_are_never_overwritten(exported):
     model, base, _ = exported
     second = export_model(
-        model, base, name="tiny", recipe="cifar", class_names=CLASSES, tflite_variants=(),
+        model, base, name="tiny", preprocessing="cifar", class_names=CLASSES, tflite_variants=(),
         eval_images=REQUEST_IMAGES, verbose=False,
     )
     assert second == os.path.join(base, "tiny", "2")
     assert existing_versions(os.path.join(base, "tiny")) == [1, 2]
     with pytest.raises(ValueError, match="already exists"):
-        export_model(model, base, name="tiny", version=1, recipe="cifar", class_names=CLASSES, verbose=False)
+        export_model(model, base, name="tiny", version=1, preprocessing="cifar", class_names=CLASSES, verbose=False)
 
 
-def test_export_rejects_mismatched_class_names_and_recipe(exported, tmp_path):
+def test_export_rejects_mismatched_class_names_and_preprocessing(exported, tmp_path):
     model, _, _ = exported
     with pytest.raises(ValueError, match="class names"):
-        export_model(model, str(tmp_path), name="m", recipe="cifar", class_names=CLASSES[:3], verbose=False)
-    with pytest.raises(ValueError, match="recipe"):
-        export_model(model, str(tmp_path), name="m", recipe="imagenet_224", class_names=CLASSES, verbose=False)
+        export_model(model, str(tmp_path), name="m", preprocessing="cifar", class_names=CLASSES[:3], verbose=False)
+    with pytest.raises(ValueError, match="preprocessing"):
+        export_model(model, str(tmp_path), name="m", preprocessing="imagenet_224", class_names=CLASSES, verbose=False)
     with pytest.raises(ValueError, match="Valid choices"):
-        export_model(model, str(tmp_path), name="m", recipe="cifar", class_names=CLASSES,
+        export_model(model, str(tmp_path), name="m", preprocessing="cifar", class_names=CLASSES,
                      tflite_variants=("int4",), verbose=False)
 
 
-def test_imagenet_recipe_export_resizes_and_crops_any_image(tmp_path):
-    """Fully convolutional ImageNet-family model: the recipe fixes 224x224; any photo size works."""
+def test_imagenet_preprocessing_export_resizes_and_crops_any_image(tmp_path):
+    """Fully convolutional ImageNet-family model: the preprocessing fixes 224x224; any photo size works."""
     model = keras_preact.build_resnet((1, 1), family="imagenet", widths=(8, 16), num_classes=5)
     path = export_model(
-        model, str(tmp_path), name="inet", recipe="imagenet_224", class_names=list("abcde"),
+        model, str(tmp_path), name="inet", preprocessing="imagenet_224", class_names=list("abcde"),
         tflite_variants=("float32",), verbose=False,
     )
     with open(os.path.join(path, "assets.extra", "parity.json")) as f:
@@ -331,7 +331,7 @@ def test_stacked_stage_model_exports_as_units(tmp_path):
     the same network expanded into residual units, with the same outputs."""
     model = keras_preact.get_model("resnet14", stacked_stages=True)  # 2 units a stage: 1 stacked
     assert any(isinstance(layer, keras_preact.StackedStage) for layer in model.layers)
-    path = export_model(model, str(tmp_path), name="stacked", recipe="cifar", class_names=CLASSES,
+    path = export_model(model, str(tmp_path), name="stacked", preprocessing="cifar", class_names=CLASSES,
                         tflite_variants=("float32",), verbose=False)
     with open(os.path.join(path, "assets.extra", "parity.json")) as f:
         assert json.load(f)["float32_parity_passed"]

@@ -23,7 +23,7 @@ from keras_preact.export import (
     flip_averaged,
     tta_averaged,
 )
-from keras_preact.export.tta import tta_logits, tta_name, tta_views
+from keras_preact.tta import tta_logits, tta_name, tta_views
 from keras_preact.export import __main__ as export_main
 from keras_preact.export import model_card
 from keras_preact.export.exporter import synthetic_images
@@ -65,7 +65,7 @@ def model():
 def exports(model, tmp_path_factory):
     """The same network exported with tta="flip" (every TFLite variant, ONNX) and "none"."""
     base = str(tmp_path_factory.mktemp("saved_models"))
-    common = dict(recipe="cifar", class_names=CLASSES, eval_images=ENCODED, calibration_images=ENCODED,
+    common = dict(preprocessing="cifar", class_names=CLASSES, eval_images=ENCODED, calibration_images=ENCODED,
                   verbose=False)
     flip = export_model(model, base, name="flip", tta="flip", onnx=True, **common)
     plain = export_model(model, base, name="plain", tflite_variants=(), **common)
@@ -185,11 +185,13 @@ def test_wrapper_calls_the_network_once_on_the_stacked_views(model):
 
 
 def test_flip_translate_export_computes_the_ten_view_mean(model, tmp_path):
-    path = export_model(model, str(tmp_path), name="shifted", recipe="cifar", class_names=CLASSES,
+    path = export_model(model, str(tmp_path), name="shifted", preprocessing="cifar", class_names=CLASSES,
                         tta="flip_translate", tflite_variants=("float32",), eval_images=ENCODED[:6],
                         verbose=False)
     report = report_of(path)
     assert report["export"]["tta"] == "flip_translate" and report["float32_parity_passed"]
+    # The shipped version 4 said "flip" here although it computes ten views.
+    assert report["reference"].startswith("keras, flip_translate test-time augmentation (10 views")
     ops = report["tflite"]["float32"]["ops"]
     # The network once, on the ten views stacked along the batch (one CONCATENATION of them).
     assert ops["CONV_2D"] == 7 and ops["REVERSE_V2"] == 5 and ops["CONCATENATION"] == 1
@@ -246,6 +248,9 @@ def test_flip_parity_report_records_tta_and_compares_with_the_wrapper(exports):
     flip, plain = exports
     report = report_of(flip)
     assert report["export"]["tta"] == "flip" and report_of(plain)["export"]["tta"] == "none"
+    # The reference is named with the test-time augmentation it computes.
+    assert report["reference"].startswith("keras, flip test-time augmentation (2 views")
+    assert report_of(plain)["reference"] == "keras"
     assert report["float32_parity_passed"] is True
     rows = report["comparisons"]
     assert set(rows) == {"saved_model/predict_images", "saved_model/serving_default", "keras_folded",
@@ -272,7 +277,7 @@ def test_flip_export_answers_differently_from_the_plain_export(exports):
 
 def test_unfolded_flip_export_wraps_the_network_itself(model, tmp_path):
     """fold=False: TFLite and ONNX are converted from the wrapper of the unfolded network."""
-    path = export_model(model, str(tmp_path), name="unfolded", recipe="cifar", class_names=CLASSES,
+    path = export_model(model, str(tmp_path), name="unfolded", preprocessing="cifar", class_names=CLASSES,
                         tta="flip", fold=False, onnx=True, tflite_variants=("float32",),
                         eval_images=ENCODED[:4], verbose=False)
     report = report_of(path)
@@ -287,7 +292,7 @@ def test_unknown_tta_is_refused_before_anything_is_written(model, tmp_path):
     base = tmp_path / "saved_models"
     base.mkdir()
     with pytest.raises(ValueError, match=r"'mirror'.*'none', 'flip'"):
-        export_model(model, str(base), name="tiny", recipe="cifar", class_names=CLASSES,
+        export_model(model, str(base), name="tiny", preprocessing="cifar", class_names=CLASSES,
                      tta="mirror", verbose=False)
     assert list(base.iterdir()) == []
     assert TTA_CHOICES == ("none", "flip", "translate", "flip_translate")
@@ -303,7 +308,7 @@ def test_command_line_passes_tta_through_and_refuses_other_values(monkeypatch, t
         return os.path.join(base_dir, "tiny", "1")
 
     monkeypatch.setattr(export_main, "export_model", fake_export)
-    argv = ["--model_file", path, "--recipe", "cifar", "--class_names", ",".join(CLASSES),
+    argv = ["--model_file", path, "--preprocessing", "cifar", "--class_names", ",".join(CLASSES),
             "--base_dir", str(tmp_path / "out")]
     assert export_main.main(argv) == 0 and seen["tta"] == "none"
     assert export_main.main([*argv, "--tta", "flip"]) == 0 and seen["tta"] == "flip"
@@ -334,7 +339,7 @@ def test_model_card_says_which_tta_the_artefacts_compute(exports):
     assert Release(flip).export_info["tta"] == "flip" and Release(plain).export_info["tta"] == "none"
     card = {
         "name": "flip", "date": "2026-01-01", "notes": "", "eval_dir_description": "",
-        "measured": {"version_dir": "1", "recipe": "cifar", "class_names": CLASSES, "tta": "flip",
+        "measured": {"version_dir": "1", "preprocessing": "cifar", "class_names": CLASSES, "tta": "flip",
                      "accuracy": {"sample_test": {}}},
         "training": {"command": "x", "steps": 1, "epochs": 1.0, "global_batch": 128, "recipe": recipe,
                      "base_lr": 0.1, "first_logged_step": 1, "wall_time_hours": 0.1,

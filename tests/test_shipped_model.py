@@ -10,7 +10,7 @@ import pytest
 
 from keras_preact.data import cifar10_sample_dir, read_label_map
 from keras_preact.export.classify import Release
-from keras_preact.export.model_card import artefact_bytes
+from keras_preact.export.model_card import artefact_bytes, card_preprocessing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CARDS = sorted(glob.glob(os.path.join(ROOT, "saved_models", "*", "model_card.json")))
@@ -29,7 +29,7 @@ def test_a_trained_model_ships_and_its_card_describes_the_files_shipped():
         assert release.path == os.path.join(os.path.dirname(card_path), card["measured"]["version_dir"])
         # Sizes on disk are those the card lists (no artefact replaced after the card was written).
         assert artefact_bytes(release.path) == card["artefact_bytes"]
-        assert card["measured"]["recipe"] == release.recipe == "cifar"
+        assert card_preprocessing(card["measured"]) == release.preprocessing == "cifar"
         labels = read_label_map(os.path.join(release.path, "assets.extra"))
         assert card["measured"]["class_names"] == release.class_names == labels
 

@@ -97,8 +97,8 @@ def run(values: flags.FlagValues = flags.FLAGS, stream=None) -> dict:
     source = values.data_dir or values.dataset
     data_flag = "data_dir" if values.data_dir else "dataset"
     try:
-        train = data_lib.InMemorySplit.load(source, "train", only_recipe="cifar")
-        test = data_lib.InMemorySplit.load(source, "test", only_recipe="cifar")
+        train = data_lib.InMemorySplit.load(source, "train", only_preprocessing="cifar")
+        test = data_lib.InMemorySplit.load(source, "test", only_preprocessing="cifar")
     except (FileNotFoundError, ValueError, OSError) as error:
         raise FlagError(data_flag, str(error).strip().splitlines()[0]) from None
     recipe_data = RECIPES[values.recipe]

@@ -587,7 +587,7 @@ def build_data(settings: Settings, global_batch: int) -> tuple:
 def in_memory_data(settings: Settings, global_batch: int):
     """``build_data``'s result from splits decoded into memory; None if ``--input=auto`` and the
     data is not CIFAR-sized (too large, or images that call for the ImageNet recipe)."""
-    common = dict(data_dir=settings.tfds_dir, strict=settings.strict, only_recipe="cifar")
+    common = dict(data_dir=settings.tfds_dir, strict=settings.strict, only_preprocessing="cifar")
     try:
         train = data_lib.InMemorySplit.load(settings.source, settings.train_split, **common)
         evaluation = data_lib.InMemorySplit.load(settings.source, settings.eval_split, **common)
@@ -618,7 +618,7 @@ def streaming_data(settings: Settings, global_batch: int) -> tuple:
     train_kwargs = {}
     if settings.family == "imagenet":
         common["manual_dir"] = settings.manual_dir
-        train_kwargs = dict(recipe="imagenet_224", augment=settings.augment, color=settings.color)
+        train_kwargs = dict(preprocessing="imagenet_224", augment=settings.augment, color=settings.color)
     try:
         train, info = data_lib.build_dataset(
             settings.source, settings.train_split, batch_size=global_batch, training=True,
@@ -629,12 +629,12 @@ def streaming_data(settings: Settings, global_batch: int) -> tuple:
             for size in settings.eval_sizes:
                 evals[f"{settings.eval_split}@{size}"], _ = data_lib.build_dataset(
                     settings.source, settings.eval_split, batch_size=global_batch, training=False,
-                    recipe=f"imagenet_{size}", **common,
+                    preprocessing=f"imagenet_{size}", **common,
                 )
         else:
             evals[settings.eval_split], _ = data_lib.build_dataset(
                 settings.source, settings.eval_split, batch_size=global_batch, training=False,
-                recipe=info.recipe, **common,
+                preprocessing=info.preprocessing, **common,
             )
     except (FileNotFoundError, ValueError, OSError) as error:
         raise FlagError(settings.data_flag, _first_line(error)) from None
@@ -730,7 +730,7 @@ def run(settings: Settings, stream=None) -> dict:
     if settings.export and chief:
         path = export_lib.export_model(
             trainer.use_averaged_weights(), settings.export_dir, name=settings.model_name,
-            recipe=info.recipe if settings.family == "cifar" else "imagenet_224",
+            preprocessing=info.preprocessing if settings.family == "cifar" else "imagenet_224",
             class_names=info.class_names,
         )
         say(f"Exported to {path}")

@@ -23,7 +23,7 @@ from keras_preact.data.preprocess import (
     CIFAR_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    RECIPES,
+    PREPROCESSINGS,
     normalize,
     preprocess_for_eval,
 )
@@ -41,7 +41,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "LABEL_MAP_FILENAME",
-    "RECIPES",
+    "PREPROCESSINGS",
     "build_dataset",
     "cifar10_sample_dir",
     "color_augment",

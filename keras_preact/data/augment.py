@@ -15,7 +15,7 @@ Augmentations (``augment=`` of :func:`keras_preact.data.build_dataset`):
 - ``"inception"``: Inception-style scale and aspect-ratio crops (area 8%-100% of the image,
   aspect ratio width/height in [3/4, 4/3], ``sample_distorted_bounding_box``, only the
   window decoded); when no window is found in 10 attempts, a centre crop with the aspect
-  ratio clamped into range. Resized to the recipe's training size, flipped.
+  ratio clamped into range. Resized to the preprocessing's training size, flipped.
 - ``"none"``: the evaluation preprocessing (no randomness).
 
 ``color=True`` adds the fb.resnet.torch colour augmentation: brightness, contrast and
@@ -27,7 +27,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from keras_preact.data.decode import decode_crop, decode_image
-from keras_preact.data.preprocess import get_recipe, normalize, preprocess_for_eval, resize_shorter_side
+from keras_preact.data.preprocess import get_preprocessing, normalize, preprocess_for_eval, resize_shorter_side
 from keras_preact.common import check_choice
 
 AUGMENTATIONS = ("cifar", "scale", "inception", "none")
@@ -212,31 +212,34 @@ def resize_crop(crop: tf.Tensor, size: int) -> tf.Tensor:
     return image
 
 
-def check_augment(augment: str, recipe: str) -> None:
-    """ValueError when ``augment`` is unknown or does not fit ``recipe``."""
+def check_augment(augment: str, preprocessing: str) -> None:
+    """ValueError when ``augment`` is unknown or does not fit ``preprocessing``."""
     check_choice("augmentation", augment, AUGMENTATIONS)
-    r = get_recipe(recipe)
+    r = get_preprocessing(preprocessing)
     if r.train_size is None:
         raise ValueError(
-            f"Recipe {recipe!r} is an evaluation protocol (paper Table 5: networks trained on "
-            f"224 crops, tested on 320 crops); train with recipe='imagenet_224'."
+            f"Preprocessing {preprocessing!r} is an evaluation protocol (paper Table 5: networks trained on "
+            f"224 crops, tested on 320 crops); train with preprocessing='imagenet_224'."
         )
-    if augment == "cifar" and recipe != "cifar":
-        raise ValueError(f"augment='cifar' needs recipe='cifar', not {recipe!r}; use 'scale' or 'inception'.")
-    if augment == "scale" and recipe == "cifar":
-        raise ValueError("augment='scale' is the ImageNet recipe (shorter side 256-480); for CIFAR use 'cifar'.")
+    if augment == "cifar" and preprocessing != "cifar":
+        raise ValueError(f"augment='cifar' needs preprocessing='cifar', not {preprocessing!r}; "
+                         "use 'scale' or 'inception'.")
+    if augment == "scale" and preprocessing == "cifar":
+        raise ValueError("augment='scale' is the ImageNet augmentation (shorter side 256-480); "
+                         "for CIFAR use 'cifar'.")
 
 
-def preprocess_for_train(image_bytes: tf.Tensor, seed, recipe: str, augment: str, color: bool = False) -> tf.Tensor:
+def preprocess_for_train(image_bytes: tf.Tensor, seed, preprocessing: str, augment: str,
+                         color: bool = False) -> tf.Tensor:
     """Decode and augment one encoded image; returns normalised float32 ``[s, s, 3]``.
 
-    ``s`` is the recipe's training size (32 for ``"cifar"``, 224 for ``"imagenet_224"``).
+    ``s`` is the preprocessing's training size (32 for ``"cifar"``, 224 for ``"imagenet_224"``).
     """
-    check_augment(augment, recipe)
-    size = get_recipe(recipe).train_size
+    check_augment(augment, preprocessing)
+    size = get_preprocessing(preprocessing).train_size
     s = _split(seed, 3)
     if augment == "none":
-        return preprocess_for_eval(decode_image(image_bytes), recipe)
+        return preprocess_for_eval(decode_image(image_bytes), preprocessing)
     if augment == "cifar":
         image = to_cifar_size(decode_image(image_bytes))
         if color:
@@ -251,4 +254,4 @@ def preprocess_for_train(image_bytes: tf.Tensor, seed, recipe: str, augment: str
     if color:
         image = color_augment(image, s[2])
     image.set_shape([size, size, 3])
-    return normalize(image, recipe)
+    return normalize(image, preprocessing)

@@ -47,17 +47,17 @@ class InMemorySplit:
         self.info = info
 
     @classmethod
-    def load(cls, source, split: str, *, recipe: str | None = None, data_dir=None, manual_dir=None,
+    def load(cls, source, split: str, *, preprocessing: str | None = None, data_dir=None, manual_dir=None,
              strict: bool = False, max_bytes: int = DEFAULT_MAX_BYTES,
-             only_recipe: str | None = None) -> "InMemorySplit":
+             only_preprocessing: str | None = None) -> "InMemorySplit":
         """Decode ``split`` of ``source`` (any source :func:`build_dataset` reads) into memory.
 
         A ``ValueError`` before decoding anything if the split would take more than
-        ``max_bytes`` or (given ``only_recipe``) its images call for another recipe.
+        ``max_bytes`` or (given ``only_preprocessing``) its images call for another preprocessing.
         """
         images, labels, info = load_pixels(
-            source, split, recipe=recipe, data_dir=data_dir, manual_dir=manual_dir, strict=strict,
-            max_bytes=max_bytes, only_recipe=only_recipe,
+            source, split, preprocessing=preprocessing, data_dir=data_dir, manual_dir=manual_dir,
+            strict=strict, max_bytes=max_bytes, only_preprocessing=only_preprocessing,
         )
         return cls(images, labels, info)
 
@@ -81,7 +81,7 @@ class InMemorySplit:
         if per_epoch < 1:
             raise ValueError(f"batch_size {batch_size} is larger than the {len(self)} examples.")
         images, labels = tf.constant(self.images), tf.constant(self.labels)
-        recipe = self.info.recipe
+        preprocessing = self.info.preprocessing
         indices = tf.range(len(self), dtype=tf.int32)
 
         def batch_at(step):
@@ -90,7 +90,7 @@ class InMemorySplit:
                 tf.constant([seed, _SHUFFLE_STREAM], tf.int64), epoch)
             order = tf.random.experimental.stateless_shuffle(indices, order_seed)
             chosen = order[position * batch_size:(position + 1) * batch_size]
-            batch = normalize(tf.gather(images, chosen), recipe)
+            batch = normalize(tf.gather(images, chosen), preprocessing)
             if augment == "cifar":
                 batch = cifar_augment_batch(batch, tf.random.experimental.stateless_fold_in(
                     tf.constant([seed, _AUGMENT_STREAM], tf.int64), step))
@@ -106,7 +106,7 @@ class InMemorySplit:
 
     def eval_batches(self, batch_size: int) -> tf.data.Dataset:
         """One pass in order, normalised, the last batch partial: what ``build_dataset`` gives."""
-        recipe = self.info.recipe
+        preprocessing = self.info.preprocessing
         ds = tf.data.Dataset.from_tensor_slices((self.images, self.labels)).batch(batch_size)
-        return ds.map(lambda x, y: (normalize(x, recipe), y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        return ds.map(lambda x, y: (normalize(x, preprocessing), y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
             tf.data.AUTOTUNE)

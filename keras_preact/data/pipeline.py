@@ -31,7 +31,7 @@ from keras_preact.data import sources
 from keras_preact.data.augment import check_augment, preprocess_for_train
 from keras_preact.data.bad_files import BadFileLog
 from keras_preact.data.decode import decode_image
-from keras_preact.data.preprocess import eval_pixels, get_recipe, preprocess_for_eval
+from keras_preact.data.preprocess import eval_pixels, get_preprocessing, preprocess_for_eval
 from keras_preact.data.sample import cifar10_sample_dir
 
 logger = logging.getLogger("keras_preact.data")
@@ -43,7 +43,7 @@ _HISTORY = 32  # preceding file names each element carries, to name dropped file
 
 
 class NotForMemory(ValueError):
-    """A split that ``load_pixels`` refuses to hold in memory (too large, or not that recipe's)."""
+    """A split that ``load_pixels`` refuses to hold in memory (too large, or not that preprocessing's)."""
 
 
 @dataclass
@@ -54,14 +54,14 @@ class DatasetInfo:
     class_names: list
     num_examples: int  # examples listed in the split (before any undecodable file is skipped)
     image_size: tuple  # (height, width) of the images in the batches
-    recipe: str
+    preprocessing: str
     augment: str  # the augmentation applied ("none" when training=False)
     source: str
     split: str
     bad_files: BadFileLog = field(default_factory=BadFileLog)  # files skipped so far (folders)
 
 
-def _default_recipe(source: str, raw: sources.RawSource) -> str:
+def _default_preprocessing(source: str, raw: sources.RawSource) -> str:
     if source in ("cifar10", "cifar100", SAMPLE_SOURCE):
         return "cifar"
     if source == "imagenet2012":
@@ -72,18 +72,19 @@ def _default_recipe(source: str, raw: sources.RawSource) -> str:
         shape = decode_image(tf.io.read_file(first_path)).shape
     except tf.errors.InvalidArgumentError:
         return "imagenet_224"
-    recipe = "cifar" if max(shape[0], shape[1]) <= 64 else "imagenet_224"
-    logger.info("Image folder %s: first image is %dx%d, using recipe %r.", source, shape[0], shape[1], recipe)
-    return recipe
+    preprocessing = "cifar" if max(shape[0], shape[1]) <= 64 else "imagenet_224"
+    logger.info("Image folder %s: first image is %dx%d, using preprocessing %r.", source, shape[0], shape[1],
+                preprocessing)
+    return preprocessing
 
 
-def _dataset_info(name, split, raw, recipe, augment, size) -> DatasetInfo:
+def _dataset_info(name, split, raw, preprocessing, augment, size) -> DatasetInfo:
     return DatasetInfo(
         num_classes=len(raw.class_names),
         class_names=list(raw.class_names),
         num_examples=raw.num_examples,
         image_size=(size, size),
-        recipe=recipe,
+        preprocessing=preprocessing,
         augment=augment,
         source=name,
         split=split,
@@ -183,7 +184,7 @@ def build_dataset(
     *,
     batch_size: int,
     training: bool,
-    recipe: str | None = None,
+    preprocessing: str | None = None,
     augment: str = "auto",
     color: bool = False,
     seed: int | None = None,
@@ -206,11 +207,11 @@ def build_dataset(
       batch_size: examples per batch.
       training: True shuffles and augments; False is the deterministic evaluation
         preprocessing (:func:`preprocess_for_eval`), in file/record order.
-      recipe: ``"cifar"``, ``"imagenet_224"`` or ``"imagenet_320"`` (evaluation only);
+      preprocessing: ``"cifar"``, ``"imagenet_224"`` or ``"imagenet_320"`` (evaluation only);
         default: ``"cifar"`` for CIFAR sources, ``"imagenet_224"`` for ImageNet, and for a
         folder, ``"cifar"`` if its first image is at most 64 pixels on a side.
       augment: ``"cifar"``, ``"scale"``, ``"inception"`` or ``"none"``
-        (:mod:`keras_preact.data.augment`); ``"auto"``: ``"cifar"`` for the CIFAR recipe,
+        (:mod:`keras_preact.data.augment`); ``"auto"``: ``"cifar"`` for the CIFAR preprocessing,
         ``"scale"`` (the paper's) for ImageNet. Ignored when ``training`` is False.
       color: add colour and lighting augmentation (training only).
       seed: makes shuffling and augmentation reproducible (same seed, same batches).
@@ -222,26 +223,26 @@ def build_dataset(
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    if recipe is not None:
-        get_recipe(recipe)  # validate before listing anything
+    if preprocessing is not None:
+        get_preprocessing(preprocessing)  # validate before listing anything
     name, raw = _resolve_source(source, split, data_dir, manual_dir, training, seed)
-    recipe = recipe or _default_recipe(name, raw)
+    preprocessing = preprocessing or _default_preprocessing(name, raw)
     if training:
         if augment == "auto":
-            augment = "cifar" if recipe == "cifar" else "scale"
-        check_augment(augment, recipe)
-        size = get_recipe(recipe).train_size
+            augment = "cifar" if preprocessing == "cifar" else "scale"
+        check_augment(augment, preprocessing)
+        size = get_preprocessing(preprocessing).train_size
     else:
         augment = "none"
-        size = get_recipe(recipe).crop
+        size = get_preprocessing(preprocessing).crop
     if drop_remainder is None:
         drop_remainder = training
-    info = _dataset_info(name, split, raw, recipe, augment, size)
+    info = _dataset_info(name, split, raw, preprocessing, augment, size)
 
     def transform(image_bytes, seed_pair):
         if training:
-            return preprocess_for_train(image_bytes, seed_pair, recipe, augment, color)
-        return preprocess_for_eval(decode_image(image_bytes), recipe)
+            return preprocess_for_train(image_bytes, seed_pair, preprocessing, augment, color)
+        return preprocess_for_eval(decode_image(image_bytes), preprocessing)
 
     ds = raw.dataset
     if training:
@@ -273,12 +274,12 @@ def load_pixels(
     source,
     split: str,
     *,
-    recipe: str | None = None,
+    preprocessing: str | None = None,
     data_dir: str | None = None,
     manual_dir: str | None = None,
     strict: bool = False,
     max_bytes: int | None = None,
-    only_recipe: str | None = None,
+    only_preprocessing: str | None = None,
 ):
     """Decode a whole split once: ``(images uint8 [N, crop, crop, 3], labels int32 [N], info)``.
 
@@ -287,27 +288,28 @@ def load_pixels(
     files are skipped and counted (or, with ``strict``, fail) the same way; the pixels are
     kept unnormalised as ``uint8`` (a quarter of the float32 size: 150 MB for CIFAR-10's
     training split). ``max_bytes``: refuse, before decoding anything, a split whose decoded
-    size would exceed it (``NotForMemory``, a ``ValueError`` saying how large it is). ``only_recipe``: likewise
-    refuse a split whose (default) recipe is another one.
+    size would exceed it (``NotForMemory``, a ``ValueError`` saying how large it is).
+    ``only_preprocessing``: likewise refuse a split whose (default) preprocessing is another one.
     """
-    if recipe is not None:
-        get_recipe(recipe)
+    if preprocessing is not None:
+        get_preprocessing(preprocessing)
     name, raw = _resolve_source(source, split, data_dir, manual_dir, False, None)
-    recipe = recipe or _default_recipe(name, raw)
-    if only_recipe is not None and recipe != only_recipe:
-        raise NotForMemory(f"{name} {split}: its images call for the {recipe!r} recipe, not {only_recipe!r}.")
-    size = get_recipe(recipe).crop
+    preprocessing = preprocessing or _default_preprocessing(name, raw)
+    if only_preprocessing is not None and preprocessing != only_preprocessing:
+        raise NotForMemory(f"{name} {split}: its images call for the {preprocessing!r} preprocessing, "
+                           f"not {only_preprocessing!r}.")
+    size = get_preprocessing(preprocessing).crop
     needed = raw.num_examples * size * size * 3
     if max_bytes is not None and needed > max_bytes:
         raise NotForMemory(
             f"{name} {split}: {raw.num_examples} images of {size}x{size} need {needed / 2**20:.0f} MiB "
             f"in memory, above the limit of {max_bytes / 2**20:.0f} MiB; stream it instead."
         )
-    info = _dataset_info(name, split, raw, recipe, "none", size)
+    info = _dataset_info(name, split, raw, preprocessing, "none", size)
 
     def transform(image_bytes, seed_pair):
         del seed_pair
-        return eval_pixels(decode_image(image_bytes), recipe)
+        return eval_pixels(decode_image(image_bytes), preprocessing)
 
     seeds = tf.data.Dataset.from_tensors(tf.zeros([2], tf.int64)).repeat()
     ds = tf.data.Dataset.zip((raw.dataset, seeds)).map(lambda xy, s: (xy[0], xy[1], s))

@@ -1,7 +1,9 @@
 """Evaluation preprocessing and normalisation: the code both evaluation and serving run.
 
-A *recipe* names an evaluation protocol: the output size, how an image of any size is brought
-to it, and the normalisation constants. ``build_dataset(..., training=False)`` and the export
+A *preprocessing* (``"cifar"``, ``"imagenet_224"``, ``"imagenet_320"``) names an evaluation
+protocol: the output size, how an image of any size is brought to it, and the normalisation
+constants. (A *recipe* is something else: the optimisation settings of a training run,
+``keras_preact.training.recipes``.) ``build_dataset(..., training=False)`` and the export
 signatures both call :func:`preprocess_for_eval`, so a served model sees exactly the pixels the
 evaluation saw. All functions are pure TensorFlow ops (usable in ``tf.function``/SavedModels).
 
@@ -32,7 +34,7 @@ IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
 @dataclass(frozen=True)
-class Recipe:
+class Preprocessing:
     """An evaluation protocol: resize the shorter side to ``resize``, centre-crop ``crop``."""
 
     name: str
@@ -44,19 +46,19 @@ class Recipe:
     train_size: int | None
 
 
-RECIPES = {
-    "cifar": Recipe("cifar", 32, 32, CIFAR_MEAN, CIFAR_STD, train_size=32),
+PREPROCESSINGS = {
+    "cifar": Preprocessing("cifar", 32, 32, CIFAR_MEAN, CIFAR_STD, train_size=32),
     # ResNet paper [1]: shorter side 256, single centre 224 crop.
-    "imagenet_224": Recipe("imagenet_224", 256, 224, IMAGENET_MEAN, IMAGENET_STD, train_size=224),
+    "imagenet_224": Preprocessing("imagenet_224", 256, 224, IMAGENET_MEAN, IMAGENET_STD, train_size=224),
     # Identity-mappings paper, Table 5: shorter side 320, centre 320 crop, on nets trained at 224.
-    "imagenet_320": Recipe("imagenet_320", 320, 320, IMAGENET_MEAN, IMAGENET_STD, train_size=None),
+    "imagenet_320": Preprocessing("imagenet_320", 320, 320, IMAGENET_MEAN, IMAGENET_STD, train_size=None),
 }
 
 
-def get_recipe(name: str) -> Recipe:
-    """The :class:`Recipe` called ``name``, or a ValueError listing the valid recipes."""
-    check_choice("recipe", name, tuple(RECIPES))
-    return RECIPES[name]
+def get_preprocessing(name: str) -> Preprocessing:
+    """The :class:`Preprocessing` called ``name``, or a ValueError listing the valid names."""
+    check_choice("preprocessing", name, tuple(PREPROCESSINGS))
+    return PREPROCESSINGS[name]
 
 
 @functools.lru_cache(maxsize=32)
@@ -67,9 +69,9 @@ def _affine(mean: tuple, std: tuple, shape: tuple):
     return np.broadcast_to(scale, shape).copy(), np.broadcast_to(offset, shape).copy()
 
 
-def normalize(image: tf.Tensor, recipe: str) -> tf.Tensor:
+def normalize(image: tf.Tensor, preprocessing: str) -> tf.Tensor:
     """``(image - mean) / std`` per channel; ``image`` holds 0-255 values (any dtype)."""
-    r = get_recipe(recipe)
+    r = get_preprocessing(preprocessing)
     image = tf.cast(image, tf.float32)
     # Channel-wise broadcasting is slow in TensorFlow's CPU kernels (it was half the cost of a
     # whole ImageNet training example); a multiply-add with constants of the image's own
@@ -115,14 +117,14 @@ def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
     return crop
 
 
-def eval_pixels(image: tf.Tensor, recipe: str) -> tf.Tensor:
+def eval_pixels(image: tf.Tensor, preprocessing: str) -> tf.Tensor:
     """The evaluation window of one RGB ``[H, W, 3]`` image, before normalisation.
 
-    Resize the shorter side to the recipe's ``resize`` and take the central ``crop x crop``
+    Resize the shorter side to the preprocessing's ``resize`` and take the central ``crop x crop``
     window. Returns float32 ``[crop, crop, 3]`` in 0-255 units (what the in-memory pipeline
     stores, as ``uint8``, and normalises per batch).
     """
-    r = get_recipe(recipe)
+    r = get_preprocessing(preprocessing)
     image = tf.convert_to_tensor(image)
     if image.shape.rank != 3:
         raise ValueError(f"preprocess_for_eval expects one [H, W, 3] image, got shape {image.shape}.")
@@ -130,12 +132,12 @@ def eval_pixels(image: tf.Tensor, recipe: str) -> tf.Tensor:
     return center_crop(image, r.crop)
 
 
-def preprocess_for_eval(image: tf.Tensor, recipe: str) -> tf.Tensor:
+def preprocess_for_eval(image: tf.Tensor, preprocessing: str) -> tf.Tensor:
     """Evaluation preprocessing of one RGB ``[H, W, 3]`` image (0-255, usually ``uint8``).
 
-    Resize the shorter side to the recipe's ``resize``, take the central ``crop x crop``
-    window, normalise. Returns float32 ``[crop, crop, 3]``. Recipes:
+    Resize the shorter side to the preprocessing's ``resize``, take the central ``crop x crop``
+    window, normalise. Returns float32 ``[crop, crop, 3]``. Preprocessings:
     ``"cifar"`` (32 -> 32: a 32x32 image only gets normalised), ``"imagenet_224"``
     (256 -> 224) and ``"imagenet_320"`` (320 -> 320).
     """
-    return normalize(eval_pixels(image, recipe), recipe)
+    return normalize(eval_pixels(image, preprocessing), preprocessing)

@@ -1,12 +1,12 @@
 """Export and deployment: SavedModel for TF Serving, TFLite, ONNX, BN folding, verified parity.
 
     >>> from keras_preact import export
-    >>> path = export.export_model(model, "saved_models", name="resnet20", recipe="cifar",
+    >>> path = export.export_model(model, "saved_models", name="resnet20", preprocessing="cifar",
     ...                            class_names=["airplane", ..., "truck"])
 
 The command line does the same from a ``.keras`` file or a training checkpoint::
 
-    python -m keras_preact.export --model_file model.keras --name resnet20 --recipe cifar
+    python -m keras_preact.export --model_file model.keras --name resnet20 --preprocessing cifar
 
 ``export_model(..., tta="flip")`` (``--tta=flip``) makes every artefact average the logits of
 each image and its mirror image (``flip_averaged``); ``"flip_translate"`` also averages their
@@ -38,13 +38,13 @@ from keras_preact.export.tflite import (
     op_counts,
 )
 from keras_preact.export.tta import (
-    TTA_CHOICES,
     HorizontalFlip,
     Translate,
     ViewMean,
     flip_averaged,
     tta_averaged,
 )
+from keras_preact.tta import TTA_CHOICES
 
 __all__ = [
     "ChannelAffine",

@@ -1,17 +1,20 @@
 """``python -m keras_preact.export``: a ``.keras`` file or a training checkpoint -> saved_models/.
 
     # a saved Keras model (labels.txt next to it, or --class_names / --labels_file)
-    python -m keras_preact.export --model_file runs/r20/model.keras --name resnet20 --recipe cifar
+    python -m keras_preact.export --model_file runs/r20/model.keras --name resnet20 --preprocessing cifar
 
     # a training run directory (its checkpoints/ and labels.txt): rebuild the architecture
     python -m keras_preact.export --checkpoint runs/cifar10_resnet20 --model resnet20 \\
-        --recipe cifar --name resnet20
+        --preprocessing cifar --name resnet20
 
 Writes ``<base_dir>/<name>/<version>/`` (see ``keras_preact.export.exporter``) and prints the
 parity report. ``--onnx`` adds ``assets.extra/model.onnx`` (needs ``pip install
-"keras_preact[onnx]"``). ``--tta=flip`` makes every artefact average the logits of each image
-and its mirror image (two forward passes per image). Exit status 2 on bad arguments, 1 if the
-float32 parity check fails.
+"keras_preact[onnx]"``). ``--tta`` makes every artefact average the logits over views of each
+image: ``flip`` (the image and its mirror image, two forward passes), ``translate`` (the image and
+its copies shifted one pixel up, down, left and right, five) or ``flip_translate`` (ten). A bad
+argument is one line ``error: --flag: message`` on stderr with exit status 2 (an unknown flag
+with the closest known ones; ``--recipe``, the old name of ``--preprocessing``, says so); exit
+status 1 if the float32 parity check fails.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_preact import registry
-from keras_preact.data import LABEL_MAP_FILENAME, RECIPES
+from keras_preact.data import LABEL_MAP_FILENAME, PREPROCESSINGS
 from keras_preact.export.exporter import (
     ExportParityError,
     export_model,
@@ -35,22 +38,18 @@ from keras_preact.export.exporter import (
 )
 from keras_preact.export.saved_model import eval_image_size
 from keras_preact.export.tflite import VARIANTS
-from keras_preact.export.tta import TTA_CHOICES
-from keras_preact.common import OneLineArgumentParser, positive_int
+from keras_preact.tta import TTA_CHOICES
+from keras_preact.common import positive_int
+from keras_preact.export.arguments import ArgumentError, CommandParser
 from keras_preact.training.checkpoints import VariableSet, check_finite_checkpoint
 from keras_preact.training.divergence import NonFiniteCheckpointError
 
 
-class ArgumentError(ValueError):
-    """A bad value of one flag; the message names the flag as argparse does."""
-
-    def __init__(self, flag: str, message: str):
-        super().__init__(f"argument {flag}: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineArgumentParser(
+    parser = CommandParser(
         prog="python -m keras_preact.export",
+        renamed={"--recipe": "renamed --preprocessing (the evaluation preprocessing: "
+                 f"{', '.join(sorted(PREPROCESSINGS))}; --recipe is the trainers' training recipe)"},
         description="Export a trained keras_preact model for TF Serving, TFLite and (--onnx) ONNX, "
         "with a parity report.",
     )
@@ -80,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluations used it).",
     )
     parser.add_argument("--num_classes", type=positive_int, help="Outputs of --checkpoint's model (default: number of class names).")
-    parser.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="Evaluation preprocessing the serving signature applies.")
+    parser.add_argument("--preprocessing", required=True, choices=sorted(PREPROCESSINGS),
+                        help="Evaluation preprocessing the serving signature applies (the one the model "
+                        "was evaluated with).")
     parser.add_argument("--name", help="Model name under --base_dir (default: from --model or the file name).")
     parser.add_argument("--base_dir", default="saved_models", help="TF Serving model base directory.")
     parser.add_argument("--version", type=positive_int, help="Version number (default: the next free one).")
@@ -136,13 +137,14 @@ def resolve_class_names(args, source_path: str) -> list:
         raise ArgumentError("--labels_file", f"no such file {args.labels_file!r}")
     labels_file = args.labels_file or _label_file_near(source_path)
     if labels_file is None:
-        raise ValueError(
-            "No class names: pass --class_names or --labels_file (no labels.txt next to the model)."
+        raise ArgumentError(
+            "--class_names", f"no class names: pass --class_names or --labels_file (no {LABEL_MAP_FILENAME} "
+            f"next to {source_path!r})"
         )
     with open(labels_file, encoding="utf-8") as f:
         names = [line.strip() for line in f if line.strip()]
     if not names:
-        raise ValueError(f"Label file {labels_file} is empty.")
+        raise ArgumentError("--labels_file", f"{labels_file!r} is empty")
     return names
 
 
@@ -155,7 +157,10 @@ def checkpoint_prefix(path: str) -> str:
                 return latest
     if os.path.isfile(path + ".index"):
         return path
-    raise FileNotFoundError(f"No checkpoint found at {path!r} (looked in {path}/checkpoints and {path}).")
+    if not os.path.exists(path):
+        raise ArgumentError("--checkpoint", f"no such file or folder {path!r}")
+    raise ArgumentError("--checkpoint", f"no checkpoint at {path!r} (looked in {os.path.join(path, 'checkpoints')}, "
+                        f"{path} and {path}.index)")
 
 
 def parse_model_kwargs(text: str) -> dict:
@@ -169,7 +174,7 @@ def parse_model_kwargs(text: str) -> dict:
     return kwargs
 
 
-def build_architecture(name: str, kwargs: dict, num_classes: int, recipe: str):
+def build_architecture(name: str, kwargs: dict, num_classes: int, preprocessing: str):
     """The network ``name`` (resolved by ``keras_preact.registry``) with ``kwargs``, fresh weights.
 
     A name the registry does not know is an ArgumentError of ``--model``; a bad unit kind or
@@ -177,8 +182,8 @@ def build_architecture(name: str, kwargs: dict, num_classes: int, recipe: str):
     """
     kwargs = dict(kwargs)
     kwargs.setdefault("num_classes", num_classes)
-    if recipe == "cifar":
-        size = eval_image_size(recipe)
+    if preprocessing == "cifar":
+        size = eval_image_size(preprocessing)
         kwargs.setdefault("input_shape", (size, size, 3))
     try:
         return registry.get_model(name, **kwargs)
@@ -216,10 +221,14 @@ def restore_checkpoint(model, path: str, weights: str = "auto") -> str:
         variable.assign(np.full(variable.shape, np.nan, variable.dtype))
     status = tf.train.Checkpoint(**{key: VariableSet(model.variables)}).restore(prefix)
     status.expect_partial()  # the optimizer's slots are in the checkpoint too, unused here
-    status.assert_existing_objects_matched()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError:  # variables of other names or shapes: another architecture
+        raise ArgumentError("--checkpoint", f"{prefix} holds variables that do not fit the {model.name} built "
+                            "from --model/--model_kwargs (wrong --model or --model_kwargs?)") from None
     missing = [v.path for v in floats if np.isnan(np.asarray(v.numpy())).all()]
     if missing:
-        raise ValueError(
+        raise ArgumentError("--checkpoint",
             f"Checkpoint {prefix} does not hold {len(missing)} of the model's variables "
             f"(e.g. {', '.join(missing[:3])}): wrong --model/--model_kwargs, or a checkpoint "
             "written before ResidualUnit sublayers were checkpoint-tracked."
@@ -227,16 +236,32 @@ def restore_checkpoint(model, path: str, weights: str = "auto") -> str:
     return prefix
 
 
+def parse_tflite(text: str) -> tuple:
+    """``--tflite``: comma-separated variants, or ``none``; an ArgumentError names the flag."""
+    if text.strip().lower() == "none":
+        return ()
+    variants = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise ArgumentError("--tflite", f"unknown variant(s) {', '.join(bad)}; valid: {', '.join(VARIANTS)}, or none")
+    return variants
+
+
 def check_arguments(args) -> None:
-    """Cheap checks before any model is loaded; ArgumentError names the flag."""
-    if args.model_file is not None:
-        if not os.path.isfile(args.model_file):
-            raise ArgumentError("--model_file", f"No model file {args.model_file!r}")
-        if not zipfile.is_zipfile(args.model_file):
-            raise ArgumentError("--model_file", f"{args.model_file!r} is not a .keras file (not a zip archive)")
-    elif not args.model:
+    """Checks before any model is loaded, cheapest first; ArgumentError names the flag.
+
+    Flag values come first (they need no file), then the files named: a missing
+    ``--checkpoint`` is reported as such, before the class names that would be read next to it.
+    """
+    parse_tflite(args.tflite)
+    if args.model_file is None and not args.model:
         raise ArgumentError("--model", "--checkpoint needs --model (the architecture to restore into)")
-    parse_model_kwargs(args.model_kwargs)
+    kwargs = parse_model_kwargs(args.model_kwargs)
+    if args.model_file is None:
+        try:
+            registry.resolve(args.model, kwargs.get("unit"))
+        except registry.ModelNameError as error:
+            raise ArgumentError("--model" if error.argument == "name" else "--model_kwargs", str(error)) from None
     if args.num_classes is not None and args.num_classes < 2:
         raise ArgumentError("--num_classes", f"a classifier needs at least two classes, got {args.num_classes}")
     if args.labels_file is not None and not os.path.isfile(args.labels_file):
@@ -251,36 +276,41 @@ def check_arguments(args) -> None:
         raise ArgumentError("--base_dir", f"cannot create the folder {base!r}: {probe!r} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ArgumentError("--base_dir", f"cannot write to {probe!r} (permission denied)")
+    if args.model_file is not None:
+        if not os.path.isfile(args.model_file):
+            raise ArgumentError("--model_file", f"no model file {args.model_file!r}")
+        if not zipfile.is_zipfile(args.model_file):
+            raise ArgumentError("--model_file", f"{args.model_file!r} is not a .keras file (not a zip archive)")
+    else:
+        checkpoint_prefix(args.checkpoint)
+
+
+def load_source(args, class_names) -> tuple:
+    """``(model, name)`` from ``--model_file`` or ``--checkpoint`` (restored into ``--model``)."""
+    if args.model_file:
+        try:
+            model = load_model_file(args.model_file)
+        except (ValueError, TypeError, OSError) as error:
+            raise ArgumentError("--model_file", str(error).strip().splitlines()[0]) from None
+        return model, args.name or os.path.splitext(os.path.basename(args.model_file))[0]
+    kwargs = parse_model_kwargs(args.model_kwargs)
+    model = build_architecture(args.model, kwargs, args.num_classes or len(class_names), args.preprocessing)
+    prefix = restore_checkpoint(model, args.checkpoint, args.weights)
+    print(f"Restored {prefix}", file=sys.stderr)
+    return model, args.name or registry.resolve(args.model, kwargs.get("unit")).name
 
 
 def main(argv=None) -> int:
+    """The command line; returns 0, or 1 if float32 parity failed. Usage errors exit 2 in one line."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        variants = () if args.tflite.strip().lower() == "none" else tuple(
-            v.strip() for v in args.tflite.split(",") if v.strip()
-        )
-        bad = [v for v in variants if v not in VARIANTS]
-        if bad:
-            raise ValueError(f"Unknown --tflite variant(s) {bad}. Valid: {', '.join(VARIANTS)}, or none.")
-        source_path = args.model_file or args.checkpoint
-        if args.checkpoint and not args.model:
-            raise ArgumentError("--model", "--checkpoint needs --model (the architecture to restore into)")
-        class_names = resolve_class_names(args, source_path)
         check_arguments(args)
+        variants = parse_tflite(args.tflite)
+        class_names = resolve_class_names(args, args.model_file or args.checkpoint)
         if len(class_names) < 2:
             raise ArgumentError("--class_names", f"a classifier needs at least two classes, got {class_names}")
-        if args.model_file:
-            model = load_model_file(args.model_file)
-            name = args.name or os.path.splitext(os.path.basename(args.model_file))[0]
-        else:
-            if not args.model:
-                raise ValueError("--checkpoint needs --model (the architecture to restore into).")
-            kwargs = parse_model_kwargs(args.model_kwargs)
-            model = build_architecture(args.model, kwargs, args.num_classes or len(class_names), args.recipe)
-            prefix = restore_checkpoint(model, args.checkpoint, args.weights)
-            print(f"Restored {prefix}", file=sys.stderr)
-            name = args.name or registry.resolve(args.model, kwargs.get("unit")).name
+        model, name = load_source(args, class_names)
         data = {}
         if args.eval_dir:
             data["eval_images"], data["eval_labels"] = image_folder_split(
@@ -291,15 +321,17 @@ def main(argv=None) -> int:
             )
         if args.max_image_pixels:
             data["max_image_pixels"] = args.max_image_pixels
-    except (ValueError, FileNotFoundError, AssertionError) as error:
-        parser.error(str(error))
+    except ArgumentError as error:
+        parser.fail(error.flag, str(error)[len(error.flag) + 2 :])
+    except (ValueError, FileNotFoundError) as error:  # e.g. an --eval_dir without that split
+        parser.fail("--eval_dir" if args.eval_dir else "--model", str(error).strip().splitlines()[0])
     try:
         path = export_model(
             model,
             args.base_dir,
             name=name,
             version=args.version,
-            recipe=args.recipe,
+            preprocessing=args.preprocessing,
             class_names=class_names,
             top_k=args.top_k,
             tflite_variants=variants,
@@ -314,8 +346,13 @@ def main(argv=None) -> int:
     except ExportParityError as error:
         print(str(error), file=sys.stderr)
         return 1
-    except (ValueError, ImportError) as error:  # ImportError: --onnx without the [onnx] extra
-        parser.error(str(error))
+    except ImportError as error:  # --onnx without the [onnx] extra
+        parser.fail("--onnx", str(error).strip().splitlines()[0])
+    except ValueError as error:  # the model does not fit the flags (size, classes, version)
+        flag = ("--version" if "ersion" in str(error) else "--class_names" if "class names" in str(error)
+                else "--preprocessing" if "Preprocessing" in str(error) else "--name" if "name must" in str(error)
+                else "--model_file" if args.model_file else "--model")
+        parser.fail(flag, str(error).strip().splitlines()[0])
     print(path)
     return 0
 

@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from keras_preact.data import cifar10_sample_dir
 from keras_preact.export.classify import Release
-from keras_preact.export.tta import tta_name
+from keras_preact.tta import tta_name
 from keras_preact.hardware import cpu_description
 from keras_preact.training.observe import RESULTS_FILE, read_metrics, train_seconds
 
@@ -114,7 +114,7 @@ def measure(model_dir: str, eval_dir: str | None) -> dict:
     measured = {"sample_test": release.evaluate_folder(cifar10_sample_dir(), "test")}
     if eval_dir:
         measured["eval_dir_test"] = release.evaluate_folder(eval_dir, "test")
-    return {"version_dir": os.path.relpath(release.path, model_dir), "recipe": release.recipe,
+    return {"version_dir": os.path.relpath(release.path, model_dir), "preprocessing": release.preprocessing,
             "class_names": release.class_names, "tta": release.export_info.get("tta", "none"),
             "accuracy": measured}
 
@@ -212,7 +212,7 @@ def render(card: dict) -> str:
         "",
         "## Artefacts",
         "",
-        f"`{m['version_dir']}/` (TF Serving layout; preprocessing recipe `{m['recipe']}` is inside "
+        f"`{m['version_dir']}/` (TF Serving layout; preprocessing `{card_preprocessing(m)}` is inside "
         "the serving signature, which takes encoded image bytes):",
         "",
         "| file | size |",
@@ -225,6 +225,11 @@ def render(card: dict) -> str:
         "",
     ]
     return "\n".join(parts)
+
+
+def card_preprocessing(measured: dict) -> str:
+    """The card's evaluation preprocessing (cards written before the field was renamed say ``recipe``)."""
+    return measured.get("preprocessing", measured.get("recipe"))
 
 
 def artefact_bytes(version_dir: str) -> dict:

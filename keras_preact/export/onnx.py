@@ -2,7 +2,7 @@
 
 The ONNX model is the network alone, for ONNX Runtime, TensorRT, Triton and the like:
 
-* input ``images``: float32 ``[batch, H, W, 3]``, **already preprocessed** (the recipe's
+* input ``images``: float32 ``[batch, H, W, 3]``, **already preprocessed** (the preprocessing's
   ``keras_preact.data.preprocess_for_eval`` output: resized, centre-cropped and normalised), the
   same contract as the TFLite files and the SavedModel's ``predict_images`` signature. Image
   decoding is not part of it;

@@ -11,6 +11,10 @@ For each artefact the report gives
 * with labels: ``accuracy`` and ``accuracy_change_points`` (percentage points vs Keras), which
   for ``tflite/int8`` is checked against the target drop of at most ``INT8_MAX_DROP_POINTS``.
 
+``vs_serving_default`` compares ONNX with the SavedModel's ``serving_default`` signature (what
+TF Serving answers) the same way, when both were given: a user switching from one to the other
+sees this difference, whatever either's difference to Keras.
+
 The bytes signature is compared with Keras applied to the same images decoded and
 preprocessed in Python by ``keras_preact.data`` (``decode_image`` + ``preprocess_for_eval``),
 so it checks the preprocessing traced into the SavedModel as well as the network.
@@ -37,10 +41,10 @@ FLOAT32_ARTEFACTS = (
 )
 
 
-def preprocess_encoded(encoded_images, recipe: str, batch_size: int = 256) -> np.ndarray:
+def preprocess_encoded(encoded_images, preprocessing: str, batch_size: int = 256) -> np.ndarray:
     """Decode and preprocess encoded images with ``keras_preact.data``: float32 ``[N, H, W, 3]``."""
     dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(encoded_images), tf.string))
-    dataset = dataset.map(lambda b: preprocess_for_eval(decode_image(b), recipe)).batch(batch_size)
+    dataset = dataset.map(lambda b: preprocess_for_eval(decode_image(b), preprocessing)).batch(batch_size)
     return np.concatenate([batch.numpy() for batch in dataset], axis=0)
 
 
@@ -86,7 +90,7 @@ def compare(reference: np.ndarray, logits: np.ndarray, labels=None) -> dict:
 def parity_report(
     model,
     *,
-    recipe: str,
+    preprocessing: str,
     encoded_images,
     labels=None,
     saved_model_dir: str | None = None,
@@ -100,7 +104,7 @@ def parity_report(
 
     Args:
       model: the Keras model (reference, run with ``training=False``).
-      recipe: the evaluation recipe the export uses.
+      preprocessing: the evaluation preprocessing the export uses.
       encoded_images: JPEG/PNG bytes of the held-out images.
       labels: their integer labels, or None (then no accuracies).
       saved_model_dir: an export written by ``write_saved_model``; both signatures are checked.
@@ -115,7 +119,7 @@ def parity_report(
         raise ValueError("parity_report needs at least one image.")
     if labels is not None and len(labels) != len(encoded_images):
         raise ValueError(f"{len(labels)} labels for {len(encoded_images)} images.")
-    images = preprocess_encoded(encoded_images, recipe)
+    images = preprocess_encoded(encoded_images, preprocessing)
     reference = keras_logits(model, images, batch_size)
     report = {
         "reference": "keras",
@@ -127,9 +131,11 @@ def parity_report(
     if labels is not None:
         report["keras_accuracy"] = float(np.mean(np.argmax(reference, -1) == np.asarray(labels)))
     rows = report["comparisons"]
+    outputs = {}
 
     def done(name, logits):
         rows[name] = compare(reference, logits, labels)
+        outputs[name] = logits
         if progress is not None:
             progress(name)
 
@@ -152,9 +158,14 @@ def parity_report(
             row["passed"] = row["max_rel_diff"] <= FLOAT_TOLERANCE
         elif name == "tflite/int8" and "accuracy_change_points" in row:
             row["within_int8_target"] = row["accuracy_change_points"] >= -INT8_MAX_DROP_POINTS
+    serving = f"saved_model/{SERVING_SIGNATURE}"
+    if serving in outputs and "onnx" in outputs:
+        row = compare(outputs[serving], outputs["onnx"], labels)
+        row["passed"] = row["max_rel_diff"] <= FLOAT_TOLERANCE
+        report["vs_serving_default"] = {"onnx": row}
     report["float32_parity_passed"] = all(
         row["passed"] for name, row in rows.items() if name in FLOAT32_ARTEFACTS
-    )
+    ) and all(row["passed"] for row in report.get("vs_serving_default", {}).values())
     return report
 
 
@@ -178,5 +189,11 @@ def format_report(report: dict) -> str:
         lines.append(
             f"| {name} | {row['max_abs_diff']:.3g} | {row['max_rel_diff']:.3g} | "
             f"{100 * row['top1_agreement']:.2f}% | {accuracy} | {change} | {check} |"
+        )
+    for name, row in report.get("vs_serving_default", {}).items():
+        lines.append(
+            f"\n{name} vs saved_model/{SERVING_SIGNATURE}: max abs diff {row['max_abs_diff']:.3g}, "
+            f"max rel diff {row['max_rel_diff']:.3g}, top-1 agreement {100 * row['top1_agreement']:.2f}% "
+            f"({'pass' if row['passed'] else 'FAIL'})"
         )
     return "\n".join(lines)

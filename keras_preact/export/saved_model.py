@@ -3,7 +3,7 @@
 ``serving_default`` (input ``image_bytes``: ``tf.string [batch]``, JPEG, PNG, GIF or BMP, what
 TF Serving makes of a REST ``{"b64": "..."}`` value; an empty batch is refused) checks each
 image's header (the shared guard, :mod:`keras_preact.data.guard`), decodes it with ``keras_preact.data.decode_image``
-and applies ``keras_preact.data.preprocess_for_eval`` with the training recipe: the very code
+and applies ``keras_preact.data.preprocess_for_eval`` with the export's evaluation preprocessing: the very code
 the evaluation ran, traced into the graph.
 
 ``predict_images`` (input ``images``: ``float32 [batch, H, W, 3]``, already preprocessed)
@@ -23,7 +23,7 @@ import keras
 import tensorflow as tf
 
 from keras_preact.data import decode_image, preprocess_for_eval
-from keras_preact.data.preprocess import get_recipe
+from keras_preact.data.preprocess import get_preprocessing
 from keras_preact.data import guard
 
 SERVING_SIGNATURE = "serving_default"
@@ -33,14 +33,14 @@ FLOAT_INPUT = "images"
 DEFAULT_TOP_K = 5
 
 
-def eval_image_size(recipe: str) -> int:
-    """Side of the square image ``preprocess_for_eval(..., recipe)`` returns."""
-    return get_recipe(recipe).crop
+def eval_image_size(preprocessing: str) -> int:
+    """Side of the square image ``preprocess_for_eval(..., preprocessing)`` returns."""
+    return get_preprocessing(preprocessing).crop
 
 
-def check_model_for_export(model: keras.Model, recipe: str, class_names) -> tuple:
-    """Validate the model against the recipe and the class names; return ``(size, classes)``."""
-    size = eval_image_size(recipe)
+def check_model_for_export(model: keras.Model, preprocessing: str, class_names) -> tuple:
+    """Validate the model against the preprocessing and the class names; return ``(size, classes)``."""
+    size = eval_image_size(preprocessing)
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError("Only single-input, single-output classifiers can be exported.")
     in_shape = tuple(model.inputs[0].shape)
@@ -49,8 +49,8 @@ def check_model_for_export(model: keras.Model, recipe: str, class_names) -> tupl
     for side in in_shape[1:3]:
         if side is not None and side != size:
             raise ValueError(
-                f"Recipe {recipe!r} feeds {size}x{size} images but the model's input is "
-                f"{in_shape[1:3]}; pick the recipe the model was trained/evaluated with."
+                f"Preprocessing {preprocessing!r} feeds {size}x{size} images but the model's input is "
+                f"{in_shape[1:3]}; pick the preprocessing the model was trained/evaluated with."
             )
     out_shape = tuple(model.outputs[0].shape)
     if len(out_shape) != 2 or out_shape[-1] is None:
@@ -83,7 +83,7 @@ def classification_outputs(logits, class_names, top_k: int) -> dict:
 def serving_archive(
     model: keras.Model,
     *,
-    recipe: str,
+    preprocessing: str,
     class_names,
     top_k: int = DEFAULT_TOP_K,
     max_image_pixels: int = guard.DEFAULT_MAX_PIXELS,
@@ -94,7 +94,7 @@ def serving_archive(
     ``model`` must output logits. ``model`` may be the original network or its
     ``fold_batch_norm`` copy; it is called with ``training=False``.
     """
-    size, num_classes = check_model_for_export(model, recipe, class_names)
+    size, num_classes = check_model_for_export(model, preprocessing, class_names)
     names = [str(n) for n in class_names]
     k = max(1, min(int(top_k), num_classes))
     image_spec = tf.TensorSpec([size, size, 3], tf.float32)
@@ -105,7 +105,7 @@ def serving_archive(
     def decode_and_preprocess(one_image_bytes):
         # decode_image applies the shared image-safety guard (keras_preact.data.guard) first.
         image = decode_image(one_image_bytes, max_pixels=max_image_pixels, max_side=max_image_side)
-        return preprocess_for_eval(image, recipe)
+        return preprocess_for_eval(image, preprocessing)
 
     def serve_image_bytes(image_bytes):
         not_empty = tf.debugging.assert_positive(

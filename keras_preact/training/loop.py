@@ -46,7 +46,7 @@ Recipe levers for short runs (``Recipe.weight_average``, ``Recipe.eval_flip``,
 * an exponential moving average of the weights (``averaging.WeightAverage``), updated after
   every step, checkpointed with the run, used for every evaluation and for the exported model;
 * test-time augmentation by horizontal flip (and, optionally, one-pixel translations): the
-  evaluation logits are the mean over the views of ``keras_preact.export.tta``, the same
+  evaluation logits are the mean over the views of ``keras_preact.tta``, the same
   views the exporter's ``tta`` option computes.
 
 A lost worker: under ``MultiWorkerMirroredStrategy`` a worker whose peer died (killed,
@@ -74,7 +74,7 @@ from typing import Callable, Mapping
 import keras
 import tensorflow as tf
 
-from keras_preact.export.tta import tta_logits
+from keras_preact.tta import tta_logits
 from keras_preact.training import strategy as strategy_lib
 from keras_preact.training.averaging import WeightAverage
 from keras_preact.training.checkpoints import DEFAULT_CONFIRM_STEPS, RunCheckpoints

@@ -28,6 +28,7 @@ import dataclasses
 import math
 
 from keras_preact.training.schedules import relative_boundaries
+from keras_preact.tta import tta_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,13 +55,11 @@ class Recipe:
     eval_sizes: tuple = ()  # ImageNet: single-crop test sizes
     weight_average: float = 0.0  # decay of the weights' moving average used to evaluate; 0: off
     eval_flip: bool = False  # evaluate on the mean logits of the image and its mirror image
-    eval_translate: bool = False  # ... and of copies shifted one pixel (keras_preact.export.tta)
+    eval_translate: bool = False  # ... and of copies shifted one pixel (keras_preact.tta)
 
     @property
     def eval_tta(self) -> str:
-        """The test-time augmentation of every evaluation, a ``keras_preact.export.tta`` choice."""
-        from keras_preact.export.tta import tta_name  # the views are defined once, there
-
+        """The test-time augmentation of every evaluation, a ``keras_preact.tta`` choice."""
         return tta_name(self.eval_flip, self.eval_translate)
 
     def total_steps(self, steps_per_epoch: int) -> int:
