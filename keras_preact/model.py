@@ -198,7 +198,7 @@ def as_resnet(model, purpose: str = "this tool") -> ResNet:
         f"or ResNet), got {type(model).__name__} {getattr(model, 'name', '')!r}. A model saved "
         "by keras_preact 0.1 loads as a plain functional model: rebuild the same architecture "
         "and copy its weights, e.g. new = keras_preact.get_model('resnet20'); "
-        "new.set_weights(old.get_weights()) (see the README, 'Files from earlier versions')."
+        "new.set_weights(old.get_weights()) (see docs/migration.md)."
     )
 
 

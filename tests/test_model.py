@@ -312,7 +312,7 @@ def test_files_of_the_previous_version_load_and_convert(name, rebuild):
     io = np.load(os.path.join(FIXTURES, "legacy_io.npz"))
     old = keras.saving.load_model(os.path.join(FIXTURES, f"{name}.keras"), safe_mode=True)
     np.testing.assert_allclose(old(io["x"], training=False), io[name], rtol=1e-6, atol=1e-6)
-    # The README's conversion: rebuild the architecture, copy the weights.
+    # The conversion of docs/migration.md: rebuild the architecture, copy the weights.
     new = rebuild()
     new.set_weights(old.get_weights())
     np.testing.assert_allclose(new(io["x"], training=False), io[name], rtol=1e-6, atol=1e-6)
