@@ -3,12 +3,14 @@
 Every other module may import this one; it imports nothing from the package. The choice
 tuples name the options of the paper's ablations (Fig. 2, Fig. 4, Table 1, Table 2) and of the
 reference code; ``check_choice`` is the one place that turns a bad choice into an error naming
-the valid ones.
+the valid ones. The command-line helpers at the end are shared by every tool of the package
+(trainers, exporter, diagnostics), which may all import this layer.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 # Registered package name of every serializable class (``.keras`` files store it).
 PACKAGE = "keras_preact"
@@ -44,7 +46,7 @@ GATED_SHORTCUTS = ("exclusive_gating", "shortcut_only_gating")
 SHORTCUT_OPTIONS = {
     "shortcut_scale": ("constant_scaling",),  # lambda on the shortcut (Table 1: 0.5)
     "scale_residual": ("constant_scaling",),  # also scale F by 1 - lambda (Table 1's 0.5 / 0.5 row)
-    "gate_bias_init": GATED_SHORTCUTS,  # b_g of g(x) = sigmoid(W_g x + b_g) (Table 1: 0, -6)
+    "gate_bias_init": GATED_SHORTCUTS,  # b_g of g(x) = sigmoid(W_g x + b_g) (Table 1's gating rows)
     "dropout_rate": ("dropout",),  # rate of the dropout shortcut (Table 1: 0.5)
 }
 DOWNSAMPLES = ("projection", "zero_pad")
@@ -102,3 +104,30 @@ def positive_float(text: str) -> float:
     if not (0 < value < float("inf")):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
+
+class FlagValueError(ValueError):
+    """A bad value of one command-line flag: ``flag`` names it (no dashes), ``message`` says
+    what is wrong, and ``str()`` is ``--flag: message``, the tools' one-line error."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(f"--{flag}: {message}")
+        self.flag = flag
+        self.message = message
+
+
+def check_writable_dir(flag: str, path: str | None) -> None:
+    """``path`` is, or can be created as, a writable directory; else a :class:`FlagValueError`
+    naming ``flag``. Nothing is created: a tool checks before any heavy work and writes later."""
+    if not path:
+        return
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FlagValueError(flag, f"{path!r} exists and is not a directory.")
+    probe = path  # the deepest existing folder: makedirs creates the rest inside it
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise FlagValueError(flag, f"cannot create {path!r}: {probe!r} is not a directory.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise FlagValueError(flag, f"cannot write to {probe!r} (permission denied).")

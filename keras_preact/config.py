@@ -16,6 +16,11 @@ start) is derived here once, from the paper's appendix rules:
   (``preactivation="shared"``); all other units pre-activate the residual branch only;
 * the last unit of a pre-activation net is followed by an extra BN-ReLU (ReLU only for
   ``relu_only_preact``) before pooling (``ResNet`` adds it).
+
+The options every unit shares (kind, order, shortcut and its parameters, dimension matching,
+stride placement, padding, BatchNorm settings) are the fields of ``keras_preact.plan.UnitOptions``
+under the same names (``unit`` for its ``kind``), with its defaults and its checks;
+:meth:`ResNetConfig.unit_options` returns them as that one value.
 """
 
 from __future__ import annotations
@@ -26,20 +31,15 @@ from typing import Sequence
 import keras
 
 from keras_preact.common import (
-    DOWNSAMPLES,
+    DTYPE_POLICIES,
     EXPANSION,
     FAMILIES,
-    KINDS,
     ORDERS,
     POOLINGS,
     PREACT_ORDERS,
-    SHORTCUTS,
-    STRIDE_AT,
-    DTYPE_POLICIES,
     check_choice,
 )
-from keras_preact.norm import BN_EPSILON, BN_MOMENTUM
-from keras_preact.padding import PADDINGS
+from keras_preact.plan import UNIT_DEFAULTS, UnitOptions
 
 # "cifar": 3x3 conv, BN-ReLU; "imagenet" (fb.resnet.torch, the paper's ImageNet code): 7x7/2
 # conv, BN-ReLU, 3x3/2 max pool; "timm" (timm's ResNetV2): 7x7/2 conv, 3x3/2 max pool, and the
@@ -49,11 +49,15 @@ STEMS = ("cifar", "imagenet", "timm")
 MIN_SIDE = {"cifar": 8, "imagenet": 32}
 DEFAULT_WIDTHS = {"cifar": (16, 32, 64), "imagenet": (64, 128, 256, 512)}
 IMAGENET_STEM_WIDTH = 64
+# The config's name of a UnitOptions field where it differs ("unit": the unit kind).
+UNIT_FIELDS = {"kind": "unit"}
 
 
 def resolve_order(preact, order) -> str:
     """``preact=True|False`` is shorthand for ``order="full_preact"|"original"``."""
     if order is None:
+        if preact is None:
+            return UNIT_DEFAULTS.order
         return "original" if preact is False else "full_preact"
     check_choice("order", order, ORDERS)
     if preact is not None and (order in PREACT_ORDERS) != bool(preact):
@@ -115,27 +119,27 @@ class ResNetConfig:
 
     units_per_stage: tuple
     family: str = "cifar"
-    unit: str = "basic"
+    unit: str = UNIT_DEFAULTS.kind
     widths: tuple | None = None
     stem: str | None = None
     stem_width: int | None = None
-    padding: str = "symmetric"
-    order: str = "full_preact"
-    shortcut: str = "identity"
-    downsample: str | None = None
-    stride_at: str | None = None
+    padding: str = UNIT_DEFAULTS.padding
+    order: str = UNIT_DEFAULTS.order
+    shortcut: str = UNIT_DEFAULTS.shortcut
+    downsample: str | None = None  # the family's, see __post_init__
+    stride_at: str | None = None  # the family's, see __post_init__
     num_classes: int = 10
     input_shape: tuple | None = None
     include_top: bool = True
     pooling: str | None = "avg"
     classifier_activation: str | None = None
-    shortcut_scale: float = 0.5
-    scale_residual: bool = False
-    gate_bias_init: float = -6.0
-    dropout_rate: float = 0.5
-    bn_momentum: float = BN_MOMENTUM
-    bn_epsilon: float = BN_EPSILON
-    fused_bn: bool = True
+    shortcut_scale: float = UNIT_DEFAULTS.shortcut_scale
+    scale_residual: bool = UNIT_DEFAULTS.scale_residual
+    gate_bias_init: float = UNIT_DEFAULTS.gate_bias_init
+    dropout_rate: float = UNIT_DEFAULTS.dropout_rate
+    bn_momentum: float = UNIT_DEFAULTS.bn_momentum
+    bn_epsilon: float = UNIT_DEFAULTS.bn_epsilon
+    fused_bn: bool = UNIT_DEFAULTS.fused_bn
     stacked_stages: bool = False
     recompute: bool = False
     dtype_policy: str | None = None  # None: Keras' global policy when the config is made
@@ -149,9 +153,6 @@ class ResNetConfig:
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
         check_choice("family", self.family, FAMILIES)
-        check_choice("unit kind", self.unit, KINDS)
-        check_choice("order", self.order, ORDERS)
-        check_choice("shortcut", self.shortcut, SHORTCUTS)
         check_choice("pooling", self.pooling, POOLINGS)
         if self.dtype_policy is None:
             set_("dtype_policy", keras.config.dtype_policy().name)
@@ -166,19 +167,19 @@ class ResNetConfig:
             )
         set_("stem", family if self.stem is None else self.stem)
         check_choice("stem", self.stem, STEMS)
-        check_choice("padding", self.padding, PADDINGS)
+        if self.downsample is None:
+            cifar_plain = family == "cifar" and self.unit != "bottleneck"
+            set_("downsample", "zero_pad" if cifar_plain else "projection")
+        if self.stride_at is None:
+            set_("stride_at", "first" if family == "cifar" else "3x3")
+        # The unit options are checked, and their numbers normalised, by UnitOptions.
+        for name, value in self.unit_options().to_dict().items():
+            set_(UNIT_FIELDS.get(name, name), value)
         if self.stem == "timm" and self.order not in PREACT_ORDERS:
             raise ValueError(
                 "stem='timm' leaves the first activation to the first unit, which only the "
                 f"pre-activation orders ({', '.join(PREACT_ORDERS)}) have; got order={self.order!r}."
             )
-        if self.downsample is None:
-            cifar_plain = family == "cifar" and self.unit != "bottleneck"
-            set_("downsample", "zero_pad" if cifar_plain else "projection")
-        check_choice("downsample", self.downsample, DOWNSAMPLES)
-        if self.stride_at is None:
-            set_("stride_at", "first" if family == "cifar" else "3x3")
-        check_choice("stride_at", self.stride_at, STRIDE_AT)
         try:
             stages = tuple(int(n) for n in self.units_per_stage)
             widths = tuple(int(w) for w in (self.widths or DEFAULT_WIDTHS[family]))
@@ -208,11 +209,7 @@ class ResNetConfig:
         if shape is None:
             shape = (32, 32, 3) if family == "cifar" else (None, None, 3)
         set_("input_shape", check_input_shape(shape, family))
-        if not 0.0 <= float(self.dropout_rate) < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}.")
-        for name in ("shortcut_scale", "gate_bias_init", "dropout_rate", "bn_momentum", "bn_epsilon"):
-            set_(name, float(getattr(self, name)))
-        for name in ("scale_residual", "fused_bn", "stacked_stages", "recompute", "include_top"):
+        for name in ("stacked_stages", "recompute", "include_top"):
             set_(name, bool(getattr(self, name)))
 
     # -- derived -------------------------------------------------------------------------
@@ -220,15 +217,10 @@ class ResNetConfig:
     def is_preact(self) -> bool:
         return self.order in PREACT_ORDERS
 
-    def unit_options(self) -> dict:
-        """The ``ResidualUnit`` options shared by every unit of the network."""
-        return dict(
-            kind=self.unit, order=self.order, shortcut=self.shortcut,
-            downsample=self.downsample, stride_at=self.stride_at,
-            shortcut_scale=self.shortcut_scale, scale_residual=self.scale_residual,
-            gate_bias_init=self.gate_bias_init, dropout_rate=self.dropout_rate,
-            bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, padding=self.padding,
-        )
+    def unit_options(self) -> UnitOptions:
+        """The options shared by every unit of the network (``keras_preact.plan.UnitOptions``)."""
+        return UnitOptions(**{name: getattr(self, UNIT_FIELDS.get(name, name))
+                              for name in UnitOptions.names()})
 
     def layout(self) -> list:
         """The network's units in order, as :class:`UnitSlot` s (the appendix rules above)."""

@@ -30,8 +30,8 @@ import keras
 from keras_preact import norm
 from keras_preact.common import PACKAGE
 from keras_preact.config import ResNetConfig
-from keras_preact.padding import max_pool
-from keras_preact.stacked import STACKED_OPTIONS, StackedStage, transfer_weights
+from keras_preact.padding import LEGACY_PADDING, max_pool
+from keras_preact.stacked import StackedStage, stacked_options, transfer_weights
 from keras_preact.units import ResidualUnit
 
 
@@ -56,12 +56,11 @@ def _graph(config: ResNetConfig):
     options = config.unit_options()
     for slot in config.layout():
         if slot.stacked:
-            stack_options = {k: v for k, v in options.items() if k in STACKED_OPTIONS}
             x = StackedStage(slot.count, slot.filters, recompute=config.recompute,
-                             name=slot.name, **stack_options)(x)
+                             name=slot.name, **stacked_options(options))(x)
         else:
             x = ResidualUnit(slot.filters, strides=slot.strides, preactivation=slot.preactivation,
-                             fused_bn=config.fused_bn, name=slot.name, **options)(x)
+                             name=slot.name, **options.to_dict())(x)
 
     # Last unit: the extra activation after its addition (pre-activation orders only).
     if config.order == "full_preact":
@@ -107,12 +106,13 @@ class ResNet(keras.Model):
       stem: ``"cifar"``, ``"imagenet"`` (default: the family's) or ``"timm"`` (timm's
         ResNetV2: no BN-ReLU in the stem; the first unit applies it before its split).
       stem_width: channels of the stem conv (default: ``widths[0]`` for CIFAR, 64 otherwise).
-      padding: ``"symmetric"`` (default; Torch's, as the paper's code, fb.resnet.torch and timm)
-        or ``"same"`` (TensorFlow's; networks of keras_preact 0.1 were built with it). Only
-        strided ops with kernels larger than 1 differ; the parameter count does not.
       preact / order: ``preact=True`` is ``order="full_preact"`` (the default), ``False`` is
         ``"original"``; ``order`` selects any of ``keras_preact.common.ORDERS`` (paper Fig. 4).
-      shortcut: a name from ``keras_preact.common.SHORTCUTS`` (paper Fig. 2), for every unit.
+      shortcut, shortcut_scale, scale_residual, gate_bias_init, dropout_rate, padding,
+        bn_momentum, bn_epsilon, fused_bn: the options every unit shares, the fields of
+        ``keras_preact.plan.UnitOptions`` (its defaults; ``ResidualUnit`` says what each
+        does). ``padding`` also applies to the ImageNet stem's strided conv and max pool;
+        ``"same"`` is the padding networks of keras_preact 0.1 were built with.
       downsample: dimension-matching shortcut, ``"projection"`` or ``"zero_pad"``. Default:
         zero-pad for CIFAR basic and single units (as [1]), projection otherwise.
       stride_at: conv that carries a unit's stride, ``"first"`` or ``"3x3"``. Default: ``"first"``
@@ -122,10 +122,6 @@ class ResNet(keras.Model):
       input_shape: (height, width, channels). Default (32, 32, 3) for CIFAR and
         (None, None, 3) for ImageNet: the network is fully convolutional, so one model
         evaluates 224 and 320 crops.
-      shortcut_scale, scale_residual, gate_bias_init, dropout_rate: shortcut variant options
-        (see ``ResidualUnit``).
-      bn_momentum, bn_epsilon: BatchNorm settings, default the paper code's 0.9 / 1e-5.
-      fused_bn: TensorFlow's fused BatchNorm kernel (same numbers, faster on CPU).
       stacked_stages: run the units after the first of each stage as one loop over stacked
         weights (``keras_preact.stacked.StackedStage``): same parameters and results, a graph
         whose size does not grow with depth. For very deep nets (ResNet-1001).
@@ -158,6 +154,8 @@ class ResNet(keras.Model):
     @classmethod
     def from_config(cls, config: dict, custom_objects=None) -> "ResNet":
         config = dict(config)
+        # A network saved before the padding option existed was built with TensorFlow's.
+        config.setdefault("padding", LEGACY_PADDING)
         name = config.pop("name", None)
         trainable = config.pop("trainable", True)
         architecture = ResNetConfig.from_dict(config)
@@ -182,11 +180,31 @@ class ResNet(keras.Model):
 
 
 def build_resnet(units_per_stage: Sequence[int], **kwargs) -> ResNet:
-    """Build a residual network from a stage table: ``ResNet(units_per_stage, **kwargs)``."""
+    """Build a residual network from a stage table: ``ResNet(units_per_stage, **kwargs)``.
+
+    The arguments are :class:`ResNet`'s (``help(keras_preact.ResNet)`` lists them).
+    """
     return ResNet(units_per_stage, **kwargs)
 
 
-build_resnet.__doc__ += "\n\n" + ResNet.__doc__.split("\n", 2)[2]
+def all_layers(model: keras.Model) -> list:
+    """Every layer of ``model``, in order, each ``ResidualUnit`` followed by its sublayers (its
+    op layers, then its gate and the gate's conv) and each nested model by its own layers.
+
+    Read from public lists only (``model.layers``, ``ResidualUnit.op_layers``), for tools that
+    look for, e.g., every BatchNormalization layer. A ``StackedStage`` holds its units' weights
+    itself and has no sublayers.
+    """
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if isinstance(layer, ResidualUnit):
+            found += layer.op_layers()
+            if layer.gate is not None:
+                found += [layer.gate, layer.gate.conv]
+        elif isinstance(layer, keras.Model):
+            found += all_layers(layer)
+    return found
 
 
 def as_resnet(model, purpose: str = "this tool") -> ResNet:

@@ -20,6 +20,9 @@ from keras import ops
 from keras_preact.common import PACKAGE
 
 PADDINGS = ("symmetric", "same")
+# The padding of files written before the option existed (keras_preact 0.1 built "same" nets):
+# their configs carry no padding, and they load with this one. Not a default of new units.
+LEGACY_PADDING = "same"
 
 
 def _pad(x, kernel_size, value=0.0):

@@ -19,6 +19,10 @@ An op is a tuple ``(op, name, *args)``: ``("bn", name)``, ``("relu", name)``,
 ``("dropout", name, rate)``. A conv's padding convention is the plan's ``padding``
 (``keras_preact.padding``). Names are the sublayer names of ``ResidualUnit`` (and so the
 weight paths of saved models).
+
+:class:`UnitOptions` is the value every unit implementation, the network config and the
+command lines share: the options of a unit besides its place in the network, each default
+written once (``UNIT_DEFAULTS``) and every value checked in one place.
 """
 
 from __future__ import annotations
@@ -28,16 +32,81 @@ import dataclasses
 
 from keras import ops
 
-from keras_preact.common import EXPANSION, GATED_SHORTCUTS, PREACT_ORDERS
+from keras_preact.common import (
+    DOWNSAMPLES,
+    EXPANSION,
+    GATED_SHORTCUTS,
+    KINDS,
+    ORDERS,
+    PREACT_ORDERS,
+    SHORTCUTS,
+    STRIDE_AT,
+    check_choice,
+)
+from keras_preact.norm import BN_EPSILON, BN_MOMENTUM
+from keras_preact.padding import PADDINGS
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitOptions:
+    """The options of a residual unit besides its place in the network (width, stride,
+    pre-activation placement), with their defaults; ``keras_preact.units`` describes each.
+
+    ``ResidualUnit``, ``StackedStage``, ``ResNetConfig`` (field ``unit`` is ``kind`` here),
+    the shortcut layers and the diagnostics command line take their defaults from
+    ``UNIT_DEFAULTS``, so each default is written on one line below. Values are checked and
+    normalised (floats, bools) on construction.
+    """
+
+    kind: str = "basic"  # weight layers of F: two 3x3 convs, as [1]'s CIFAR nets
+    order: str = "full_preact"  # the proposed unit (Fig. 4e)
+    shortcut: str = "identity"  # h(x) = x (Fig. 2a), the paper's choice
+    downsample: str = "projection"  # 1x1 conv where dimensions change
+    stride_at: str = "first"  # the paper's CIFAR code strides the first conv
+    shortcut_scale: float = 0.5  # lambda of constant_scaling (Table 1: 0.5)
+    scale_residual: bool = False  # also scale F by 1 - lambda (Table 1's 0.5 / 0.5 row)
+    gate_bias_init: float = -6.0  # b_g of the gates (Table 1's gating rows: 0 and -6, the best)
+    dropout_rate: float = 0.5  # of the dropout shortcut (Table 1: 0.5)
+    padding: str = "symmetric"  # of strided convs: Torch's, as the paper's code (padding.py)
+    bn_momentum: float = BN_MOMENTUM
+    bn_epsilon: float = BN_EPSILON
+    fused_bn: bool = True  # TensorFlow's fused BN kernel: same numbers, faster
+
+    def __post_init__(self):
+        check_choice("unit kind", self.kind, KINDS)
+        check_choice("order", self.order, ORDERS)
+        check_choice("shortcut", self.shortcut, SHORTCUTS)
+        check_choice("downsample", self.downsample, DOWNSAMPLES)
+        check_choice("stride_at", self.stride_at, STRIDE_AT)
+        check_choice("padding", self.padding, PADDINGS)
+        if not 0.0 <= float(self.dropout_rate) < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}.")
+        for name in ("shortcut_scale", "gate_bias_init", "dropout_rate", "bn_momentum", "bn_epsilon"):
+            object.__setattr__(self, name, float(getattr(self, name)))  # frozen
+        for name in ("scale_residual", "fused_bn"):
+            object.__setattr__(self, name, bool(getattr(self, name)))
+
+    @classmethod
+    def names(cls) -> tuple:
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "UnitOptions":
+        return dataclasses.replace(self, **changes)
+
+
+UNIT_DEFAULTS = UnitOptions()
 
 
 @dataclasses.dataclass(frozen=True)
 class Combination:
     """How h(x) and F(x) are added: the shortcut variant and its constants."""
 
-    shortcut: str = "identity"
-    shortcut_scale: float = 0.5
-    scale_residual: bool = False
+    shortcut: str = UNIT_DEFAULTS.shortcut
+    shortcut_scale: float = UNIT_DEFAULTS.shortcut_scale
+    scale_residual: bool = UNIT_DEFAULTS.scale_residual
 
     def __call__(self, shortcut, residual, gate=None):
         """``y = h(x) (+) F(x)`` for each shortcut variant (paper Fig. 2, Table 1): the one
@@ -70,7 +139,7 @@ class UnitPlan:
     gate: tuple | None
     post: tuple
     combination: Combination
-    padding: str = "same"  # of the strided convs: "symmetric" (Torch) or "same" (TensorFlow)
+    padding: str  # of the strided convs: "symmetric" (Torch) or "same" (TensorFlow)
 
     def ops(self, part: str) -> tuple:
         return getattr(self, part)
@@ -97,23 +166,12 @@ def conv_specs(kind: str, filters: int, strides: int, stride_at: str) -> list:
     return [tuple(s) for s in specs]
 
 
-def unit_plan(
-    *,
-    in_channels: int,
-    filters: int,
-    kind: str,
-    order: str,
-    shortcut: str,
-    strides: int,
-    downsample: str,
-    stride_at: str,
-    preactivation: str,
-    shortcut_scale: float,
-    scale_residual: bool,
-    dropout_rate: float,
-    padding: str = "same",
-) -> UnitPlan:
-    """The ops of one unit (paper Fig. 2 and Fig. 4; options as ``ResidualUnit``'s)."""
+def unit_plan(options: UnitOptions, *, in_channels: int, filters: int, strides: int,
+              preactivation: str) -> UnitPlan:
+    """The ops of one unit (paper Fig. 2 and Fig. 4): ``options`` shared by the network's units,
+    then the unit's input channels, width, stride and pre-activation placement."""
+    kind, order, shortcut = options.kind, options.order, options.shortcut
+    downsample, stride_at = options.downsample, options.stride_at
     out_channels = filters * EXPANSION[kind]
     post_act = order not in PREACT_ORDERS
     preact = ()
@@ -148,7 +206,7 @@ def unit_plan(
     elif changes_dims:
         h.append(("zero_pad", "shortcut_zero_pad", out_channels, strides))
     if shortcut == "dropout":
-        h.append(("dropout", "shortcut_dropout", dropout_rate))
+        h.append(("dropout", "shortcut_dropout", options.dropout_rate))
 
     post = ()
     if order == "original":
@@ -162,8 +220,8 @@ def unit_plan(
         shortcut=tuple(h),
         gate=(out_channels, strides) if shortcut in GATED_SHORTCUTS else None,
         post=post,
-        combination=Combination(shortcut, float(shortcut_scale), bool(scale_residual)),
-        padding=padding,
+        combination=Combination(shortcut, options.shortcut_scale, options.scale_residual),
+        padding=options.padding,
     )
 
 

@@ -11,7 +11,7 @@ from keras import ops
 
 from keras_preact.common import PACKAGE, SHORTCUTS, check_choice, strided_shape
 from keras_preact.norm import HeNormalFanOut
-from keras_preact.plan import Combination
+from keras_preact.plan import UNIT_DEFAULTS, Combination
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -51,11 +51,13 @@ class ZeroPadShortcut(keras.layers.Layer):
 class ShortcutGate(keras.layers.Layer):
     """``g(x) = sigmoid(W_g x + b_g)`` with ``W_g`` a 1x1 convolution (paper Sec. 3.1).
 
-    ``bias_init`` is the paper's ``b_g``: strongly negative values (the paper's
-    best is -6) start the gate near 0, so ``1 - g(x)`` keeps the shortcut close to identity.
+    ``bias_init`` is the paper's ``b_g`` (default ``UNIT_DEFAULTS.gate_bias_init``, the best
+    of Table 1): a strongly negative value starts the gate near 0, so ``1 - g(x)`` keeps the
+    shortcut close to identity.
     """
 
-    def __init__(self, filters: int, strides: int = 1, bias_init: float = -6.0, **kwargs):
+    def __init__(self, filters: int, strides: int = 1,
+                 bias_init: float = UNIT_DEFAULTS.gate_bias_init, **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.strides = int(strides)
@@ -97,8 +99,9 @@ class ShortcutCombine(keras.layers.Layer):
     serializable layer; the formula itself is not repeated here.
     """
 
-    def __init__(self, shortcut: str = "identity", shortcut_scale: float = 0.5,
-                 scale_residual: bool = False, **kwargs):
+    def __init__(self, shortcut: str = UNIT_DEFAULTS.shortcut,
+                 shortcut_scale: float = UNIT_DEFAULTS.shortcut_scale,
+                 scale_residual: bool = UNIT_DEFAULTS.scale_residual, **kwargs):
         super().__init__(**kwargs)
         check_choice("shortcut", shortcut, SHORTCUTS)
         self.shortcut = shortcut

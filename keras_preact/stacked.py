@@ -42,13 +42,21 @@ from keras import ops
 
 from keras_preact import norm
 from keras_preact.common import PACKAGE
-from keras_preact.plan import UnitBackend, run_unit
+from keras_preact.plan import UNIT_DEFAULTS, UnitBackend, UnitOptions, run_unit
 from keras_preact.units import ResidualUnit
 
+# The UnitOptions that do not change a stacked unit, which keeps its shape and has no dropout:
+# dimension matching and stride placement (no unit changes dimensions), the padding of
+# strided convs (none is strided), the dropout rate (the dropout shortcut is refused) and the
+# fused BN kernel (the loop computes BN with norm.batch_norm_forward, which picks its kernel).
+NOT_STACKED = ("downsample", "stride_at", "padding", "dropout_rate", "fused_bn")
+# The UnitOptions a StackedStage takes (and writes in its config), besides its width.
+STACKED_OPTIONS = tuple(name for name in UnitOptions.names() if name not in NOT_STACKED)
 
-# The ResidualUnit options a stacked (shape-preserving, dropout-free) unit takes.
-STACKED_OPTIONS = ("filters", "kind", "order", "shortcut", "shortcut_scale", "scale_residual",
-                   "gate_bias_init", "bn_momentum", "bn_epsilon")
+
+def stacked_options(options: UnitOptions) -> dict:
+    """The ``STACKED_OPTIONS`` of ``options``, as ``StackedStage`` keyword arguments."""
+    return {name: getattr(options, name) for name in STACKED_OPTIONS}
 
 
 class _StackedBackend(UnitBackend):
@@ -85,24 +93,23 @@ class StackedStage(keras.layers.Layer):
     """``num_units`` identical, shape-preserving residual units run as one loop.
 
     Accepts the options of :class:`ResidualUnit` that apply to a shape-preserving unit
-    (``filters, kind, order, shortcut, shortcut_scale, scale_residual, gate_bias_init,
-    bn_momentum, bn_epsilon``) and ``recompute`` (recompute each unit in the backward pass).
-    Holds the same parameters as ``num_units`` ResidualUnits; ``unit_weights`` and
-    ``set_unit_weights`` convert from and to them.
+    (``STACKED_OPTIONS``, defaults from ``keras_preact.plan.UNIT_DEFAULTS``) and ``recompute``
+    (recompute each unit in the backward pass). Holds the same parameters as ``num_units``
+    ResidualUnits; ``unit_weights`` and ``set_unit_weights`` convert from and to them.
     """
 
     def __init__(
         self,
         num_units: int,
         filters: int,
-        kind: str = "basic",
-        order: str = "full_preact",
-        shortcut: str = "identity",
-        shortcut_scale: float = 0.5,
-        scale_residual: bool = False,
-        gate_bias_init: float = -6.0,
-        bn_momentum: float = norm.BN_MOMENTUM,
-        bn_epsilon: float = norm.BN_EPSILON,
+        kind: str = UNIT_DEFAULTS.kind,
+        order: str = UNIT_DEFAULTS.order,
+        shortcut: str = UNIT_DEFAULTS.shortcut,
+        shortcut_scale: float = UNIT_DEFAULTS.shortcut_scale,
+        scale_residual: bool = UNIT_DEFAULTS.scale_residual,
+        gate_bias_init: float = UNIT_DEFAULTS.gate_bias_init,
+        bn_momentum: float = UNIT_DEFAULTS.bn_momentum,
+        bn_epsilon: float = UNIT_DEFAULTS.bn_epsilon,
         recompute: bool = False,
         **kwargs,
     ):
@@ -115,18 +122,18 @@ class StackedStage(keras.layers.Layer):
                 "differ under recomputation); build that network with stacked_stages=False."
             )
         self.num_units = int(num_units)
-        # ResidualUnit validates and normalises the options, with its own messages.
-        template = ResidualUnit(
-            filters, kind=kind, order=order, shortcut=shortcut, shortcut_scale=shortcut_scale,
+        self.options = UnitOptions(  # checks and normalises them
+            kind=kind, order=order, shortcut=shortcut, shortcut_scale=shortcut_scale,
             scale_residual=scale_residual, gate_bias_init=gate_bias_init,
             bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-        ).get_config()
-        self.unit_options = {key: template[key] for key in STACKED_OPTIONS}
+        )
+        # The units are ResidualUnits: that class checks the width.
+        self.filters = ResidualUnit(filters, **self.options.to_dict()).filters
         self.recompute = bool(recompute)
 
     def _template(self) -> ResidualUnit:
         # Built on demand and never stored: an attribute would be tracked as a sublayer.
-        return ResidualUnit(**self.unit_options)
+        return ResidualUnit(self.filters, **self.options.to_dict())
 
     # -- variables -------------------------------------------------------------------------
     def build(self, input_shape):
@@ -176,7 +183,7 @@ class StackedStage(keras.layers.Layer):
     def _unit_fn(self, training: bool):
         """One unit as a function of (x, per-unit parameter tensors) -> (y, *batch stats)."""
         keys = list(self._params)
-        epsilon = self.unit_options["bn_epsilon"]
+        epsilon = self.options.bn_epsilon
 
         def unit(x, *values):
             backend = _StackedBackend(dict(zip(keys, values)), epsilon, training)
@@ -196,7 +203,7 @@ class StackedStage(keras.layers.Layer):
                   for v in self._params.values()]
         y, stats = self._loop(unit, inputs, values, training)
         if training:
-            m = self.unit_options["bn_momentum"]
+            m = self.options.bn_momentum
             for j, name in enumerate(self._plan.bn_names()):
                 norm.update_moving_average(self._params[(name, "moving_mean")], stats[2 * j], m)
                 norm.update_moving_average(self._params[(name, "moving_variance")], stats[2 * j + 1], m)
@@ -274,7 +281,8 @@ class StackedStage(keras.layers.Layer):
         return {
             **super().get_config(),
             "num_units": self.num_units,
-            **self.unit_options,
+            "filters": self.filters,
+            **stacked_options(self.options),
             "recompute": self.recompute,
         }
 

@@ -61,8 +61,8 @@ from keras_preact.common import (
     check_choice,
     strided_shape,
 )
-from keras_preact.padding import PADDINGS
-from keras_preact.plan import UnitBackend, UnitPlan, run_unit, unit_plan
+from keras_preact.padding import LEGACY_PADDING
+from keras_preact.plan import UNIT_DEFAULTS, UnitBackend, UnitOptions, UnitPlan, run_unit, unit_plan
 from keras_preact.shortcuts import ShortcutGate, ZeroPadShortcut
 
 __all__ = [
@@ -70,11 +70,8 @@ __all__ = [
     "ResidualUnit",
 ]
 
-# Options that shape the plan (the rest are BN settings and the gate's initial bias).
-PLAN_OPTIONS = (
-    "filters", "kind", "order", "shortcut", "strides", "downsample", "stride_at",
-    "preactivation", "shortcut_scale", "scale_residual", "dropout_rate", "padding",
-)
+# What places a unit in the network; everything else it takes is a ``plan.UnitOptions`` field.
+PLACEMENT = ("filters", "strides", "preactivation")
 
 
 def _short_name(layer) -> str:
@@ -132,68 +129,63 @@ class ResidualUnit(keras.layers.Layer):
       bn_momentum, bn_epsilon: BatchNorm settings (paper code: 0.9 / 1e-5 in Keras terms).
       fused_bn: compute BatchNorm with TensorFlow's fused kernel (same results, faster; see
         ``keras_preact.norm.FusedBatchNormalization``). ``False`` uses Keras' own layer.
-      padding: of the strided 3x3 conv: ``"symmetric"`` pads as Torch (the paper's code)
-        does, ``"same"`` as TensorFlow does (see ``keras_preact.padding``). The layer's
-        default stays ``"same"`` so that units saved before this option load unchanged;
-        networks built by ``keras_preact.ResNet`` default to ``"symmetric"``.
+      padding: of the strided 3x3 conv: ``"symmetric"`` (the default, as ``ResNet``'s) pads as
+        Torch (the paper's code) does, ``"same"`` as TensorFlow does (see
+        ``keras_preact.padding``). A unit saved before this option existed was built with
+        ``"same"`` and loads with it (``from_config``).
+
+    Every option but ``filters``, ``strides`` and ``preactivation`` (the unit's place in the
+    network) is a field of ``keras_preact.plan.UnitOptions`` and takes its default from there
+    (``UNIT_DEFAULTS``); ``unit.options`` is that value.
     """
 
     def __init__(
         self,
         filters: int,
-        kind: str = "basic",
-        order: str = "full_preact",
-        shortcut: str = "identity",
+        kind: str = UNIT_DEFAULTS.kind,
+        order: str = UNIT_DEFAULTS.order,
+        shortcut: str = UNIT_DEFAULTS.shortcut,
         strides: int = 1,
-        downsample: str = "projection",
-        stride_at: str = "first",
+        downsample: str = UNIT_DEFAULTS.downsample,
+        stride_at: str = UNIT_DEFAULTS.stride_at,
         preactivation: str = "branch",
-        shortcut_scale: float = 0.5,
-        scale_residual: bool = False,
-        gate_bias_init: float = -6.0,
-        dropout_rate: float = 0.5,
-        bn_momentum: float = norm.BN_MOMENTUM,
-        bn_epsilon: float = norm.BN_EPSILON,
-        fused_bn: bool = True,
-        padding: str = "same",
+        shortcut_scale: float = UNIT_DEFAULTS.shortcut_scale,
+        scale_residual: bool = UNIT_DEFAULTS.scale_residual,
+        gate_bias_init: float = UNIT_DEFAULTS.gate_bias_init,
+        dropout_rate: float = UNIT_DEFAULTS.dropout_rate,
+        bn_momentum: float = UNIT_DEFAULTS.bn_momentum,
+        bn_epsilon: float = UNIT_DEFAULTS.bn_epsilon,
+        fused_bn: bool = UNIT_DEFAULTS.fused_bn,
+        padding: str = UNIT_DEFAULTS.padding,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_choice("padding", padding, PADDINGS)
-        check_choice("unit kind", kind, KINDS)
-        check_choice("order", order, ORDERS)
-        check_choice("shortcut", shortcut, SHORTCUTS)
-        check_choice("downsample", downsample, DOWNSAMPLES)
-        check_choice("stride_at", stride_at, STRIDE_AT)
+        # Checks every option (choices, ranges) and normalises the numbers.
+        options = UnitOptions(
+            kind=kind, order=order, shortcut=shortcut, downsample=downsample,
+            stride_at=stride_at, shortcut_scale=shortcut_scale, scale_residual=scale_residual,
+            gate_bias_init=gate_bias_init, dropout_rate=dropout_rate, bn_momentum=bn_momentum,
+            bn_epsilon=bn_epsilon, fused_bn=fused_bn, padding=padding,
+        )
         check_choice("preactivation", preactivation, PREACTIVATIONS)
         if int(filters) < 1:
             raise ValueError(f"filters must be a positive integer, got {filters!r}.")
         if int(strides) not in (1, 2):
             raise ValueError(f"strides must be 1 or 2, got {strides!r}.")
-        if not 0.0 <= float(dropout_rate) < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}.")
+        self.options = options
         self.filters = int(filters)
-        self.kind = kind
-        self.order = order
-        self.shortcut = shortcut
         self.strides = int(strides)
-        self.downsample = downsample
-        self.stride_at = stride_at
         self.preactivation = preactivation
-        self.shortcut_scale = float(shortcut_scale)
-        self.scale_residual = bool(scale_residual)
-        self.gate_bias_init = float(gate_bias_init)
-        self.dropout_rate = float(dropout_rate)
-        self.bn_momentum = float(bn_momentum)
-        self.bn_epsilon = float(bn_epsilon)
-        self.fused_bn = bool(fused_bn)
-        self.padding = padding
+        # Each option is also an attribute (unit.order, unit.padding, ...).
+        for name, value in options.to_dict().items():
+            setattr(self, name, value)
         self.out_channels = self.filters * EXPANSION[kind]
 
     # -- structure -------------------------------------------------------------------------
     def plan(self, in_channels: int) -> UnitPlan:
         """The unit as data (``keras_preact.plan.UnitPlan``) for ``in_channels`` input channels."""
-        return unit_plan(in_channels=in_channels, **{k: getattr(self, k) for k in PLAN_OPTIONS})
+        return unit_plan(self.options, in_channels=in_channels, filters=self.filters,
+                         strides=self.strides, preactivation=self.preactivation)
 
     def _make_layer(self, op):
         kind, name, *args = op
@@ -293,9 +285,13 @@ class ResidualUnit(keras.layers.Layer):
     def get_config(self):
         return {
             **super().get_config(),
-            **{k: getattr(self, k) for k in PLAN_OPTIONS},
-            "gate_bias_init": self.gate_bias_init,
-            "bn_momentum": self.bn_momentum,
-            "bn_epsilon": self.bn_epsilon,
-            "fused_bn": self.fused_bn,
+            **{name: getattr(self, name) for name in PLACEMENT},
+            **self.options.to_dict(),
         }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        # A unit saved before the padding option existed was built with TensorFlow's padding.
+        config.setdefault("padding", LEGACY_PADDING)
+        return super().from_config(config)

@@ -23,6 +23,7 @@ import pytest
 
 import backend_cases
 import keras_preact
+from harness import assert_config_round_trip, assert_keras_round_trip
 from keras_preact import weights
 from keras_preact.stacked import transfer_weights
 
@@ -150,13 +151,8 @@ def small_model(**options):
 def test_keras_file_round_trip_in_safe_mode(tmp_path, options):
     model = small_model(**options)
     x = np.random.default_rng(1).normal(size=(2, 8, 8, 3)).astype("float32")
-    path = str(tmp_path / "model.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
+    loaded = assert_keras_round_trip(model, x, tmp_path, atol=1e-6)
     assert isinstance(loaded, keras_preact.ResNet)
-    assert loaded.get_config() == model.get_config()
-    np.testing.assert_allclose(to_numpy(loaded(x, training=False)), to_numpy(model(x, training=False)),
-                               rtol=0, atol=1e-6)
 
 
 def test_layers_serialize_on_their_own():
@@ -165,7 +161,7 @@ def test_layers_serialize_on_their_own():
     for layer, shape in ((unit, (1, 8, 8, 4)), (stage, (1, 8, 8, 16))):
         x = np.random.default_rng(2).normal(size=shape).astype("float32")
         y = to_numpy(layer(x))
-        copy = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+        copy = assert_config_round_trip(layer)
         copy(x)  # builds it
         copy.set_weights(layer.get_weights())
         np.testing.assert_allclose(to_numpy(copy(x)), y, rtol=0, atol=1e-6)

@@ -3,6 +3,8 @@ first/last unit rules (paper appendix), propagation (Sec. 2-3, Eqn 4-8), input s
 validation, the config round trip, serialization, files from the previous version."""
 
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 
 import keras_preact
 import keras_preact.model
+from harness import assert_keras_round_trip, assert_rebuilds_from_config
 from keras_preact import ResidualUnit, build_resnet
 from keras_preact.diagnostics import propagation_norms
 
@@ -229,10 +232,7 @@ def test_named_model_round_trip_safe_mode(tmp_path):
     model = keras_preact.ResNet20(shortcut="exclusive_gating")
     x = RNG.rand(2, 32, 32, 3).astype("float32")
     model(x, training=True)  # move the BN statistics away from their initial values
-    path = os.path.join(tmp_path, "resnet20.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
-    np.testing.assert_array_equal(loaded(x, training=False), model(x, training=False))
+    loaded = assert_keras_round_trip(model, x, tmp_path)
     assert loaded.name == "resnet20"
 
 
@@ -259,11 +259,7 @@ def test_from_config_rebuilds_the_same_network():
                          shortcut="exclusive_gating", num_classes=5)
     x = RNG.rand(3, 16, 16, 3).astype("float32")
     model(x, training=True)
-    copy = keras_preact.ResNet.from_config(model.get_config())
-    assert copy.count_params() == model.count_params()
-    assert [l.name for l in copy.layers] == [l.name for l in model.layers]
-    copy.set_weights(model.get_weights())
-    np.testing.assert_array_equal(copy(x, training=False), model(x, training=False))
+    assert_rebuilds_from_config(model, x)
 
 
 def test_rebuild_converts_between_stacked_and_unrolled_by_config():
@@ -316,6 +312,70 @@ def test_files_of_the_previous_version_load_and_convert(name, rebuild):
     new = rebuild()
     new.set_weights(old.get_weights())
     np.testing.assert_allclose(new(io["x"], training=False), io[name], rtol=1e-6, atol=1e-6)
+
+
+# The config of a ResNet as keras_preact 0.2.0 wrote it (before the unit options became one
+# value); the file of the same network is tests/fixtures/v0_2_tiny.keras.
+V0_2_CONFIG = {
+    "name": "v0_2_tiny", "trainable": True, "units_per_stage": [1, 2], "family": "cifar",
+    "unit": "basic", "widths": [4, 8], "stem": "cifar", "stem_width": 4, "padding": "symmetric",
+    "order": "full_preact", "shortcut": "exclusive_gating", "downsample": "zero_pad",
+    "stride_at": "first", "num_classes": 3, "input_shape": [8, 8, 3], "include_top": True,
+    "pooling": "avg", "classifier_activation": None, "shortcut_scale": 0.5,
+    "scale_residual": False, "gate_bias_init": -6.0, "dropout_rate": 0.5, "bn_momentum": 0.9,
+    "bn_epsilon": 1e-05, "fused_bn": True, "stacked_stages": True, "recompute": False,
+    "dtype_policy": "float32",
+}
+
+
+def test_configs_and_files_of_version_0_2_load_to_the_same_network(tmp_path):
+    model = keras_preact.ResNet.from_config(V0_2_CONFIG)
+    assert model.get_config() == V0_2_CONFIG  # the same arguments, written back unchanged
+    io = np.load(os.path.join(FIXTURES, "v0_2_io.npz"))
+    old = keras.saving.load_model(os.path.join(FIXTURES, "v0_2_tiny.keras"), safe_mode=True)
+    assert isinstance(old, keras_preact.ResNet) and old.get_config() == V0_2_CONFIG
+    np.testing.assert_allclose(old(io["x"], training=False), io["v0_2_tiny"], rtol=1e-6, atol=1e-6)
+    # Its layers write the configs they were read from (the units' padding included).
+    unit = old.get_layer("stage2_unit1")
+    assert (unit.padding, unit.gate_bias_init, unit.strides) == ("symmetric", -6.0, 2)
+    # Written again by this version, it loads to the same network once more.
+    assert_keras_round_trip(old, io["x"], tmp_path)
+
+
+def test_a_network_config_without_padding_is_tensorflows_padding():
+    """Configs written before the padding option existed describe "same"-padded networks."""
+    config = {k: v for k, v in V0_2_CONFIG.items() if k != "padding"}
+    model = keras_preact.ResNet.from_config(config)
+    assert model.architecture.padding == "same"
+    assert {u.padding for u in units_of(model)} == {"same"}
+    # Built from arguments, the network and its units agree on the symmetric default.
+    fresh = build_resnet((1, 2), widths=(4, 8), input_shape=(8, 8, 3))
+    assert fresh.architecture.padding == "symmetric" and {u.padding for u in units_of(fresh)} == {"symmetric"}
+
+
+def test_all_layers_lists_every_sublayer_from_public_lists():
+    model = build_resnet((1, 2), widths=(4, 8), input_shape=(8, 8, 3), num_classes=3,
+                         shortcut="exclusive_gating")
+    layers = keras_preact.model.all_layers(model)
+    assert len({id(l) for l in layers}) == len(layers)
+    bn = [l for l in layers if isinstance(l, keras.layers.BatchNormalization)]
+    # stem_bn + final_bn + the BN ops of every unit's plan.
+    expected = 2 + sum(len(u._plan.bn_names()) for u in units_of(model))
+    assert len(bn) == expected == 2 + 1 + 2 + 2
+    assert sum(type(l).__name__ == "ShortcutGate" for l in layers) == 3
+    # The weights of the layers found are every weight of the model, once.
+    found = {id(w) for l in layers if not isinstance(l, ResidualUnit) for w in l.weights}
+    assert found == {id(w) for w in model.weights}
+
+
+def test_package_imports_under_python_OO():
+    """``python -OO`` strips docstrings; nothing may build on them at import time."""
+    result = subprocess.run(
+        [sys.executable, "-OO", "-c", "import keras_preact, keras_preact.diagnostics.__main__"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_dtype_policy_option_and_float32_copy():

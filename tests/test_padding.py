@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import keras_preact
+from harness import assert_keras_round_trip
 from keras_preact import norm
 from keras_preact.padding import SymmetricConv2D, SymmetricMaxPooling2D, max_pool
 
@@ -77,10 +78,7 @@ def test_symmetric_network_round_trips_and_folds(tmp_path):
                                       unit="bottleneck", stride_at="3x3")
     x = RNG.rand(2, 16, 16, 3).astype("float32")
     model(x, training=True)
-    path = str(tmp_path / "m.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
-    np.testing.assert_array_equal(loaded(x, training=False), model(x, training=False))
+    assert_keras_round_trip(model, x, tmp_path)
     folded = fold_batch_norm(model)
     assert any(isinstance(l, SymmetricConv2D) for l in folded.layers)
     np.testing.assert_allclose(folded(x), model(x, training=False), rtol=1e-4, atol=1e-5)

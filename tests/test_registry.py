@@ -1,13 +1,11 @@
 """The model registry: names, aliases, resnet<depth>, errors, and every registered model built,
 counted, serialized (.keras, safe_mode=True), reloaded and rebuilt from its config."""
 
-import os
-
-import keras
 import numpy as np
 import pytest
 
 import keras_preact
+from harness import assert_keras_round_trip, assert_rebuilds_from_config
 from keras_preact import registry
 from keras_preact.units import ResidualUnit
 
@@ -66,19 +64,10 @@ def test_registered_model_builds_counts_serializes_and_rebuilds(name, tmp_path):
     side = 32 if spec.family == "cifar" else 64  # ImageNet nets are fully convolutional
     x = np.random.RandomState(0).rand(2, side, side, 3).astype("float32")
     model(x, training=True)  # move BN statistics away from their initial values
-    expected = np.asarray(model(x, training=False))
-
-    rebuilt = keras_preact.ResNet.from_config(model.get_config())
-    assert rebuilt.count_params() == model.count_params()
-    rebuilt.set_weights(model.get_weights())
-    np.testing.assert_array_equal(rebuilt(x, training=False), expected)
-
-    path = os.path.join(tmp_path, f"{name}.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert_rebuilds_from_config(model, x)
+    loaded = assert_keras_round_trip(model, x, tmp_path)
     assert isinstance(loaded, keras_preact.ResNet) and loaded.name == name
     assert loaded.architecture == model.architecture
-    np.testing.assert_array_equal(loaded(x, training=False), expected)
 
 
 @pytest.mark.parametrize("name,canonical,unit,stages", [

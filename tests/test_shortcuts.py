@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from harness import assert_config_round_trip, assert_keras_round_trip
 from keras_preact.shortcuts import ShortcutCombine, ShortcutGate, ZeroPadShortcut
 
 
@@ -25,10 +26,7 @@ def test_combine_layer_matches_the_formula_and_round_trips(shortcut, tmp_path):
     }[shortcut]
     values = [h, f, g] if gated else [h, f]
     np.testing.assert_allclose(model(values), expected, rtol=1e-6, atol=1e-6)
-    path = str(tmp_path / "combine.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
-    np.testing.assert_allclose(loaded(values), expected, rtol=1e-6, atol=1e-6)
+    assert_keras_round_trip(model, values, tmp_path)  # the loaded copy computes the same
 
 
 def test_combine_rejects_unknown_shortcuts():
@@ -37,8 +35,8 @@ def test_combine_rejects_unknown_shortcuts():
 
 
 def test_gate_and_zero_pad_configs_round_trip():
-    gate = ShortcutGate(8, strides=2, bias_init=-3.0)
-    assert ShortcutGate.from_config(gate.get_config()).get_config() == gate.get_config()
-    pad = ZeroPadShortcut(16, strides=2)
-    assert ZeroPadShortcut.from_config(pad.get_config()).get_config() == pad.get_config()
+    gate = assert_config_round_trip(ShortcutGate(8, strides=2, bias_init=-3.0))
+    assert gate.bias_init == -3.0
+    pad = assert_config_round_trip(ZeroPadShortcut(16, strides=2))
+    assert (pad.filters, pad.strides) == (16, 2)
     assert pad.compute_output_shape((None, 9, 9, 8)) == (None, 5, 5, 16)

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_preact
+from harness import assert_keras_round_trip
 from keras_preact.diagnostics import propagation_norms
 from keras_preact.export import fold_batch_norm
 from keras_preact.model import unstack
@@ -90,10 +91,7 @@ def test_stacked_model_round_trip(tmp_path):
                                   shortcut="exclusive_gating")
     x = RNG.rand(2, 32, 32, 3).astype("float32")
     model(x, training=True)
-    path = os.path.join(tmp_path, "stacked.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
-    np.testing.assert_array_equal(loaded(x, training=False), model(x, training=False))
+    loaded = assert_keras_round_trip(model, x, tmp_path)
     stage = loaded.get_layer("stage2_units2to3")
     assert isinstance(stage, StackedStage) and stage.recompute and stage.num_units == 2
 

@@ -1,14 +1,14 @@
 """ResidualUnit: layer order of each variant (paper Fig. 4, Table 2), shortcut behaviour
-(Fig. 2, Table 1, Sec. 3.1), serialization."""
-
-import os
+(Fig. 2, Table 1, Sec. 3.1), serialization, padding and configs of earlier versions."""
 
 import keras
 import numpy as np
 import pytest
 
+from harness import assert_config_round_trip, assert_keras_round_trip
 from keras_preact import ResidualUnit, ShortcutGate, ZeroPadShortcut
 from keras_preact.common import KINDS, ORDERS, SHORTCUTS
+from keras_preact.config import ResNetConfig
 
 RNG = np.random.RandomState(0)
 
@@ -286,22 +286,61 @@ def test_keras_round_trip_every_kind_order_and_shortcut(kind, order, tmp_path):
     model = keras.Model(inputs, outputs)
     randomize(model)
     x = RNG.randn(2, 8, 8, 4).astype("float32")
-    before = [np.asarray(t) for t in model(x, training=False)]
-    path = os.path.join(tmp_path, "units.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
-    after = [np.asarray(t) for t in loaded(x, training=False)]
-    for shortcut, a, b in zip(SHORTCUTS, before, after):
-        np.testing.assert_array_equal(a, b, err_msg=shortcut)
-    for name in (f"{s}_down" for s in SHORTCUTS):
-        assert loaded.get_layer(name).get_config() == model.get_layer(name).get_config()
+    assert_keras_round_trip(model, x, tmp_path, names=list(SHORTCUTS))
 
 
 def test_unit_config_round_trip():
     unit = ResidualUnit(16, kind="bottleneck", order="relu_only_preact",
                         shortcut="constant_scaling", shortcut_scale=0.25, scale_residual=True,
                         strides=2, downsample="zero_pad", stride_at="3x3", name="u")
-    clone = ResidualUnit.from_config(unit.get_config())
-    assert clone.get_config() == unit.get_config()
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(unit))
-    assert isinstance(restored, ResidualUnit) and restored.shortcut_scale == 0.25
+    restored = assert_config_round_trip(unit)
+    assert restored.shortcut_scale == 0.25 and restored.options == unit.options
+
+
+# --- padding, and configs written by earlier versions ---------------------------------------
+
+# The config of a unit of keras_preact 0.1 (tests/fixtures/legacy_tiny.keras, stage2_unit1):
+# written before the padding option existed, by a unit that padded as TensorFlow does.
+LEGACY_UNIT_CONFIG = {
+    "name": "stage2_unit1", "trainable": True, "dtype": "float32", "filters": 8,
+    "kind": "basic", "order": "full_preact", "shortcut": "exclusive_gating", "strides": 2,
+    "downsample": "zero_pad", "stride_at": "first", "preactivation": "shared",
+    "shortcut_scale": 0.5, "scale_residual": False, "gate_bias_init": -6.0,
+    "dropout_rate": 0.5, "bn_momentum": 0.9, "bn_epsilon": 1e-05, "fused_bn": True,
+}
+# The config the unit above writes since the padding option exists (every key; same values).
+UNIT_CONFIG_WITH_PADDING = {**LEGACY_UNIT_CONFIG, "padding": "same"}
+
+
+def test_padding_default_agrees_with_the_network():
+    assert ResidualUnit(8).padding == ResNetConfig((1, 1, 1)).padding == "symmetric"
+    assert ResidualUnit(8).get_config()["padding"] == "symmetric"
+    symmetric = built_unit(strides=2)
+    assert [type(l).__name__ for l in symmetric.branch_layers if "conv" in l.name][0] == "SymmetricConv2D"
+
+
+@pytest.mark.parametrize("config,padding", [
+    (LEGACY_UNIT_CONFIG, "same"),  # no padding in the config: the padding it was built with
+    (UNIT_CONFIG_WITH_PADDING, "same"),
+    ({**LEGACY_UNIT_CONFIG, "padding": "symmetric"}, "symmetric"),
+])
+def test_saved_unit_configs_keep_their_padding(config, padding):
+    unit = ResidualUnit.from_config(config)
+    assert unit.padding == padding
+    restored = keras.saving.deserialize_keras_object(
+        {"module": "keras_preact.units", "class_name": "ResidualUnit", "config": config,
+         "registered_name": "keras_preact>ResidualUnit"})
+    assert restored.padding == padding
+    # Everything a config of before this change says comes back unchanged.
+    written = unit.get_config()
+    assert {k: written[k] for k in config if k != "dtype"} == {
+        k: v for k, v in config.items() if k != "dtype"}
+    assert set(written) == set(UNIT_CONFIG_WITH_PADDING)
+    # The padding is the one computed: the strided conv of a 'same' unit is Keras' Conv2D,
+    # and its outputs differ from a symmetric unit's with the same weights.
+    x = RNG.randn(2, 8, 8, 4).astype("float32")
+    unit(x)
+    other = ResidualUnit.from_config({**config, "padding": "symmetric" if padding == "same" else "same"})
+    other(x)
+    other.set_weights(unit.get_weights())
+    assert np.abs(np.asarray(unit(x, training=False)) - np.asarray(other(x, training=False))).max() > 1e-4

@@ -26,7 +26,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_preact.common import OneLineArgumentParser, positive_float, positive_int  # noqa: E402
+from keras_preact.common import (  # noqa: E402
+    FlagValueError,
+    OneLineArgumentParser,
+    check_writable_dir,
+    positive_float,
+    positive_int,
+)
 
 from keras_preact.diagnostics.batch import load_batch  # noqa: E402
 from keras_preact.diagnostics.plot import plot_propagation  # noqa: E402
@@ -37,6 +43,7 @@ from keras_preact.diagnostics.variants import (  # noqa: E402
     canonical_model_name,
     parse_variants,
 )
+from keras_preact.plan import UNIT_DEFAULTS  # noqa: E402
 
 USAGE_ERROR = 2
 
@@ -66,9 +73,9 @@ def make_parser() -> argparse.ArgumentParser:
     net.add_argument("--model_file", default=None,
                      help="measure this saved .keras model instead (one variant: the model "
                           "itself; --model and --variants do not apply)")
-    net.add_argument("--shortcut_scale", type=positive_float, default=0.5,
+    net.add_argument("--shortcut_scale", type=positive_float, default=UNIT_DEFAULTS.shortcut_scale,
                      help="lambda of the constant_scaling shortcut")
-    net.add_argument("--gate_bias_init", type=float, default=-6.0,
+    net.add_argument("--gate_bias_init", type=float, default=UNIT_DEFAULTS.gate_bias_init,
                      help="initial gate bias b_g of the gating shortcuts")
     net.add_argument("--seed", type=int, default=0,
                      help="weight initialisation seed (the same for every variant)")
@@ -150,12 +157,10 @@ def check_arguments(args) -> None:
         raise UsageError(f"--out must name a .png file, got {args.out!r}.")
     if not math.isfinite(args.gate_bias_init):
         raise UsageError(f"--gate_bias_init must be a finite number, got {args.gate_bias_init}.")
-    folder = os.path.dirname(os.path.abspath(args.out))
-    probe = folder
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"--out: cannot write into {folder!r} ({probe!r} is not a writable folder).")
+    try:
+        check_writable_dir("out", os.path.dirname(os.path.abspath(args.out)))
+    except FlagValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def load_model_file(path: str, batch: dict) -> keras.Model:
