@@ -150,6 +150,7 @@ CASES = [
                 "--base_dir", "{tmp}/b"], "--model_kwargs"),
     ("export", ["--checkpoint", "{tmp}", *EXPORT, "--base_dir", "{tmp}/b"], "--model"),
     ("export", ["--checkpoint", "{tmp}", "--model", "vgg16", *EXPORT, "--base_dir", "{tmp}/b"], "--model"),
+    ("export", ["--model_file", "{files}/garbage.keras", *EXPORT, "--base_dir", "/dev/null/b"], "--base_dir"),
     ("export", ["--model_file", "{files}/garbage.keras", *EXPORT, "--top_k", "0"], "--top_k"),
     ("export", ["--model_file", "{files}/garbage.keras", *EXPORT, "--eval_limit", "-1"], "--eval_limit"),
     ("export", ["--model_file", "{files}/garbage.keras", *EXPORT, "--version", "x"], "--version"),

@@ -39,7 +39,7 @@ from keras_preact.export.exporter import (
 from keras_preact.export.saved_model import eval_image_size
 from keras_preact.export.tflite import VARIANTS
 from keras_preact.tta import TTA_CHOICES
-from keras_preact.common import positive_int
+from keras_preact.common import FlagValueError, check_writable_dir, positive_int
 from keras_preact.export.arguments import ArgumentError, CommandParser
 from keras_preact.training.checkpoints import VariableSet, check_finite_checkpoint
 from keras_preact.training.divergence import NonFiniteCheckpointError
@@ -268,14 +268,10 @@ def check_arguments(args) -> None:
         raise ArgumentError("--labels_file", f"no such file {args.labels_file!r}")
     if args.eval_dir is not None and not os.path.isdir(args.eval_dir):
         raise ArgumentError("--eval_dir", f"no folder {args.eval_dir!r}")
-    base = os.path.abspath(args.base_dir)
-    probe = base
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe) or (os.path.exists(base) and not os.path.isdir(base)):
-        raise ArgumentError("--base_dir", f"cannot create the folder {base!r}: {probe!r} is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ArgumentError("--base_dir", f"cannot write to {probe!r} (permission denied)")
+    try:
+        check_writable_dir("base_dir", args.base_dir)
+    except FlagValueError as error:
+        raise ArgumentError(f"--{error.flag}", error.message) from None
     if args.model_file is not None:
         if not os.path.isfile(args.model_file):
             raise ArgumentError("--model_file", f"no model file {args.model_file!r}")
