@@ -53,4 +53,4 @@ from keras_preact.shortcuts import ShortcutCombine, ShortcutGate, ZeroPadShortcu
 from keras_preact.stacked import StackedStage
 from keras_preact.units import ResidualUnit
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
