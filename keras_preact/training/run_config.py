@@ -427,10 +427,10 @@ def _resolve_open_values(config: RunConfig) -> RunConfig:
     """Fill in what the defaults leave open (unit order, dtype policy, data paths, run
     directory), and check the model, the weights file and the paths."""
     model = config.model
-    name, _ = model_arguments(model)  # checks the architecture, naming the flag
+    name, kwargs = model_arguments(model)  # checks the architecture, naming the flag
     if model.init_weights:
         model = dataclasses.replace(model, init_weights=os.path.expanduser(model.init_weights))
-    init_weights_options(name, model.init_weights, {})
+    init_weights_options(name, model.init_weights, kwargs)  # reads the file; refuses a contradiction
     if model.dtype_policy == "auto":
         model = dataclasses.replace(
             model, dtype_policy=resolve_dtype_policy("auto", config.distribution.strategy), dtype_auto=True)
