@@ -154,12 +154,13 @@ def model_family(name) -> str:
 FILE_FIXED = ("stem", "padding", "stem_width", "order", "stride_at", "downsample")
 
 
-def weights_options(spec: ModelSpec, weights: str, kwargs: dict) -> tuple:
+def weights_options(spec: ModelSpec, weights: str, kwargs: dict, implied: dict | None = None) -> tuple:
     """``(kwargs with the options the weights file fixes, whether the head is new)``.
 
+    ``implied``: the file's ``file_architecture`` when the caller has read it already.
     Raises ValueError when ``kwargs`` contradict the file (another stem, padding, family).
     """
-    implied = file_architecture(weights)
+    implied = file_architecture(weights) if implied is None else implied
     kwargs = dict(kwargs)
     if implied.get("family", spec.family) != spec.family:
         raise ValueError(f"{weights} holds an {implied['family']} network; {spec.name} is a "

@@ -252,12 +252,12 @@ def test_dry_run_commands_are_valid_trainer_settings(tmp_path):
         flag_values = flags.FlagValues()
         train_cli.define_flags("cifar", flag_values)
         flag_values(["cifar.py", *command[2:]])
-        settings = train_cli.settings_from_flags("cifar", flag_values)
+        settings = train_cli.config_from_flags("cifar", flag_values)
         architecture = {k: v for k, v in settings.model_kwargs.items() if k != "dtype_policy"}  # auto: per CPU
         assert architecture == {"order": order, "shortcut": shortcut, **options}
-        assert (settings.model_name, settings.seed, settings.data_dir) == ("resnet8", 3, data)
+        assert (settings.model_name, settings.run.seed, settings.data.data_dir) == ("resnet8", 3, data)
         slug = f"{order}__{shortcut}" + "".join(f"__{k}_{v:g}" for k, v in options.items())
-        assert settings.model_dir == str(tmp_path / "out" / "runs" / slug / "seed3")
+        assert settings.run.model_dir == str(tmp_path / "out" / "runs" / slug / "seed3")
         recipe = settings.recipe
         assert (recipe.epochs, recipe.batch_size, recipe.weight_decay, recipe.lr_boundaries) == (
             3.0, 16, 5e-4, ("0.5", "0.75"))
@@ -297,7 +297,7 @@ def test_recipe_rows_reach_the_trainer(tmp_path, capsys):
         flag_values = flags.FlagValues()
         train_cli.define_flags("cifar", flag_values)
         flag_values(["cifar.py", *command[2:]])
-        recipes.append(train_cli.settings_from_flags("cifar", flag_values).recipe)
+        recipes.append(train_cli.config_from_flags("cifar", flag_values).recipe)
     assert [(r.name, r.nesterov, r.label_smoothing, r.schedule) for r in recipes] == [
         ("fast", True, 0.1, "cosine"), ("fast", False, 0.1, "cosine"), ("fast", True, 0.0, "step")]
     assert len({a for c in commands for a in c if a.startswith("--model_dir=")}) == 3  # a folder per row

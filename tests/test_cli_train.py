@@ -28,6 +28,7 @@ import trainer_runs
 from keras_preact import registry
 from keras_preact.cli import train
 from keras_preact.training import DivergenceError, read_metrics
+from keras_preact.training import run_config
 from keras_preact.training import strategy as strategy_lib
 
 PACKAGE = pathlib.Path(train.__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ def parse(family, *argv):
 
 
 def check(family, *argv):
-    return train.settings_from_flags(family, parse(family, *argv), argv=("trainer", *argv))
+    return train.config_from_flags(family, parse(family, *argv), argv=("trainer", *argv))
 
 
 @pytest.fixture(scope="module")
@@ -54,20 +55,20 @@ def cifar_folder(tmp_path_factory):
 
 
 def test_cifar_defaults_train_the_embedded_sample():
-    settings = check("cifar")
-    assert settings.source == "cifar10_sample" and settings.model_name == "resnet20"
-    assert (settings.dataset, settings.data_dir, settings.data_flag) == ("cifar10_sample", None, "dataset")
-    assert settings.recipe.name == "cifar10_sample" and settings.model_kwargs["order"] == "full_preact"
-    assert settings.model_dir == os.path.join("runs", "cifar10_sample_resnet20")
-    assert (settings.train_split, settings.eval_split, settings.eval_sizes) == ("train", "test", ())
+    config = check("cifar")
+    assert config.data.source == "cifar10_sample" and config.model_name == "resnet20"
+    assert (config.data.dataset, config.data.data_dir, config.data.flag) == ("cifar10_sample", None, "dataset")
+    assert config.recipe.name == "cifar10_sample" and config.model_kwargs["order"] == "full_preact"
+    assert config.run.model_dir == os.path.join("runs", "cifar10_sample_resnet20")
+    assert (config.data.train_split, config.data.eval_split, config.recipe.eval_sizes) == ("train", "test", ())
 
 
 def test_real_datasets_get_the_paper_recipe():
     cifar = check("cifar", "--dataset=cifar10", "--model=resnet164")
     assert cifar.recipe.name == "cifar" and cifar.recipe.total_steps(390) == 64000
     imagenet = check("imagenet", "--model=resnet200")
-    assert imagenet.recipe.name == "imagenet" and imagenet.eval_sizes == (224, 320)
-    assert imagenet.recipe.lr_reference_batch == 256 and imagenet.eval_split == "validation"
+    assert imagenet.recipe.name == "imagenet" and imagenet.recipe.eval_sizes == (224, 320)
+    assert imagenet.recipe.lr_reference_batch == 256 and imagenet.data.eval_split == "validation"
 
 
 def test_overrides_reach_the_recipe_and_the_model(tmp_path):
@@ -79,18 +80,18 @@ def test_overrides_reach_the_recipe_and_the_model(tmp_path):
         "--shortcut=constant_scaling", "--lr_schedule=cosine", "--label_smoothing=0.1",
         "--decay_bn=false", "--epochs=3", "--warmup_steps=400", "--batch_size=64", "--nesterov",
     )
-    assert settings.source == str(tmp_path) and settings.data_flag == "data_dir"
-    assert settings.dataset is None and settings.recipe.name == "cifar"
+    assert settings.data.source == str(tmp_path) and settings.data.flag == "data_dir"
+    assert settings.data.data_dir == str(tmp_path) and settings.recipe.name == "cifar"
     assert settings.model_name == "resnet110_1layer"  # the registry's name for Table 2's net
     architecture = {k: v for k, v in settings.model_kwargs.items() if k != "dtype_policy"}  # auto: per CPU
     assert architecture == {"order": "original", "shortcut": "constant_scaling", "unit": "single"}
-    assert settings.model_dir == os.path.join("runs", f"{tmp_path.name}_resnet110_1layer")
+    assert settings.run.model_dir == os.path.join("runs", f"{tmp_path.name}_resnet110_1layer")
     recipe = settings.recipe
     assert (recipe.schedule, recipe.label_smoothing, recipe.decay_bn, recipe.nesterov) == ("cosine", 0.1, False, True)
     assert (recipe.epochs, recipe.train_steps, recipe.warmup_steps, recipe.batch_size) == (3, None, 400, 64)
 
 
-def test_every_run_value_is_in_the_settings(tmp_path):
+def test_every_run_value_is_in_the_config(tmp_path):
     argv = (
         "--strategy=mirrored", "--cpu_devices=2", "--sync_bn", "--tpu=grpc://1.2.3.4:8470",
         "--checkpoint_every=5", "--keep_checkpoints=2", "--log_every=3", "--eval_every=7",
@@ -98,23 +99,27 @@ def test_every_run_value_is_in_the_settings(tmp_path):
         f"--tfds_dir={tmp_path / 'tfds'}", "--train_split=train[:90%]", "--eval_split=train[90%:]",
         "--strict", "--divergence_factor=50", "--divergence_window=5", "--input=stream", "--worker_timeout=30", "--dtype_policy=float32",
     )
-    settings = check("cifar", "--dataset=cifar100", *argv)
-    assert dataclasses.asdict(settings) | {"recipe": None, "model_kwargs": None} == {
-        "family": "cifar", "model_name": "resnet20", "recipe": None, "model_kwargs": None,
-        "model_dir": str(tmp_path / "run"), "dataset": "cifar100", "data_dir": None,
-        "tfds_dir": str(tmp_path / "tfds"), "manual_dir": None, "train_split": "train[:90%]",
-        "eval_split": "train[90%:]", "input": "stream", "augment": "scale", "color": True, "eval_sizes": (),
-        "strategy_name": "mirrored", "cpu_devices": 2, "tpu": "grpc://1.2.3.4:8470", "sync_bn": True,
-        "worker_timeout": 30.0,
-        "checkpoint_every": 5, "keep_checkpoints": 2, "log_every": 3, "eval_every": 7, "seed": 4,
-        "export": True, "export_dir": str(tmp_path / "exports"), "argv": ("trainer", "--dataset=cifar100", *argv),
-        "strict": True, "divergence_factor": 50.0, "divergence_window": 5, "init_weights": None,
-        "jit_compile": False, "steps_per_loop": None,  # None: 1, or 100 under TPUStrategy
-        "dtype_auto": False,
+    config = check("cifar", "--dataset=cifar100", *argv)
+    assert config.family == "cifar" and config.model_name == "resnet20"
+    assert config.argv == ("trainer", "--dataset=cifar100", *argv)
+    sections = config.to_dict()
+    assert sections["data"] == {
+        "dataset": "cifar100", "data_dir": None, "tfds_dir": str(tmp_path / "tfds"), "manual_dir": None,
+        "train_split": "train[:90%]", "eval_split": "train[90%:]", "input": "stream", "augment": "scale",
+        "color": True, "strict": True,
     }
+    assert sections["distribution"] == {"strategy": "mirrored", "cpu_devices": 2, "tpu": "grpc://1.2.3.4:8470",
+                                        "worker_timeout": 30.0, "sync_bn": True}
+    assert sections["checkpointing"] == {"checkpoint_every": 5, "keep_checkpoints": 2}
+    assert sections["run"] == {
+        "model_dir": str(tmp_path / "run"), "log_every": 3, "eval_every": 7, "seed": 4, "export": True,
+        "export_dir": str(tmp_path / "exports"), "divergence_factor": 50.0, "divergence_window": 5,
+    }
+    assert sections["speed"] == {"jit_compile": False, "steps_per_loop": None}  # None: 1, or 100 under TPUStrategy
+    assert (config.model.init_weights, config.model.dtype_policy, config.model.dtype_auto) == (None, "float32", False)
     imagenet = check("imagenet", f"--manual_dir={tmp_path}", "--augment=inception", "--nocolor",
                      "--eval_sizes=320")
-    assert (imagenet.manual_dir, imagenet.augment, imagenet.color, imagenet.eval_sizes) == (
+    assert (imagenet.data.manual_dir, imagenet.data.augment, imagenet.data.color, imagenet.recipe.eval_sizes) == (
         str(tmp_path), "inception", False, (320,))
 
 
@@ -141,14 +146,14 @@ def test_fast_recipe_and_its_levers_are_flags():
     assert (both.eval_flip, both.eval_translate, both.eval_tta) == (True, True, "flip_translate")
     paper = check("cifar").recipe  # the paper's recipe stays the default, without the levers
     assert (paper.name, paper.weight_average, paper.eval_flip) == ("cifar10_sample", 0.0, False)
-    assert check("cifar").input == "auto" and check("imagenet").input == "stream"
+    assert check("cifar").data.input == "auto" and check("imagenet").data.input == "stream"
     with pytest.raises(flags.IllegalFlagValueError):  # the ImageNet trainer has no CIFAR recipe
         check("imagenet", "--recipe=fast")
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("--weight_average=1", "--weight_average: must be < 1"),
-    ("--weight_average=-0.1", "--weight_average: must be >= 0"),
+    ("--weight_average=1", "--weight_average: must be in [0, 1), got 1.0"),
+    ("--weight_average=-0.1", "--weight_average: must be in [0, 1), got -0.1"),
 ])
 def test_weight_average_range(flag, message):
     with pytest.raises(train.FlagError, match=re.escape(message)):
@@ -407,7 +412,7 @@ def test_mixed_precision_xla_loop_run_exports_float32_signatures(cifar_folder, t
         f"--model_dir={tmp_path / 'run'}", "--export", f"--export_dir={tmp_path / 'exports'}",
     )
     assert settings.model_kwargs["dtype_policy"] == "mixed_bfloat16"
-    assert (settings.jit_compile, settings.steps_per_loop) == (True, 2)
+    assert (settings.speed.jit_compile, settings.speed.steps_per_loop) == (True, 2)
     out = io.StringIO()
     train.run(settings, stream=out)
     assert "; mixed_bfloat16; XLA; up to 2 steps per loop; batch 8" in out.getvalue()
@@ -423,24 +428,23 @@ def test_mixed_precision_xla_loop_run_exports_float32_signatures(cifar_folder, t
 
 
 def test_dtype_policy_auto_is_bfloat16_only_on_bf16_hardware(monkeypatch):
-    monkeypatch.setattr(train.hardware, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(run_config.hardware, "cpu_has_bf16", lambda: True)
     bf16 = check("cifar")
-    assert bf16.model_kwargs["dtype_policy"] == "mixed_bfloat16" and bf16.dtype_auto
-    monkeypatch.setattr(train.tf.config, "list_physical_devices", lambda kind=None: ["gpu"] if kind == "GPU" else [])
+    assert bf16.model_kwargs["dtype_policy"] == "mixed_bfloat16" and bf16.model.dtype_auto
+    monkeypatch.setattr(run_config.tf.config, "list_physical_devices", lambda kind=None: ["gpu"] if kind == "GPU" else [])
     assert "dtype_policy" not in check("cifar").model_kwargs  # a GPU: float32 unless asked
-    monkeypatch.setattr(train.hardware, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(run_config.hardware, "cpu_has_bf16", lambda: False)
     assert "dtype_policy" not in check("cifar").model_kwargs  # float32: the models' default
-    assert train.resolve_dtype_policy("auto", "tpu") == "mixed_bfloat16"
+    assert run_config.resolve_dtype_policy("auto", "tpu") == "mixed_bfloat16"
     explicit = check("cifar", "--dtype_policy=float32")
-    assert "dtype_policy" not in explicit.model_kwargs and not explicit.dtype_auto
+    assert "dtype_policy" not in explicit.model_kwargs and not explicit.model.dtype_auto
 
 
 def test_speed_flags_defaults_and_conflicts():
     settings = check("cifar", "--dtype_policy=float32")
-    assert (settings.jit_compile, settings.steps_per_loop) == (False, None)
-    assert train.steps_per_loop(settings) == 1
-    tpu = dataclasses.replace(settings, strategy_name="tpu")
-    assert train.steps_per_loop(tpu) == train.TPU_STEPS_PER_LOOP
+    assert (settings.speed.jit_compile, settings.speed.steps_per_loop) == (False, None)
+    assert settings.speed.loop_length(settings.distribution.strategy) == 1
+    assert settings.speed.loop_length("tpu") == run_config.TPU_STEPS_PER_LOOP
     assert check("cifar", "--dtype_policy=mixed_float16").model_kwargs["dtype_policy"] == "mixed_float16"
     for argv, flag, message in [
         (("--jit_compile", "--sync_bn"), "jit_compile", "not with --sync_bn"),
@@ -490,11 +494,12 @@ def test_main_divergence_is_exit_3(capsys, cifar_folder, tmp_path):
 # --- structure ------------------------------------------------------------------------------
 
 
-def test_only_settings_from_flags_reads_flags():
+def test_only_config_from_flags_reads_flags():
     source = inspect.getsource(train)
     assert "FLAGS." not in source
-    for function in (train.run, train.build_data, train.write_results, train.model_settings):
+    for function in (train.run, train.build_data, train.write_results):
         assert "flag_values" not in inspect.getsource(function)
+    assert "flag_values" not in inspect.getsource(run_config) and "absl" not in inspect.getsource(run_config)
 
 
 def test_cli_is_the_top_layer_and_imports_at_module_top():
@@ -610,7 +615,7 @@ def final_model_tensors(run_dir) -> dict:
 
 
 def test_kill_9_at_a_random_step_then_resume_gives_bit_identical_weights(cifar_folder, tmp_path):
-    """Issue 14: the real trainer killed with SIGKILL at a random moment and restarted with the
+    """The real trainer killed with SIGKILL at a random moment and restarted with the
     same command ends with the same weights, bit for bit, as a run never interrupted (the input
     is a function of the seed and the step: --input=memory, the default for CIFAR-sized data)."""
     # The kill comes after a checkpoint at step 4..20 plus up to 0.5 s: 40 more steps leave room
@@ -638,7 +643,7 @@ def test_kill_9_at_a_random_step_then_resume_gives_bit_identical_weights(cifar_f
 
 
 def test_lr_1e6_stops_within_a_few_steps_names_a_finite_checkpoint_that_resumes(capsys, tmp_path):
-    """Issue 14's scenario: 10 sane warm-up steps, then --lr=1e6 from step 11."""
+    """A run that explodes: 10 sane warm-up steps, then --lr=1e6 from step 11."""
     from keras_preact.training import checkpoints as ckpt_lib
 
     common = ("--model=resnet8", "--batch_size=16", "--checkpoint_every=2", "--keep_checkpoints=1",
@@ -679,7 +684,7 @@ def test_init_weights_fine_tunes_an_imported_backbone_with_a_new_head(cifar_fold
     settings = check("cifar", f"--data_dir={cifar_folder}", "--model=resnet8", "--batch_size=8",
                      "--train_steps=2", "--lr=1e-9", f"--init_weights={path}",
                      f"--model_dir={tmp_path / 'run'}")
-    assert settings.init_weights == path
+    assert settings.model.init_weights == path
     train.run(settings, stream=io.StringIO())
     prefix = tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints"))
     stored = {name: tf.train.load_variable(prefix, name) for name, _ in tf.train.list_variables(prefix)
@@ -706,3 +711,146 @@ def test_bad_init_weights_name_the_flag(tmp_path, make, message):
 def test_padding_flag_reaches_the_model():
     assert check("cifar", "--padding=same").model_kwargs["padding"] == "same"
     assert "padding" not in check("cifar").model_kwargs  # the default: symmetric
+
+
+# --- the run configuration: flags generated from it, files, the written config ----------------
+
+
+def test_flags_are_the_config_settings_one_to_one():
+    for family in ("cifar", "imagenet"):
+        flag_values = flags.FlagValues()
+        train.define_flags(family, flag_values)
+        generated = {flag for _, _, flag in run_config.flag_settings(family)}
+        assert set(flag_values) == generated | {"recipe", "config"}
+        assert len(generated) == len(run_config.flag_settings(family))  # no two settings share a flag
+    assert "eval_sizes" not in {flag for _, _, flag in run_config.flag_settings("cifar")}
+    # The loop's own defaults are the configuration's, not a second copy.
+    signature = inspect.signature(train.Trainer).parameters
+    assert signature["checkpoint_every"].default == run_config.CheckpointSettings().checkpoint_every == 1000
+    assert signature["keep_checkpoints"].default == run_config.CheckpointSettings().keep_checkpoints
+    assert signature["log_every"].default == run_config.RunSettings().log_every
+
+
+def test_help_shows_every_default_including_the_recipes(capsys):
+    flag_values = flags.FlagValues()
+    train.define_flags("cifar", flag_values)
+    assert train.console_main("cifar", ["cifar.py", "--help"], flag_values) == 0
+    text = capsys.readouterr().out
+    blocks = {}
+    for block in re.split(r"\n(?=  --)", text):
+        match = re.match(r"\s*--(?:\[no\])?(\w+):", block)
+        if match:
+            blocks[match.group(1)] = " ".join(block.split())
+    assert set(blocks) >= {flag for _, _, flag in run_config.flag_settings("cifar")} | {"recipe", "config"}
+    for flag in (f for _, _, f in run_config.flag_settings("cifar")):
+        assert "default:" in blocks[flag], blocks[flag]
+    assert "(default: from --recipe (cifar, fast, cifar10_sample: 128))" in blocks["batch_size"]
+    assert "from --recipe (cifar, fast, cifar10_sample: 0.1)" in blocks["lr"]
+    assert "cifar: unset (--train_steps); fast: 30; cifar10_sample: 15" in blocks["epochs"]
+    assert "cifar: 64000" in blocks["train_steps"] and "(default: '1000')" in blocks["checkpoint_every"]
+    assert "the network's, -6.0" in blocks["gate_bias_init"]
+    assert "cifar10_sample for --dataset=cifar10_sample" in blocks["recipe"]
+
+
+def test_config_file_with_flags_on_top(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"recipe": {"name": "fast", "batch_size": 16, "epochs": 2},
+                                "run": {"seed": 5, "log_every": 4},
+                                "checkpointing": {"checkpoint_every": 7}, "model": {"model": "resnet8"}}))
+    config = check("cifar", f"--config={path}", "--seed=6", "--label_smoothing=0")
+    assert (config.recipe.name, config.recipe.batch_size, config.recipe.epochs) == ("fast", 16, 2.0)
+    assert (config.recipe.label_smoothing, config.recipe.nesterov) == (0.0, True)  # flag, preset
+    assert (config.run.seed, config.run.log_every, config.checkpointing.checkpoint_every) == (6, 4, 7)
+    assert config.model_name == "resnet8" and config.run.model_dir == os.path.join("runs", "cifar10_sample_resnet8")
+    # --recipe replaces the file's recipe section; the other sections stay the file's.
+    paper = check("cifar", f"--config={path}", "--recipe=cifar")
+    assert (paper.recipe.name, paper.recipe.batch_size, paper.recipe.train_steps) == ("cifar", 128, 64000)
+    assert paper.checkpointing.checkpoint_every == 7
+
+
+@pytest.mark.parametrize("content, flag, message", [
+    (None, "config", "no file"),
+    ("{not json", "config", "cannot read"),
+    ('["a list"]', "config", "must hold a mapping"),
+    ('{"optimisation": {}}', "config", "unknown section 'optimisation'"),
+    ('{"recipe": {"lrr": 0.1}}', "config", "unknown setting recipe.lrr"),
+    ('{"recipe": {"base_lr": -1}}', "lr", "must be positive"),
+    ('{"run": {"seed": "one"}}', "seed", "must be an integer"),
+    ('{"data": {"dataset": "mnist"}}', "dataset", "must be one of"),
+    ('{"family": "imagenet"}', "config", "the imagenet trainer"),
+    ('{"recipe": {"name": "imagenet"}}', "recipe", "for the imagenet trainer"),
+])
+def test_bad_config_files_name_the_setting(tmp_path, content, flag, message):
+    path = tmp_path / "run.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(train.FlagError, match=message) as error:
+        check("cifar", f"--config={path}")
+    assert error.value.flag == flag and "\n" not in str(error.value)
+
+
+def test_yaml_config_needs_pyyaml(tmp_path, monkeypatch):
+    import sys
+
+    path = tmp_path / "run.yaml"
+    path.write_text("run:\n  seed: 3\n")
+    monkeypatch.setitem(sys.modules, "yaml", None)  # PyYAML not importable (as in the package's venv)
+    with pytest.raises(train.FlagError, match=r"--config: reading run.yaml needs PyYAML.*\.json") as error:
+        check("cifar", f"--config={path}")
+    assert "\n" not in str(error.value)
+    # With a YAML reader importable, the file's values are read like JSON's.
+    reader = type(sys)("yaml")
+    reader.safe_load = lambda handle: {"run": {"seed": int(handle.read().split()[-1])}}
+    monkeypatch.setitem(sys.modules, "yaml", reader)
+    assert check("cifar", f"--config={path}").run.seed == 3
+
+
+def _metrics_without_timing(run_dir):
+    return [{k: v for k, v in row.items() if k not in ("wall_time", "images_per_sec", "train_seconds")}
+            for row in read_metrics(run_dir / "metrics.csv")]
+
+
+def test_written_config_repeats_the_run_exactly(cifar_folder, tmp_path):
+    first = check("cifar", f"--data_dir={cifar_folder}", "--model=resnet8", "--batch_size=8",
+                  "--train_steps=5", "--log_every=1", "--checkpoint_every=2", "--seed=7", "--recipe=fast",
+                  "--lr=0.05", "--dtype_policy=float32", f"--model_dir={tmp_path / 'first'}")
+    train.run(first, stream=io.StringIO())
+    written = tmp_path / "first" / "config.json"
+    assert json.loads(written.read_text()) == first.to_dict()
+    again = check("cifar", f"--config={written}", f"--model_dir={tmp_path / 'again'}")
+    expected = first.to_dict()
+    expected["run"]["model_dir"] = str(tmp_path / "again")
+    assert again.to_dict() == expected
+    train.run(again, stream=io.StringIO())
+    assert _metrics_without_timing(tmp_path / "first") == _metrics_without_timing(tmp_path / "again")
+    straight, repeated = final_model_tensors(tmp_path / "first"), final_model_tensors(tmp_path / "again")
+    assert straight.keys() == repeated.keys() and any(k.startswith("averaged/") for k in straight)
+    for name, value in straight.items():
+        assert np.array_equal(value, repeated[name]), name
+
+
+class Terminal(io.StringIO):
+    """An output stream that says it is a terminal: the progress bar redraws in place."""
+
+    def isatty(self):
+        return True
+
+
+def test_final_line_and_no_pending_checkpoints_after_a_clean_finish(cifar_folder, tmp_path):
+    out = Terminal()
+    config = check("cifar", f"--data_dir={cifar_folder}", "--model=resnet8", "--batch_size=8",
+                   "--train_steps=8", "--checkpoint_every=3", f"--model_dir={tmp_path}")
+    train.run(config, stream=out)
+    lines = out.getvalue().split("\n")
+    [final] = [line for line in lines if "Final test error" in line]
+    assert final.startswith("Final test error: "), repr(final)  # not after the bar on its line
+    assert any("\rstep 8/8 [====================]" in line for line in lines)  # the bar, redrawn in place
+    checkpoints = tmp_path / "checkpoints"
+    assert not (checkpoints / "pending").exists()
+    assert tf.train.latest_checkpoint(str(checkpoints)).endswith("ckpt-8")
+    # The run directory still resumes: a longer run continues from step 8.
+    longer = check("cifar", f"--data_dir={cifar_folder}", "--model=resnet8", "--batch_size=8",
+                   "--train_steps=10", "--checkpoint_every=3", f"--model_dir={tmp_path}")
+    resumed = io.StringIO()
+    train.run(longer, stream=resumed)
+    assert "at step 8 " in resumed.getvalue() and not (checkpoints / "pending").exists()

@@ -246,3 +246,20 @@ def test_real_scripts_help_exits_0_and_bad_flags_exit_2():
         errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == (1 if expected else 0), (name, done.stderr[-1500:])
         assert seconds < 60
+
+
+def test_python_m_keras_preact_cli_train():
+    """``python -m keras_preact.cli.train FAMILY`` is that family's trainer; without a family, a
+    one-line usage and exit status 2."""
+    def run(*argv):
+        return subprocess.run([sys.executable, "-m", "keras_preact.cli.train", *argv], capture_output=True,
+                              text=True, env=trainer_runs.env(), cwd=trainer_runs.ROOT, timeout=120)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        bare, helped, bad = pool.map(lambda argv: run(*argv), [(), ("cifar", "--help"), ("imagenet", "--momentum=2")])
+    assert bare.returncode == 2 and bare.stdout == ""
+    [line] = [line for line in bare.stderr.splitlines() if line.strip()]
+    assert line.startswith("usage: python -m keras_preact.cli.train {cifar|imagenet}")
+    assert helped.returncode == 0 and "--batch_size" in helped.stdout and "from --recipe" in helped.stdout
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error: ")]
+    assert bad.returncode == 2 and len(errors) == 1 and errors[0].startswith("error: --momentum: "), bad.stderr

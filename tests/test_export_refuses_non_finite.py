@@ -78,7 +78,7 @@ def test_export_and_resume_refuse_a_checkpoint_with_nan(tmp_path):
     train_cli.define_flags("cifar", flag_values)
     argv = ["cifar.py", *_train_flags(run_dir, 2)]
     assert train_cli.console_main("cifar", argv, flag_values, stream=io.StringIO()) == 0
-    model_kwargs = train_cli.settings_from_flags("cifar", flag_values, argv=argv).model_kwargs
+    model_kwargs = train_cli.config_from_flags("cifar", flag_values, argv=argv).model_kwargs
     checkpoint_dir = os.path.join(run_dir, ckpt_lib.CHECKPOINT_SUBDIR)
     prefix = tf.train.latest_checkpoint(checkpoint_dir)
     assert prefix is not None and prefix.endswith("ckpt-2"), prefix

@@ -426,3 +426,18 @@ def test_translate_evaluation_averages_the_ten_flipped_and_shifted_views(tmp_pat
     loss = keras.losses.sparse_categorical_crossentropy(labels, expected, from_logits=True)
     assert result["loss"] == pytest.approx(float(np.mean(loss)), rel=1e-5)
     assert result["error"] == pytest.approx(1 - np.mean(np.argmax(expected, -1) == labels.numpy()))
+
+
+def test_a_clean_finish_leaves_no_pending_checkpoint(tmp_path):
+    """pending/ keeps unjudged checkpoints whole through rotation while a run goes on; a run
+    that ends cleanly removes it, and a resumed run links what it restores there again."""
+    trainer = make_trainer(tmp_path, 4)
+    trainer.fit(dataset())
+    checkpoints = tmp_path / "checkpoints"
+    assert not (checkpoints / "pending").exists()
+    assert tf.train.latest_checkpoint(str(checkpoints)).endswith("ckpt-4")
+    resumed = make_trainer(tmp_path, 6)
+    assert resumed.checkpoints.restore() == 4
+    assert sorted(os.listdir(checkpoints / "pending")) == ["ckpt-4.data-00000-of-00001", "ckpt-4.index"]
+    resumed.fit(dataset())
+    assert not (checkpoints / "pending").exists() and resumed.step == 6

@@ -34,8 +34,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
+from keras_preact.common import check_writable_dir  # noqa: E402
 from keras_preact.cli import train as train_cli  # noqa: E402
-from keras_preact.training import ablation  # noqa: E402
+from keras_preact.training import ablation, run_config  # noqa: E402
 from keras_preact.training.observe import format_duration  # noqa: E402
 
 DEFAULT_VARIANTS = [
@@ -134,7 +135,7 @@ def options_from_flags(flag_values, argv) -> Options:
         raise FlagError("data_dir", f"no folder {F.data_dir!r}.")
     if F.data_dir and F.dataset:
         raise FlagError("dataset", "give --data_dir or --dataset, not both.")
-    train_cli.check_writable_dir("out", F.out)
+    check_writable_dir("out", F.out)
     for folder in F.reuse_from:
         if not os.path.isfile(os.path.join(folder, "ablation.json")):
             raise FlagError("reuse_from", f"{folder!r} is not an ablation folder (no ablation.json).")
@@ -228,7 +229,7 @@ def validate(options: Options) -> None:
             train_cli.define_flags("cifar", flag_values)
             try:
                 train_cli.parse_command_line(flag_values, command[1:])
-                train_cli.settings_from_flags("cifar", flag_values)
+                train_cli.config_from_flags("cifar", flag_values)
             except FlagError as error:
                 runner_flag = error.flag if error.flag in ("model", "data_dir", "dataset", "epochs",
                                                            "batch_size", "lr_boundaries") else None

@@ -7,9 +7,12 @@ package (no download), prints the test accuracy and writes runs/cifar10_sample_r
     python trainers/cifar.py --dataset=cifar10 --model=resnet164   # paper appendix recipe, 64k its
     python trainers/cifar.py --data_dir=/data/cifar10-jpeg --model=resnet110 --preact=false
     python trainers/cifar.py --strategy=mirrored --cpu_devices=2 --sync_bn --train_steps=2000
+    python trainers/cifar.py --config=runs/cifar10_sample_resnet20/config.json --model_dir=runs/again
 
-Flags: python trainers/cifar.py --helpfull; docs/training.md. The command line itself is
-``keras_preact.cli.train``.
+Flags: python trainers/cifar.py --help (every default, the recipe's included); docs/training.md.
+A run writes its resolved configuration to <run directory>/config.json; --config on that file
+repeats it. The command line itself is ``keras_preact.cli.train`` (also
+``python -m keras_preact.cli.train cifar``).
 """
 
 import os

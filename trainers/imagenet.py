@@ -7,8 +7,10 @@ Inception-style augmentation; single-crop evaluation at 224 and 320 (paper Table
     python trainers/imagenet.py --data_dir=/data/imagenet --augment=inception --batch_size=512
     TF_CONFIG=... python trainers/imagenet.py --strategy=multi_worker_mirrored --model_dir=/shared/run
 
-Flags: python trainers/imagenet.py --helpfull; docs/training.md. The command line itself is
-``keras_preact.cli.train``.
+Flags: python trainers/imagenet.py --help (every default, the recipe's included);
+docs/training.md. A run writes its resolved configuration to <run directory>/config.json;
+--config on that file repeats it. The command line itself is ``keras_preact.cli.train`` (also
+``python -m keras_preact.cli.train imagenet``).
 """
 
 import os

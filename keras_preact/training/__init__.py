@@ -9,7 +9,8 @@
     >>> trainer.fit(train_ds, {"test": test_ds})
 
 The command-line trainers (``trainers/cifar.py``, ``trainers/imagenet.py``) are thin front-ends
-over ``keras_preact.cli.train``.
+over ``keras_preact.cli.train``, which turns their flags into a ``RunConfig`` (``run_config``:
+every setting of a run, with its default and check, once) and runs it.
 """
 
 import importlib
@@ -27,6 +28,7 @@ _EXPORTS = {
     "MetricsLog": "observe", "ProgressBar": "observe", "TensorBoardLog": "observe",
     "plot_curves": "observe", "read_metrics": "observe",
     "RECIPES": "recipes", "Recipe": "recipes", "get_recipe": "recipes",
+    "RunConfig": "run_config", "SettingError": "settings",
     "SCHEDULES": "schedules", "CosineDecay": "schedules", "StepDecay": "schedules",
     "build_schedule": "schedules", "resolve_boundaries": "schedules",
     "scale_learning_rate": "schedules",
@@ -57,8 +59,10 @@ __all__ = [
     "RECIPES",
     "Recipe",
     "RunCheckpoints",
+    "RunConfig",
     "SCHEDULES",
     "STRATEGIES",
+    "SettingError",
     "StepDecay",
     "StrategyError",
     "TensorBoardLog",

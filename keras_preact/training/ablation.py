@@ -9,7 +9,7 @@ piece is testable on its own:
   ablates a training recipe element by element;
 * ``run_dir`` -- where one (variant, seed) run lives, so an interrupted ablation resumes: a run
   with a ``results.json`` is finished and skipped, a run with checkpoints resumes from them;
-* ``collect`` / ``summarize`` -- read the runs back and reduce them to median and mean +- std
+* ``read_run`` / ``summarize`` -- read the runs back and reduce them to median and mean +- std
   of the final test error, as the paper reports (median of 5 runs in Table 1);
 * ``write_table`` (Markdown + CSV) and ``plot_ablation`` (training loss and test error of every
   variant against epochs in one PNG, like Fig. 3 and Fig. 6).

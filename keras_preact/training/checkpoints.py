@@ -25,7 +25,8 @@ into ``checkpoints/known_good/``, so ``max_to_keep`` rotation cannot delete it u
 one is known good. On divergence ``rewind`` drops the unconfirmed checkpoints and points the
 run's state file back at the known-good one, which a restart then resumes from. ``restore``
 refuses a checkpoint with non-finite values. ``ckpt-N_temp/`` folders left by a process killed
-inside a save are removed when a run starts.
+inside a save are removed when a run starts; ``pending/`` is removed when a run ends cleanly
+(``finish``).
 """
 
 from __future__ import annotations
@@ -248,6 +249,15 @@ class RunCheckpoints:
         for _, pending in confirmed:
             remove_checkpoint(pending)
         return os.path.join(self.directory, os.path.basename(prefix))
+
+    def finish(self) -> None:
+        """The run ended cleanly: drop ``pending/``, the links that kept the last checkpoints
+        whole through rotation until judged. Nothing will rotate them any more, and the next
+        process on this run directory judges afresh (it clears ``pending/`` when it starts and
+        links the checkpoint it resumes from), so the checkpoints themselves stay as they are."""
+        self.unconfirmed = []
+        if self.chief:
+            shutil.rmtree(self.pending_dir, ignore_errors=True)
 
     def _pin(self, prefix: str) -> None:
         """Hard-link (or copy) checkpoint ``prefix`` into ``known_good/``, replacing the old pin."""

@@ -60,7 +60,10 @@ Exact resume: ``fit`` also takes the training input as a function of the first s
 ``train_batches(step) -> tf.data.Dataset`` (``keras_preact.data.InMemorySplit.train_batches``
 makes every batch a pure function of the seed and the step). A run resumed from step ``s``
 then sees the same batches from ``s`` on as the uninterrupted run, and ends with bit-identical
-weights (``tests/test_loop.py``).
+weights (``tests/test_training_loop.py``, and the kill -9 test of ``tests/test_cli_train.py``).
+
+The defaults of the loop's settings (``checkpoint_every``, ``log_every``, ...) are those of the
+run configuration's fields (``run_config.CheckpointSettings``, ``run_config.RunSettings``).
 """
 
 from __future__ import annotations
@@ -79,14 +82,13 @@ from keras_preact.training import strategy as strategy_lib
 from keras_preact.training.averaging import WeightAverage
 from keras_preact.training.checkpoints import DEFAULT_CONFIRM_STEPS, RunCheckpoints
 from keras_preact.training.divergence import (
-    DEFAULT_FACTOR,
-    DEFAULT_WINDOW,
     DivergenceError,
     LossMonitor,
     NonFiniteCheckpointError,
 )
 from keras_preact.training.observe import MetricsLog, ProgressBar, TensorBoardLog, plot_curves
 from keras_preact.training.recipes import Recipe, decays, has_short_name
+from keras_preact.training.run_config import CheckpointSettings, RunSettings, check_jit_sync_bn
 from keras_preact.training.schedules import build_schedule, resolve_boundaries, scale_learning_rate
 
 BN_STATISTIC_NAMES = ("moving_mean", "moving_variance")
@@ -166,12 +168,12 @@ class Trainer:
         global_batch: int,
         model_dir: str,
         sync_bn: bool = False,
-        checkpoint_every: int = 1000,
-        eval_every: int = 0,
-        log_every: int = 50,
-        keep_checkpoints: int = 3,
-        divergence_factor: float = DEFAULT_FACTOR,
-        divergence_window: int = DEFAULT_WINDOW,
+        checkpoint_every: int = CheckpointSettings.checkpoint_every,
+        eval_every: int = RunSettings.eval_every,
+        log_every: int = RunSettings.log_every,
+        keep_checkpoints: int = CheckpointSettings.keep_checkpoints,
+        divergence_factor: float = RunSettings.divergence_factor,
+        divergence_window: int = RunSettings.divergence_window,
         confirm_steps: int = DEFAULT_CONFIRM_STEPS,
         verbose: bool = True,
         stream=None,
@@ -182,9 +184,7 @@ class Trainer:
             raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
         if int(steps_per_loop) < 1:
             raise ValueError(f"steps_per_loop must be >= 1, got {steps_per_loop}.")
-        if jit_compile and sync_bn:
-            raise ValueError("jit_compile=True does not work with sync_bn=True: synchronised "
-                             "BatchNorm all-reduces inside the compiled step.")
+        check_jit_sync_bn(jit_compile, sync_bn)
         self.jit_compile = bool(jit_compile)
         self.steps_per_loop = int(steps_per_loop)
         strategy_lib.per_replica_batch(global_batch, strategy)
@@ -448,6 +448,8 @@ class Trainer:
             results = self._evaluate_all(eval_datasets, step, metrics, board, say)
         if observe:
             board.close()
+        bar.close()
+        self.checkpoints.finish()
         return results
 
     @contextlib.contextmanager

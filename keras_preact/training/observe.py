@@ -59,6 +59,7 @@ class ProgressBar:
         self.print_every = max(1, int(print_every))
         self.started = time.monotonic()
         self.last_line = ""
+        self.drawn = False  # a bar is on the terminal's current line, without its newline
 
     def line(self, step: int, loss: float, accuracy: float, images_per_sec: float) -> str:
         done = step - self.start_step
@@ -78,7 +79,8 @@ class ProgressBar:
         self.last_line = self.line(step, loss, accuracy, images_per_sec)
         if self.interactive:
             self.stream.write("\r" + self.last_line + "\033[K")
-            if step >= self.total:
+            self.drawn = step < self.total  # the last step's bar ends its line
+            if not self.drawn:
                 self.stream.write("\n")
             self.stream.flush()
         elif force or step % self.print_every == 0 or step >= self.total:
@@ -86,13 +88,21 @@ class ProgressBar:
             self.stream.flush()
 
     def message(self, text: str):
-        """Print ``text`` on its own line without breaking the bar."""
-        if self.interactive:
+        """Print ``text`` on its own line without breaking the bar (redrawn below it while the
+        run goes on)."""
+        if self.drawn:
             self.stream.write("\r\033[K")
         self.stream.write(text + "\n")
-        if self.interactive and self.last_line:
+        if self.drawn:
             self.stream.write(self.last_line)
         self.stream.flush()
+
+    def close(self):
+        """End the bar's line, so that whatever is printed next starts a line of its own."""
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False
 
 
 class MetricsLog:

@@ -27,35 +27,77 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from keras_preact.training.schedules import relative_boundaries
+from keras_preact.common import FAMILIES
+from keras_preact.training import settings
+from keras_preact.training.schedules import SCHEDULES, relative_boundaries, resolve_boundaries
 from keras_preact.tta import tta_name
+
+
+# The single-crop test sizes of the paper's ImageNet results (Table 5).
+IMAGENET_EVAL_SIZES = (224, 320)
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """Optimisation and schedule settings of one training recipe."""
+    """Optimisation, schedule and evaluation settings of one training recipe.
 
-    name: str
-    batch_size: int
-    family: str = "cifar"  # the trainer that takes it ("cifar" or "imagenet")
-    base_lr: float = 0.1
-    lr_reference_batch: int | None = None  # base_lr is for this batch; None: no scaling
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    decay_bn: bool = True  # L2 on BN gamma/beta too (the paper's code)
-    schedule: str = "step"
-    lr_boundaries: tuple = ()  # iterations "32000", fractions "0.5" or epochs "30ep"
-    decay_factor: float = 0.1
-    train_steps: int | None = None  # the run's length: iterations ...
-    epochs: float | None = None  # ... or epochs (exactly one of the two)
-    warmup_steps: int = 0
-    warmup_lr: float = 0.01
-    label_smoothing: float = 0.0
-    eval_sizes: tuple = ()  # ImageNet: single-crop test sizes
-    weight_average: float = 0.0  # decay of the weights' moving average used to evaluate; 0: off
-    eval_flip: bool = False  # evaluate on the mean logits of the image and its mirror image
-    eval_translate: bool = False  # ... and of copies shifted one pixel (keras_preact.tta)
+    The ``optimisation`` section of a run configuration (``keras_preact.training.run_config``):
+    each field is a setting (``keras_preact.training.settings``) with its trainer flag, default
+    and check, and the presets in ``RECIPES`` fill it. Constructing one checks every value.
+    """
+
+    name: str = settings.text("custom", "Name of the recipe (a RECIPES key for a preset).", flag=None)
+    batch_size: int = settings.integer(128, "Global batch size (all replicas).", low=1)
+    family: str = settings.choice(  # the trainer that takes it
+        "cifar", FAMILIES, "The trainer family that takes the recipe.", flag=None)
+    base_lr: float = settings.number(
+        0.1, "Base learning rate (ImageNet: for batch 256, scaled linearly).", flag="lr", low=0, low_open=True)
+    lr_reference_batch: int | None = settings.integer(  # None: no scaling
+        None, "base_lr is for this global batch and scales linearly with it.", flag=None, low=1)
+    momentum: float = settings.number(0.9, "SGD momentum.", low=0, high=1, high_open=True)
+    nesterov: bool = settings.boolean(False, "Nesterov momentum.")
+    weight_decay: float = settings.number(1e-4, "L2 weight decay (coupled, added to the gradient).", low=0)
+    decay_bn: bool = settings.boolean(True, "Apply weight decay to BN gamma/beta and biases too.")
+    schedule: str = settings.choice("step", SCHEDULES, "Learning-rate schedule.", flag="lr_schedule")
+    lr_boundaries: tuple = settings.items(
+        (), "Step-decay boundaries: iterations (32000), fractions (0.5) or epochs (30ep).", unset="none")
+    decay_factor: float = settings.number(
+        0.1, "Multiply the rate by this at each boundary.", flag="lr_decay", low=0, high=1, low_open=True)
+    # The run's length: iterations or epochs (exactly one of the two).
+    train_steps: int | None = settings.integer(None, "Train this many iterations.", low=1,
+                                               unset="unset (--epochs)")
+    epochs: float | None = settings.number(None, "Train this many epochs (instead of --train_steps).",
+                                           low=0, low_open=True, unset="unset (--train_steps)")
+    warmup_steps: int = settings.integer(0, "Iterations at --warmup_lr first (paper: 400).", low=0)
+    warmup_lr: float = settings.number(0.01, "Warm-up learning rate (paper: 0.01).", low=0, low_open=True)
+    label_smoothing: float = settings.number(0.0, "Label smoothing.", low=0, high=1, high_open=True)
+    eval_sizes: tuple = settings.items(
+        (), f"Single-crop test sizes ({' and/or '.join(map(str, IMAGENET_EVAL_SIZES))}, paper Table 5).",
+        item_type=int, families=("imagenet",))
+    weight_average: float = settings.number(
+        0.0, "Evaluate and export an exponential moving average of the weights with this decay per "
+        "step (e.g. 0.999); 0: off.", low=0, high=1, high_open=True)
+    eval_flip: bool = settings.boolean(
+        False, "Evaluate on the mean logits of each image and its mirror image (test-time augmentation).")
+    eval_translate: bool = settings.boolean(
+        False, "Also average the logits of copies of each image shifted one pixel up, down, left and "
+        "right (5 views, 10 with --eval_flip; docs/training.md, 'Test-time translation').")
+
+    def __post_init__(self):
+        settings.check_fields(self)
+        if self.train_steps is not None and self.epochs is not None:
+            raise settings.SettingError("epochs", "give --train_steps or --epochs, not both.")
+        if self.train_steps is None and self.epochs is None:
+            raise settings.SettingError("epochs", "give --train_steps or --epochs.")
+        try:  # boundary syntax, with a stand-in run length (the real one needs the dataset size)
+            resolve_boundaries(self.lr_boundaries, 10**9, 10**6)
+        except ValueError as error:
+            raise settings.SettingError("lr_boundaries", str(error)) from None
+        if any(size not in IMAGENET_EVAL_SIZES for size in self.eval_sizes) or (
+                self.family == "imagenet" and not self.eval_sizes):
+            raise settings.SettingError(
+                "eval_sizes", f"the paper's single-crop tests are "
+                f"{' and '.join(map(str, IMAGENET_EVAL_SIZES))}, got {list(self.eval_sizes)}.")
 
     @property
     def eval_tta(self) -> str:
@@ -114,7 +156,6 @@ RECIPES = {
     # --warmup_steps=400 turns it on.
     "cifar": Recipe(
         name="cifar",
-        batch_size=128,
         lr_boundaries=("32000", "48000"),
         train_steps=64000,
     ),
@@ -128,7 +169,7 @@ RECIPES = {
         lr_reference_batch=256,
         lr_boundaries=("30ep", "60ep"),
         epochs=90,
-        eval_sizes=(224, 320),
+        eval_sizes=IMAGENET_EVAL_SIZES,
     ),
     # Short budgets on CIFAR-style data (minutes to an hour on a CPU), the paper's architecture
     # unchanged. Each element was measured against the same budget without it
@@ -138,8 +179,6 @@ RECIPES = {
     # test-time augmentation. Set the length with --epochs (or --train_steps).
     "fast": Recipe(
         name="fast",
-        batch_size=128,
-        base_lr=0.1,
         nesterov=True,
         weight_decay=5e-4,
         decay_bn=False,
@@ -152,7 +191,6 @@ RECIPES = {
     # The CIFAR recipe shrunk to a few minutes on 2 CPU cores for the embedded sample.
     "cifar10_sample": Recipe(
         name="cifar10_sample",
-        batch_size=128,
         lr_boundaries=("0.5", "0.75"),
         epochs=15,
     ),
