@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import trainer_runs
 from keras_preact.data import cifar10_sample_dir
 
@@ -13,6 +14,8 @@ LEVERS = os.path.join(trainer_runs.ROOT, "benchmarks", "evaluation_levers.py")
 TTA_VIEWS = os.path.join(trainer_runs.ROOT, "benchmarks", "tta_views.py")
 
 
+# Six subprocesses, two of them timed training runs: minutes on a 2-core CPU (`pytest -m slow`).
+@pytest.mark.slow
 def test_both_runs_write_curves_json_and_plot(tmp_path):
     out = tmp_path / "tta"
     command = [sys.executable, SCRIPT, f"--data_dir={cifar10_sample_dir()}", "--model=resnet8",

@@ -503,8 +503,14 @@ def test_only_config_from_flags_reads_flags():
 
 
 def test_cli_is_the_top_layer_and_imports_at_module_top():
-    """No lower module imports keras_preact.cli; the CLI has no function-local package imports."""
+    """No lower module imports keras_preact.cli; the CLI has no function-local package imports.
+
+    Except cli/scripts.py, the console commands: each imports its command's module when it runs,
+    so that keras-preact-fit never imports TensorFlow (tests/test_console_scripts.py runs them).
+    """
     for path in PACKAGE.rglob("*.py"):
+        if path == PACKAGE / "cli" / "scripts.py":
+            continue
         tree = ast.parse(path.read_text())
         imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
         names = [node.module or "" for node in imports if isinstance(node, ast.ImportFrom)]

@@ -3,13 +3,13 @@
 import os
 import subprocess
 import sys
-import tomllib
+from importlib import metadata
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-with open(os.path.join(ROOT, "pyproject.toml"), "rb") as handle:
-    SCRIPTS = tomllib.load(handle)["project"]["scripts"]
+# The commands the installed package declares ([project.scripts] of pyproject.toml).
+SCRIPTS = sorted(entry.name for entry in metadata.distribution("keras_preact").entry_points
+                 if entry.group == "console_scripts")
 BIN = os.path.dirname(sys.executable)
 
 
