@@ -83,6 +83,34 @@ def test_from_training_checkpoint(tmp_path, capsys):
     assert not os.path.exists(os.path.join(base, "bad"))
 
 
+def test_from_an_earlier_export_same_weights_new_version(tmp_path, capsys):
+    """``--saved_model``: a released version's weights, read back by path, exported again."""
+    run_dir = str(tmp_path / "run")
+    model = trained_like(keras_preact.cifar_resnet(8))
+    _training_run(run_dir, model)
+    base = str(tmp_path / "saved_models")
+    assert main(["--checkpoint", run_dir, "--model", "resnet8", "--base_dir", base, *FAST]) == 0
+    first = os.path.join(base, "resnet8", "1")
+    capsys.readouterr()
+    # No --class_names: they come from the export's assets.extra/labels.txt.
+    assert main(["--saved_model", first, "--model", "resnet8", "--base_dir", base, "--tta", "flip", *FAST]) == 0
+    second = os.path.join(base, "resnet8", "2")
+    assert capsys.readouterr().out.strip() == second
+    x = np.random.RandomState(2).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    flipped = (model(x, training=False).numpy() + model(x[:, :, ::-1], training=False).numpy()) / 2
+    np.testing.assert_allclose(saved_predictions(second, x), flipped, atol=1e-5)
+    with open(os.path.join(second, "assets.extra", "parity.json")) as f:
+        report = json.load(f)
+    assert report["export"]["class_names"] == CLASSES and report["export"]["tta"] == "flip"
+    # Another architecture's variables are refused in one line, before anything is written.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--saved_model", first, "--model", "resnet14", "--base_dir", base, *FAST])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: --saved_model:") and "wrong --model" in error
+    assert sorted(os.listdir(os.path.join(base, "resnet8"))) == ["1", "2"]
+
+
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     """A .keras file without labels.txt next to it, and a (fake) checkpoint prefix."""
@@ -102,6 +130,8 @@ def sources(tmp_path_factory):
         (["--checkpoint", "{tmp}/nowhere", "--model", "resnet8", *FAST],
          "error: --checkpoint: no such file or folder"),
         (["--checkpoint", "{src}", "--model", "resnet8", *FAST], "error: --checkpoint: no checkpoint at"),
+        (["--saved_model", "{src}", "--model", "resnet8", *FAST], "error: --saved_model: no SavedModel at"),
+        (["--saved_model", "{src}", *FAST], "error: --model: --saved_model needs --model"),
         (["--model_file", "m.keras", "--class_names", "a", "--preprocessing", "cifar", "--tflite", "int4"],
          "error: --tflite: unknown variant(s) int4"),
         (["--model_file", "m.keras", "--preprocessing", "jpeg"], "error: --preprocessing: invalid choice"),
@@ -126,7 +156,7 @@ def sources(tmp_path_factory):
           '{"depth": 3}', *FAST], ("error: --model_kwargs: ", "'depth'")),
     ],
     ids=["checkpoint-without-model", "missing-file", "no-class-names", "missing-checkpoint",
-         "folder-without-checkpoint", "bad-variant", "bad-preprocessing", "old-recipe-flag", "misspelled-flag",
+         "folder-without-checkpoint", "folder-without-saved-model", "saved-model-without-model", "bad-variant", "bad-preprocessing", "old-recipe-flag", "misspelled-flag",
          "misspelled-source", "misspelled-switch", "unknown-model", "impossible-depth", "kwargs-not-json",
          "kwargs-not-object", "kwargs-bad-unit", "kwargs-bad-order", "kwargs-unknown-argument"],
 )

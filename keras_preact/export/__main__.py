@@ -1,4 +1,4 @@
-"""``python -m keras_preact.export``: a ``.keras`` file or a training checkpoint -> saved_models/.
+"""``python -m keras_preact.export``: a ``.keras`` file, a training checkpoint or an export -> saved_models/.
 
     # a saved Keras model (labels.txt next to it, or --class_names / --labels_file)
     python -m keras_preact.export --model_file runs/r20/model.keras --name resnet20 --preprocessing cifar
@@ -6,6 +6,11 @@
     # a training run directory (its checkpoints/ and labels.txt): rebuild the architecture
     python -m keras_preact.export --checkpoint runs/cifar10_resnet20 --model resnet20 \\
         --preprocessing cifar --name resnet20
+
+    # a version exported before (its variables; labels.txt in its assets.extra): the same
+    # weights again, with other artefacts, as the next version
+    python -m keras_preact.export --saved_model saved_models/resnet20/1 --model resnet20 \
+        --preprocessing cifar --name resnet20 --onnx
 
 Writes ``<base_dir>/<name>/<version>/`` (see ``keras_preact.export.exporter``) and prints the
 parity report. ``--onnx`` adds ``assets.extra/model.onnx`` (needs ``pip install
@@ -31,12 +36,13 @@ import tensorflow as tf
 from keras_preact import registry
 from keras_preact.data import LABEL_MAP_FILENAME, PREPROCESSINGS
 from keras_preact.export.exporter import (
+    EXTRA_DIR,
     ExportParityError,
     export_model,
     image_folder_split,
     load_model_file,
 )
-from keras_preact.export.saved_model import eval_image_size
+from keras_preact.export.saved_model import eval_image_size, load_saved_model_weights
 from keras_preact.export.tflite import VARIANTS
 from keras_preact.tta import TTA_CHOICES
 from keras_preact.common import FlagValueError, check_writable_dir, positive_int
@@ -59,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         help="A training run directory, its checkpoints/ directory, or one checkpoint prefix "
         "(needs --model to rebuild the architecture).",
+    )
+    source.add_argument(
+        "--saved_model",
+        help="A version folder this exporter wrote (e.g. saved_models/<name>/4): its weights, "
+        "read by variable path into --model, exported again (other artefacts, a new version).",
     )
     parser.add_argument(
         "--model",
@@ -123,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _label_file_near(path: str) -> str | None:
     directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    for candidate in (directory, os.path.dirname(directory)):
+    # an export keeps its labels.txt in assets.extra/
+    for candidate in (directory, os.path.dirname(directory), os.path.join(directory, EXTRA_DIR)):
         file = os.path.join(candidate, LABEL_MAP_FILENAME)
         if os.path.isfile(file):
             return file
@@ -255,7 +267,8 @@ def check_arguments(args) -> None:
     """
     parse_tflite(args.tflite)
     if args.model_file is None and not args.model:
-        raise ArgumentError("--model", "--checkpoint needs --model (the architecture to restore into)")
+        source = "--checkpoint" if args.checkpoint is not None else "--saved_model"
+        raise ArgumentError("--model", f"{source} needs --model (the architecture to restore into)")
     kwargs = parse_model_kwargs(args.model_kwargs)
     if args.model_file is None:
         try:
@@ -277,12 +290,16 @@ def check_arguments(args) -> None:
             raise ArgumentError("--model_file", f"no model file {args.model_file!r}")
         if not zipfile.is_zipfile(args.model_file):
             raise ArgumentError("--model_file", f"{args.model_file!r} is not a .keras file (not a zip archive)")
+    elif args.saved_model is not None:
+        if not os.path.isfile(os.path.join(args.saved_model, "saved_model.pb")):
+            raise ArgumentError("--saved_model", f"no SavedModel at {args.saved_model!r} (no saved_model.pb "
+                                "in it; pass a version folder such as saved_models/<name>/1)")
     else:
         checkpoint_prefix(args.checkpoint)
 
 
 def load_source(args, class_names) -> tuple:
-    """``(model, name)`` from ``--model_file`` or ``--checkpoint`` (restored into ``--model``)."""
+    """``(model, name)`` from ``--model_file``, or ``--checkpoint`` / ``--saved_model`` read into ``--model``."""
     if args.model_file:
         try:
             model = load_model_file(args.model_file)
@@ -291,8 +308,15 @@ def load_source(args, class_names) -> tuple:
         return model, args.name or os.path.splitext(os.path.basename(args.model_file))[0]
     kwargs = parse_model_kwargs(args.model_kwargs)
     model = build_architecture(args.model, kwargs, args.num_classes or len(class_names), args.preprocessing)
-    prefix = restore_checkpoint(model, args.checkpoint, args.weights)
-    print(f"Restored {prefix}", file=sys.stderr)
+    if args.saved_model is not None:
+        try:
+            count = load_saved_model_weights(model, args.saved_model)
+        except ValueError as error:
+            raise ArgumentError("--saved_model", f"{error} (wrong --model or --model_kwargs?)") from None
+        print(f"Read {count} variables from {args.saved_model}", file=sys.stderr)
+    else:
+        prefix = restore_checkpoint(model, args.checkpoint, args.weights)
+        print(f"Restored {prefix}", file=sys.stderr)
     return model, args.name or registry.resolve(args.model, kwargs.get("unit")).name
 
 
@@ -303,7 +327,7 @@ def main(argv=None) -> int:
     try:
         check_arguments(args)
         variants = parse_tflite(args.tflite)
-        class_names = resolve_class_names(args, args.model_file or args.checkpoint)
+        class_names = resolve_class_names(args, args.model_file or args.checkpoint or args.saved_model)
         if len(class_names) < 2:
             raise ArgumentError("--class_names", f"a classifier needs at least two classes, got {class_names}")
         model, name = load_source(args, class_names)

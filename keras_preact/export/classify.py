@@ -87,7 +87,7 @@ def recorded_preprocessing(export_info: dict) -> str:
     """The evaluation preprocessing an export recorded in its parity report (``export`` section).
 
     Exports written before the field was called ``preprocessing`` recorded it as ``recipe``
-    (saved_models/cifar10_preact_resnet56/4 among them); both are read.
+    (version 4 of the shipped ResNet-56 among them); both are read.
     """
     for key in ("preprocessing", "recipe"):
         if key in export_info:

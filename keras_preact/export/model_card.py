@@ -3,6 +3,10 @@
     python -m keras_preact.export.model_card saved_models/cifar10_preact_resnet56 \\
         --run_dir runs/ship_r20 --eval_dir /data/cifar10-jpeg
 
+    # a re-export of the same weights (export --saved_model): keep the earlier card's training
+    python -m keras_preact.export.model_card saved_models/cifar10_preact_resnet56 \
+        --training_from saved_models/cifar10_preact_resnet56/model_card.json --eval_dir /data/cifar10-jpeg
+
 Writes ``MODEL_CARD.md`` and ``model_card.json`` next to the versions of the model directory
 (TF Serving only loads the numeric version folders, so they can live there) and copies the
 training curves. Every figure in it is measured by this command or read from files the
@@ -13,7 +17,10 @@ measurements wrote:
   in the package (``tests/test_shipped_model.py`` recomputes the latter and must get the same
   counts);
 * the training command, its length and wall time, from the run directory (``metrics.csv``,
-  ``results.json``) and the hardware this command runs on (trained on the same machine);
+  ``results.json``) and the hardware this command runs on (trained on the same machine), or,
+  for a re-export of the same weights, both from the earlier card (``--training_from``);
+* how far each artefact is from the Keras model, and ONNX from ``serving_default``, from the
+  export's own parity report (``assets.extra/parity.json``);
 * the test-time augmentation the artefacts compute, from the export's own parity report
   (``assets.extra/parity.json``, ``export.tta``; exports older than the field had none).
 """
@@ -34,6 +41,7 @@ import tensorflow as tf
 
 from keras_preact.data import cifar10_sample_dir
 from keras_preact.export.classify import Release
+from keras_preact.export.parity import format_report
 from keras_preact.tta import tta_name
 from keras_preact.hardware import cpu_description
 from keras_preact.training.observe import RESULTS_FILE, read_metrics, train_seconds
@@ -90,6 +98,15 @@ def training_record(run_dir: str) -> dict:
     }
 
 
+def earlier_training(card_path: str) -> tuple:
+    """``(training record, training hardware)`` of an earlier card (read before it is overwritten)."""
+    with open(card_path) as handle:
+        card = json.load(handle)
+    if "training" not in card or "hardware" not in card:
+        raise ValueError(f"{card_path} is not a model card (no training or hardware record)")
+    return card["training"], card["hardware"]
+
+
 def _time_text(training: dict) -> str:
     """The card's line on how long training took (cards written before ``train_hours`` have only the span)."""
     span = (f"wall-clock span from the first logged iteration ({training['first_logged_step']}) to the end: "
@@ -116,7 +133,31 @@ def measure(model_dir: str, eval_dir: str | None) -> dict:
         measured["eval_dir_test"] = release.evaluate_folder(eval_dir, "test")
     return {"version_dir": os.path.relpath(release.path, model_dir), "preprocessing": release.preprocessing,
             "class_names": release.class_names, "tta": release.export_info.get("tta", "none"),
-            "accuracy": measured}
+            "accuracy": measured, "parity": parity_record(release.path)}
+
+
+PARITY_FIELDS = ("reference", "num_images", "data", "float_tolerance_rel", "comparisons", "vs_serving_default",
+                 "keras_accuracy", "float32_parity_passed")
+
+
+def parity_record(version_dir: str) -> dict | None:
+    """The comparisons of the export's ``assets.extra/parity.json`` (None for an export without one)."""
+    path = os.path.join(version_dir, "assets.extra", "parity.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        report = json.load(handle)
+    return {key: report[key] for key in PARITY_FIELDS if key in report}
+
+
+def parity_text(parity: dict | None) -> str:
+    """The card's parity section: each artefact against the Keras model, ONNX against ``serving_default``."""
+    if not parity:
+        return "(this export has no parity report)"
+    return (f"Written by the export (`assets.extra/parity.json`): every artefact against the Keras model "
+            f"({parity.get('reference', 'keras')}) on {parity['num_images']:,} held-out images "
+            f"({parity.get('data', 'not recorded')}); float32 artefacts must agree within a relative "
+            f"{parity.get('float_tolerance_rel', 0):g} of the largest logit.\n\n" + format_report(parity))
 
 
 TTA_TEXT = {
@@ -221,6 +262,10 @@ def render(card: dict) -> str:
         "",
         tta_text(m.get("tta", "none")),
         "",
+        "## Parity",
+        "",
+        parity_text(m.get("parity")),
+        "",
         f"Written by `python -m keras_preact.export.model_card` on {card['date']}.",
         "",
     ]
@@ -249,7 +294,12 @@ def artefact_bytes(version_dir: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m keras_preact.export.model_card", description=__doc__.split("\n")[0])
     parser.add_argument("model_dir", help="Exported model directory (TF Serving layout), e.g. saved_models/<name>.")
-    parser.add_argument("--run_dir", required=True, help="The trainer's run directory (metrics.csv, results.json).")
+    training_source = parser.add_mutually_exclusive_group(required=True)
+    training_source.add_argument("--run_dir", help="The trainer's run directory (metrics.csv, results.json).")
+    training_source.add_argument(
+        "--training_from",
+        help="An earlier model_card.json of the same weights (a re-export with `export --saved_model`): "
+        "its training record and training hardware are kept, as the run directory may be gone.")
     parser.add_argument("--eval_dir", help="Image folder whose test split is the full test set.")
     parser.add_argument("--eval_dir_description", default="JPEG copy, 10,000 images",
                         help="How the card describes --eval_dir.")
@@ -261,8 +311,11 @@ def main(argv=None) -> int:
         if args.notes:
             with open(args.notes) as handle:
                 notes = handle.read()
+        if args.run_dir:
+            training, trained_on = training_record(args.run_dir), hardware()
+        else:
+            training, trained_on = earlier_training(args.training_from)
         measured = measure(args.model_dir, args.eval_dir)
-        training = training_record(args.run_dir)
     except (OSError, ValueError, KeyError) as error:
         parser.error(str(error).splitlines()[0])
     version_dir = os.path.join(args.model_dir, measured["version_dir"])
@@ -273,12 +326,13 @@ def main(argv=None) -> int:
         "eval_dir_description": args.eval_dir_description,
         "measured": measured,
         "training": training,
-        "hardware": hardware(),
+        "hardware": trained_on,  # where it was trained (the card's "Hardware" line)
+        "measured_on": hardware(),
         "artefact_bytes": artefact_bytes(version_dir),
         "command": shlex.join(["python", "-m", "keras_preact.export.model_card", *(argv or sys.argv[1:])]),
     }
-    curves = os.path.join(args.run_dir, "curves.png")
-    if os.path.exists(curves):
+    curves = os.path.join(args.run_dir, "curves.png") if args.run_dir else None
+    if curves and os.path.exists(curves):
         shutil.copyfile(curves, os.path.join(args.model_dir, CURVES))
     with open(os.path.join(args.model_dir, CARD_JSON), "w") as handle:
         json.dump(card, handle, indent=2)

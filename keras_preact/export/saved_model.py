@@ -161,3 +161,45 @@ def write_saved_model(model: keras.Model, path: str, **kwargs) -> str:
     """Write ``serving_archive(model, **kwargs)`` to ``path`` (a new directory); return ``path``."""
     serving_archive(model, **kwargs).write_out(path, verbose=False)
     return path
+
+
+def saved_variables(path: str) -> dict:
+    """``{Keras variable path: value}`` of a SavedModel version folder written by :func:`write_saved_model`.
+
+    The archive tracks the model's own variables, and the TensorFlow backend names each
+    ``tf.Variable`` after its Keras path (``stage1_unit1/conv1/kernel``), so the path is the key.
+    """
+    loaded = tf.saved_model.load(path)
+    values = {}
+    for variable in loaded.variables:
+        name = variable.name.rsplit(":", 1)[0]
+        if name in values:
+            raise ValueError(f"{path} holds two variables named {name!r}: not an export of one keras_preact model")
+        values[name] = variable.numpy()
+    return values
+
+
+def load_saved_model_weights(model: keras.Model, path: str) -> int:
+    """Set every variable of ``model`` from the SavedModel at ``path``; return how many.
+
+    Re-exporting a released version (new artefacts, same weights) needs the weights back in a
+    Keras model: ``model`` is the same architecture built afresh. Every variable must be found
+    under its path with its shape, and the archive must hold nothing else, or nothing is
+    assigned and ``ValueError`` says which variables disagree.
+    """
+    values = saved_variables(path)
+    wanted = {v.path: v for v in model.variables}
+    missing = sorted(set(wanted) - set(values))
+    extra = sorted(set(values) - set(wanted))
+    if missing or extra:
+        detail = "; ".join(part for part in (
+            f"{len(missing)} of the model's variables are not in it (e.g. {', '.join(missing[:3])})" if missing else "",
+            f"it holds {len(extra)} the model lacks (e.g. {', '.join(extra[:3])})" if extra else "") if part)
+        raise ValueError(f"{path} does not hold the variables of {model.name}: {detail}")
+    wrong = [f"{p} {tuple(values[p].shape)} vs {tuple(v.shape)}" for p, v in wanted.items()
+             if tuple(values[p].shape) != tuple(v.shape)]
+    if wrong:
+        raise ValueError(f"{path} holds variables of other shapes than {model.name}'s: {', '.join(wrong[:3])}")
+    for variable_path, variable in wanted.items():
+        variable.assign(values[variable_path])
+    return len(wanted)
