@@ -2,7 +2,8 @@
 
 Each case runs in its own process (so its peak resident memory is its own) and reports:
 time from process start to the end of the first training step (imports + build + trace +
-one step), steady-state images/s (median over timed steps), and peak RSS. "plain" is a
+one step), steady-state images/s (median over timed steps), and peak RSS (the worker's own
+high-water mark, ``benchmarks/process_memory.py``). "plain" is a
 straightforward Keras functional build (Keras BatchNormalization, one layer per unit); the
 optimised variants are options of the same public models:
 
@@ -36,6 +37,28 @@ and the device's name is printed first. Two engines time a step:
 With ``fit``, each step ends with a read of its loss (or outputs), so steps are timed one by
 one, as the ``step`` engine does with ``float(step(...))``.
 
+PyTorch baseline (``benchmarks/torch_baseline.py``: the same networks in plain ``torch.nn``, equal
+parameter counts, no Keras): the variants ``torch`` (float32, NCHW), ``torch+cl`` (channels_last),
+``torch+bf16`` (bfloat16 autocast, channels_last) and ``torch+compile`` (``torch.compile``, float32,
+channels_last) run as worker processes of the same cases, interleaved with the package's variants:
+same batch, same timed steps, same first step (process start to the end of the first step,
+imports included; a torch worker imports PyTorch, not Keras), the same SGD update (lr 0.1,
+momentum 0.9, no weight decay, mean cross-entropy: ``STEP_OPTIMIZER``), and ``torch.set_num_threads`` set to the CPUs TensorFlow's
+thread pools use (printed). Name them in ``--variants`` or add them all with ``--torch``, which
+also adds the package's default build where a case lacks it. The default build is ``fused`` under
+the dtype policy the trainers' ``--dtype_policy=auto`` picks on this machine (``fused+bf16`` on a
+CPU with bf16 instructions, else ``fused``); every case with both reports it as a ratio to
+PyTorch's best variant, named (``vs_pytorch`` in the JSON; > 1: the package is faster). ``--also``
+applies to the package's variants only. Without PyTorch installed (``pip install
+"keras_preact[bench]"``) the torch rows are skipped with a one-line note. The torch rows run on
+the CPU whatever ``--backend`` computes on. PyTorch's OpenMP threads spin at every barrier: on
+cores busy with other work they collapse (a 2-thread ResNet-20 step ran over 10x slower on 2
+cores shared with another job, 1 thread did not), so quote PyTorch rows from an idle machine
+only; ``--torch_threads`` sets their thread count.
+
+A model named in ``--cases`` without a case in the table (ResNet-56), or a ``--modes`` mode its
+cases lack (ResNet-110 inference), gets one: ``plain`` and ``fused`` at batch 128, or at each ``--batches`` (``GENERIC_CASE``).
+
 Ratios are against the plain float32 build measured in the same run. ``--repeats=N`` runs every
 case N times with the variants interleaved (ABCABC...) and reports the median; quote numbers
 only from an otherwise idle machine. The CPU model and its bf16/AMX flags are printed first.
@@ -47,6 +70,9 @@ Usage:
     python benchmarks/training_speed.py --quick              # tiny smoke run
     python benchmarks/training_speed.py --cases=resnet164 --variants=plain,fused,plain+bf16,fused+bf16 --profile
     python benchmarks/training_speed.py --backend=jax --cases=resnet164 --variants=fused,fused+bf16
+    python benchmarks/training_speed.py --cases=resnet56,resnet110,resnet164 --modes=train,infer \
+        --batches=128 --variants=fused --torch --repeats=3
+    python benchmarks/training_speed.py --quick --variants=fused,torch,torch+cl,torch+bf16,torch+compile
 
 Writes benchmarks/results/training_speed.json.
 """
@@ -59,10 +85,10 @@ import time
 PROCESS_START = time.perf_counter()
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
-import resource  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -92,7 +118,9 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from keras_preact.hardware import cpu_description, device_description  # noqa: E402
+from keras_preact.plan import UNIT_DEFAULTS  # noqa: E402
 from keras_preact.registry import ModelNameError, get_model, resolve  # noqa: E402
+from process_memory import peak_rss_gb  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = {
@@ -116,6 +144,14 @@ CASES = [
     ("resnet1001", "train", 128, ("stacked_recompute",), 2),
 ]
 QUICK_CASES = [("resnet20", "train", 32, ("plain", "fused", "stacked_recompute"), 3)]
+# A model named in --cases without a case in the table (or without one of the --modes asked
+# for): the plain and default builds at the paper's batch, with these timed steps.
+GENERIC_CASE = {"batch": 128, "variants": ("plain", "fused"), "steps": {"train": 8, "infer": 10}}
+# The update every training step times, Keras' and PyTorch's alike.
+STEP_OPTIMIZER = {"lr": 0.1, "momentum": 0.9}
+# The PyTorch baseline's worker script and the base name of its variants (torch, torch+cl, ...).
+TORCH_WORKER = os.path.join(HERE, "torch_baseline.py")
+TORCH = "torch"
 
 
 def split_variant(name: str) -> tuple:
@@ -128,6 +164,68 @@ def split_variant(name: str) -> tuple:
     for suffix in suffixes:
         kwargs.update(SUFFIXES[suffix])
     return kwargs, base, "jit" in suffixes
+
+
+def is_torch_variant(name: str) -> bool:
+    """Whether ``name`` is a variant of the PyTorch baseline (``torch``, ``torch+cl``, ...)."""
+    return name.split("+")[0] == TORCH
+
+
+def torch_variants() -> tuple | None:
+    """The PyTorch baseline's variant names, or None when PyTorch cannot be imported."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    try:
+        import torch_baseline  # imports PyTorch: only when it is installed
+    except ImportError:  # installed but broken (a missing shared library, say)
+        return None
+    return tuple(torch_baseline.VARIANTS)
+
+
+def package_default_variant() -> str:
+    """The build a user of the package gets on this machine: ``UnitOptions``' default BatchNorm
+    (fused) under the dtype policy the trainers' ``--dtype_policy=auto`` resolves to here
+    (mixed_bfloat16 on CPUs with bf16 instructions and no GPU, else float32)."""
+    from keras_preact.training.run_config import resolve_dtype_policy
+
+    base = "fused" if UNIT_DEFAULTS.fused_bn else "plain"
+    suffix = {"float32": "", "mixed_bfloat16": "+bf16", "mixed_float16": "+fp16"}
+    return base + suffix[resolve_dtype_policy("auto", "default")]
+
+
+def generic_cases(models, table, modes, batches) -> list:
+    """Cases for the ``--cases`` models the table has no case of, in every mode asked for (both
+    by default), and for a ``--modes`` mode a model's table cases lack."""
+    added = []
+    for model in models:
+        have = {mode for m, mode, *_ in table if m == model}
+        wanted = set(modes) - have if have else set(modes or ("train", "infer"))
+        for mode in sorted(wanted, key=("train", "infer").index):
+            for batch in sorted(batches or {GENERIC_CASE["batch"]}):
+                added.append((model, mode, batch, GENERIC_CASE["variants"], GENERIC_CASE["steps"][mode]))
+    return added
+
+
+def pytorch_comparison(rows: list, default_variant: str) -> dict | None:
+    """The package's default build against PyTorch's best variant in one case's rows (None when
+    either is missing): images/s and first-step ratios, > 1 where the package is faster."""
+    package = next((r for r in rows if r["variant"] == default_variant and "error" not in r), None)
+    torch_rows = [r for r in rows if is_torch_variant(r["variant"]) and "error" not in r]
+    if package is None or not torch_rows:
+        return None
+    best = max(torch_rows, key=lambda r: r["images_per_s"])
+    return {
+        "model": package["model"], "mode": package["mode"], "batch": package["batch"],
+        "package_default": default_variant,
+        "package_images_per_s": package["images_per_s"],
+        "torch_best": best["variant"],
+        "torch_best_images_per_s": best["images_per_s"],
+        "default_vs_torch_best": round(package["images_per_s"] / best["images_per_s"], 3),
+        "package_first_step_s": package["first_step_s"],
+        "torch_best_first_step_s": best["first_step_s"],
+        # Shorter is better here: < 1 where the package reaches its first step sooner.
+        "first_step_ratio_vs_torch_best": round(package["first_step_s"] / best["first_step_s"], 3),
+    }
 
 
 def worker(spec: dict) -> dict:
@@ -148,7 +246,7 @@ def worker(spec: dict) -> dict:
     rng = np.random.RandomState(0)
     x = tf.constant(rng.rand(batch, 32, 32, 3).astype("float32"))
     y = tf.constant(rng.randint(0, 10, batch).astype("int32"))
-    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer = keras.optimizers.SGD(STEP_OPTIMIZER["lr"], momentum=STEP_OPTIMIZER["momentum"])
     if kwargs.get("dtype_policy") == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
 
@@ -186,7 +284,7 @@ def worker(spec: dict) -> dict:
         "first_step_s": round(first, 2),
         "step_s_median": round(median, 4),
         "images_per_s": round(batch / median, 2),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "peak_rss_gb": peak_rss_gb(),
     }
 
 
@@ -230,7 +328,7 @@ def fit_worker(spec: dict) -> dict:
     y = rng.randint(0, 10, batch).astype("int32")
     # XLA is how JAX runs a step; PyTorch and TensorFlow compile (torch.compile, XLA) on +jit.
     jit_compile = True if backend == "jax" else jit
-    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer = keras.optimizers.SGD(STEP_OPTIMIZER["lr"], momentum=STEP_OPTIMIZER["momentum"])
     if kwargs.get("dtype_policy") == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(optimizer=optimizer, jit_compile=jit_compile,
@@ -253,7 +351,7 @@ def fit_worker(spec: dict) -> dict:
             "first_step_s": round(timer.ends[0] - PROCESS_START if not rows else timer.times[0], 2),
             "step_s_median": round(median, 4),
             "images_per_s": round(batch / median, 2),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+            "peak_rss_gb": peak_rss_gb(),
             **device_memory(),
         })
     return rows[0] if len(rows) == 1 else {**spec, "rows": rows}
@@ -280,8 +378,12 @@ def device_memory() -> dict:
 
 
 def run_case(spec: dict, timeout: float | None = None) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--backend", spec["backend"],
-           "--worker", json.dumps(spec)]
+    """One case in a fresh worker process: this script under Keras, or torch_baseline.py."""
+    if is_torch_variant(spec["variant"]):
+        cmd = [sys.executable, TORCH_WORKER, "--worker", json.dumps(spec)]
+    else:
+        cmd = [sys.executable, os.path.abspath(__file__), "--backend", spec["backend"],
+               "--worker", json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -340,6 +442,12 @@ def main(argv=None):
     parser.add_argument("--modes", default="", help="train, infer or both (default)")
     parser.add_argument("--variants", default="",
                         help="comma-separated variants replacing each case's own (e.g. plain,fused+bf16)")
+    parser.add_argument("--torch", action="store_true",
+                        help="add the PyTorch baseline's variants (torch, torch+cl, torch+bf16, "
+                             "torch+compile) and the package's default build to every case")
+    parser.add_argument("--torch_threads", type=int, default=None,
+                        help="torch.set_num_threads of the torch rows (default: the CPUs "
+                             "TensorFlow's thread pools use)")
     parser.add_argument("--profile", action="store_true",
                         help="profile 3 more steps of every case: op time by category and op type")
     parser.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"),
@@ -356,12 +464,6 @@ def main(argv=None):
         return
 
     cases = QUICK_CASES if args.quick else CASES
-    if args.cases:
-        try:
-            keep = {resolve(name).name for name in args.cases.split(",") if name.strip()}
-        except ModelNameError as error:
-            parser.error(f"argument --cases: {error}")
-        cases = [c for c in cases if c[0] in keep]
     try:
         batches = {int(b) for b in args.batches.split(",") if b.strip()}
     except ValueError:
@@ -369,6 +471,13 @@ def main(argv=None):
     modes = {m.strip() for m in args.modes.split(",") if m.strip()}
     if modes - {"train", "infer"}:
         parser.error(f"argument --modes: train and/or infer, got {args.modes!r}")
+    if args.cases:
+        try:
+            keep = list(dict.fromkeys(resolve(name).name for name in args.cases.split(",") if name.strip()))
+        except ModelNameError as error:
+            parser.error(f"argument --cases: {error}")
+        cases = [c for c in cases if c[0] in keep] + generic_cases(keep, cases, modes, batches)
+        cases.sort(key=lambda c: keep.index(c[0]))  # stable: the table's order within a model
     cases = [c for c in cases if (not batches or c[2] in batches) and (not modes or c[1] in modes)]
     if args.steps is not None:
         if args.steps < 1:
@@ -378,15 +487,32 @@ def main(argv=None):
     if chosen:
         cases = [(m, mode, b, chosen, n) for m, mode, b, _, n in cases]
     extra = [s.strip() for s in args.also.split(",") if s.strip()]
-    if extra:
-        cases = [(m, mode, b, tuple(variants) + tuple(f"{v}+{s}" for s in extra for v in variants), n)
+    if extra:  # the package's suffixes: not for the PyTorch baseline's variants
+        cases = [(m, mode, b, tuple(variants) + tuple(f"{v}+{s}" for s in extra for v in variants
+                                                      if not is_torch_variant(v)), n)
+                 for m, mode, b, variants, n in cases]
+    default_variant = package_default_variant()
+    known_torch = torch_variants()
+    if args.torch:
+        added = (default_variant, *(known_torch or ()))
+        cases = [(m, mode, b, tuple(variants) + tuple(v for v in added if v not in variants), n)
                  for m, mode, b, variants, n in cases]
     for _, _, _, variants, _ in cases:
         for variant in variants:
             try:
-                split_variant(variant)
+                if not is_torch_variant(variant):
+                    split_variant(variant)
+                elif known_torch is not None and variant not in known_torch:
+                    raise ValueError(f"Unknown variant {variant!r}: the PyTorch baseline's are "
+                                     f"{', '.join(known_torch)}.")
             except ValueError as error:
                 parser.error(f"argument {'--variants' if chosen else '--also'}: {error}")
+    torch_note = None
+    if known_torch is None and (args.torch or any(is_torch_variant(v) for c in cases for v in c[3])):
+        torch_note = ("PyTorch is not importable: the torch rows are skipped "
+                      "(pip install \"keras_preact[bench]\").")
+        cases = [(m, mode, b, tuple(v for v in variants if not is_torch_variant(v)), n)
+                 for m, mode, b, variants, n in cases]
     engine = args.engine or ("step" if args.backend == "tensorflow" else "fit")
     if engine == "step" and args.backend != "tensorflow":
         parser.error(f"argument --engine: the step engine is TensorFlow's; use --engine=fit "
@@ -398,7 +524,17 @@ def main(argv=None):
     print(f"CPU: {cpu['model']}; {os.cpu_count()} logical CPUs; flags: "
           f"{', '.join(cpu['flags']) or 'no avx512/bf16/amx'}")
     print(f"Backend: {args.backend} {device['version']} (engine: {engine}); device: {device['name']}")
-    rows = []
+    torch_threads = torch_version = None
+    print(f"Package default build here: {default_variant}")
+    if torch_note:
+        print(torch_note)
+    elif any(is_torch_variant(v) for c in cases for v in c[3]):
+        import torch_baseline
+
+        torch_version, torch_threads = (torch_baseline.torch.__version__,
+                                         args.torch_threads or torch_baseline.schedulable_cpus())
+        print(f"PyTorch baseline: torch {torch_version} on the CPU, torch.set_num_threads({torch_threads})")
+    rows, comparisons = [], []
     header = (f"{'model':<11}{'mode':<6}{'batch':>6} {'variant':<28}{'params':>11}"
               f"{'first step s':>13}{'img/s':>9}{'x plain':>8}{'peak GB':>9}")
     print(header)
@@ -408,14 +544,21 @@ def main(argv=None):
         runs = {v: [] for v in variants}
         for _ in range(max(1, args.repeats)):
             for variant in variants:
-                runs[variant].append(run_case(dict(
-                    model=model, mode=mode, batch=batch, variant=variant, steps=steps,
-                    profile=args.profile, backend=args.backend, engine=engine)))
+                if is_torch_variant(variant):
+                    spec = dict(model=model, mode=mode, batch=batch, variant=variant, steps=steps,
+                                framework="pytorch", threads=torch_threads,
+                                optimizer={**STEP_OPTIMIZER, "nesterov": False, "weight_decay": 0.0})
+                else:
+                    spec = dict(model=model, mode=mode, batch=batch, variant=variant, steps=steps,
+                                profile=args.profile, backend=args.backend, engine=engine)
+                runs[variant].append(run_case(spec))
+        case_rows = []
         for variant in variants:
             r = _median_run(runs[variant])
             if "error" in r:
                 print(f"{model:<11}{mode:<6}{batch:>6} {variant:<28} ERROR: {r['error']}")
                 rows.append(r)
+                case_rows.append(r)
                 continue
             if variant == "plain":
                 base = r
@@ -426,10 +569,22 @@ def main(argv=None):
                 round(r["first_step_s"] / base["first_step_s"], 3) if base else None
             )
             rows.append(r)
+            case_rows.append(r)
             ratio = f"{r['speedup_vs_plain']:.2f}" if base else "-"
             print(f"{model:<11}{mode:<6}{batch:>6} {variant:<28}{r['params']:>11,}"
                   f"{r['first_step_s']:>13.1f}{r['images_per_s']:>9.1f}{ratio:>8}"
                   f"{r['peak_rss_gb']:>9.2f}", flush=True)
+        comparison = pytorch_comparison(case_rows, default_variant)
+        if comparison:
+            comparisons.append(comparison)
+            package_row = next(r for r in case_rows if r["variant"] == default_variant)
+            package_row["torch_best_variant"] = comparison["torch_best"]
+            package_row["vs_torch_best"] = comparison["default_vs_torch_best"]
+            print(f"  -> package default ({default_variant}) = {comparison['default_vs_torch_best']:.2f}x "
+                  f"the images/s of PyTorch's best ({comparison['torch_best']}, "
+                  f"{comparison['torch_best_images_per_s']:.1f} img/s); first step "
+                  f"{comparison['package_first_step_s']:.1f} s vs {comparison['torch_best_first_step_s']:.1f} s",
+                  flush=True)
     if args.profile:
         print_profiles(rows)
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
@@ -438,9 +593,14 @@ def main(argv=None):
             "machine": {"cpus": os.cpu_count(), "cpu": cpu, "platform": platform.platform(),
                         "python": platform.python_version(), "keras": keras.__version__,
                         "backend": args.backend, "backend_version": device["version"],
-                        "device": device["name"], "engine": engine},
+                        "device": device["name"], "engine": engine,
+                        "torch": torch_version, "torch_threads": torch_threads},
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "package_default_variant": default_variant,
+            **({"torch_skipped": torch_note} if torch_note else {}),
             "results": rows,
+            # Per case with both: the package's default build / PyTorch's best variant.
+            "vs_pytorch": comparisons,
         }, f, indent=1)
     print(f"wrote {args.output}")
 
