@@ -154,10 +154,10 @@ def parity_text(parity: dict | None) -> str:
     """The card's parity section: each artefact against the Keras model, ONNX against ``serving_default``."""
     if not parity:
         return "(this export has no parity report)"
-    return (f"Written by the export (`assets.extra/parity.json`): every artefact against the Keras model "
-            f"({parity.get('reference', 'keras')}) on {parity['num_images']:,} held-out images "
-            f"({parity.get('data', 'not recorded')}); float32 artefacts must agree within a relative "
-            f"{parity.get('float_tolerance_rel', 0):g} of the largest logit.\n\n" + format_report(parity))
+    return (f"Written by the export (`assets.extra/parity.json`) on {parity['num_images']:,} held-out images "
+            f"({parity.get('data', 'not recorded')}). Reference: {parity.get('reference', 'keras')}. A float32 "
+            f"artefact passes within a relative {parity.get('float_tolerance_rel', 0):g} of the largest "
+            "logit.\n\n" + format_report(parity))
 
 
 TTA_TEXT = {
