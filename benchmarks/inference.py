@@ -59,6 +59,7 @@ import sys
 import tempfile
 import time
 
+import keras_preact  # noqa: F401  (first: its TensorFlow settings, e.g. oneDNN, precede TF's import)
 import keras
 import numpy as np
 import tensorflow as tf

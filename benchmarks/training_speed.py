@@ -112,6 +112,7 @@ def _backend_from_argv(argv) -> str:
 if __name__ == "__main__" and _backend_from_argv(sys.argv[1:]) in BACKENDS:
     os.environ["KERAS_BACKEND"] = _backend_from_argv(sys.argv[1:])
 
+import keras_preact  # noqa: E402,F401  (first: its TensorFlow settings, e.g. oneDNN, precede TF's import)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -251,6 +252,10 @@ def worker(spec: dict) -> dict:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
 
     if spec["mode"] == "train":
+        # Slots before the first trace, as the trainer builds them (training/loop.py): slots
+        # created inside it would make TensorFlow trace the step twice (benchmarks/first_step.py).
+        optimizer.build(model.trainable_weights)
+
         @tf.function(jit_compile=jit)
         def step(x, y):
             with tf.GradientTape() as tape:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import platform
 
 # Flags that decide whether half precision and int8 can pay on a CPU.
-SPEED_FLAGS = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx512_vnni")
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "avx512_vnni")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 

@@ -79,6 +79,13 @@ def _fused_batch_norm(x, gamma, beta, moving_mean, moving_variance, epsilon, tra
         x, gamma, beta, epsilon=epsilon, data_format="NHWC", is_training=True
     )
     # The fused kernel reports the Bessel-corrected variance; convert back: var * (n - 1) / n.
+    # With the batch shape known when the step is traced (the usual case), n is a Python number:
+    # the same float32 multiply and divide, without the shape ops that would add to every BN of
+    # the graph (a ResNet-164 step has 163 of them; tracing time grows with the op count).
+    static = x.shape[:3]
+    if all(d is not None for d in static):
+        n = float(static[0] * static[1] * static[2])
+        return y, mean, variance * (n - 1.0) / max(n, 2.0)
     shape = tf.shape(x)
     n = tf.cast(shape[0] * shape[1] * shape[2], variance.dtype)
     return y, mean, variance * (n - 1.0) / tf.maximum(n, 2.0)
