@@ -16,8 +16,12 @@ step. This splits it (each phase timed from the end of the one before):
 The step is the one ``training_speed.py`` times (forward, cross-entropy, gradients, SGD with
 momentum), on a random batch. Variants:
 
-    default       the package's default build (fused BatchNorm); the optimizer's slot variables
-                  are built before the step is traced, as the trainer does (``training/loop.py``)
+    default       the package's default build (fused BatchNorm) and the trainer's optimizer,
+                  ``FusedSGD`` (``training/sgd.py``: one fused momentum kernel per variable); its
+                  slot variables are built before the step is traced, as the trainer does
+                  (``training/loop.py``)
+    keras_sgd     default build, Keras' own ``SGD`` (the same update as separate ops per
+                  variable: what ``FusedSGD`` saves)
     lazy_slots    default build, slots created inside the first trace (as Keras does when the
                   optimizer is first applied in a ``tf.function``): TensorFlow then traces the
                   step twice, since a function that creates variables is traced again
@@ -48,13 +52,17 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
+from process_memory import worker_failure  # noqa: E402  (benchmarks/, the script's folder)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 VARIANTS = {
-    "default": {"model": {}, "grappler": True, "build_slots": True},
-    "lazy_slots": {"model": {}, "grappler": True, "build_slots": False},
-    "stacked": {"model": {"stacked_stages": True}, "grappler": True, "build_slots": True},
-    "no_grappler": {"model": {}, "grappler": False, "build_slots": True},
+    "default": {"model": {}, "grappler": True, "build_slots": True, "keras_sgd": False},
+    "keras_sgd": {"model": {}, "grappler": True, "build_slots": True, "keras_sgd": True},
+    "lazy_slots": {"model": {}, "grappler": True, "build_slots": False, "keras_sgd": False},
+    "stacked": {"model": {"stacked_stages": True}, "grappler": True, "build_slots": True,
+                "keras_sgd": False},
+    "no_grappler": {"model": {}, "grappler": False, "build_slots": True, "keras_sgd": False},
 }
 PHASES = ("import", "build", "trace", "first_run", "step")
 
@@ -67,6 +75,7 @@ def worker(model_name: str, variant: str, batch: int) -> dict:
     import keras
 
     from keras_preact.registry import get_model
+    from keras_preact.training.sgd import FusedSGD
 
     marks = {"import": time.perf_counter()}
     settings = VARIANTS[variant]
@@ -78,7 +87,8 @@ def worker(model_name: str, variant: str, batch: int) -> dict:
     rng = np.random.RandomState(0)
     x = tf.constant(rng.rand(batch, 32, 32, 3).astype("float32"))
     y = tf.constant(rng.randint(0, 10, batch).astype("int32"))
-    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    sgd = keras.optimizers.SGD if settings["keras_sgd"] else FusedSGD
+    optimizer = sgd(0.1, momentum=0.9)
     if settings["build_slots"]:
         optimizer.build(model.trainable_variables)
 
@@ -112,8 +122,8 @@ def run_case(model_name: str, variant: str, batch: int, timeout: float) -> dict:
         capture_output=True, text=True, timeout=timeout,
     )
     if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"model": model_name, "variant": variant, "batch": batch, "error": tail}
+        error = worker_failure(done.returncode, done.stderr)
+        return {"model": model_name, "variant": variant, "batch": batch, "error": error}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -72,6 +72,8 @@ from keras_preact.export import onnx as onnx_lib
 from keras_preact.export.arguments import CommandParser
 from keras_preact.export.exporter import image_folder_split, load_model_file
 from keras_preact.export.parity import preprocess_encoded
+from keras_preact.export.runtime import FROZEN_WEIGHTS_ENV, assume_frozen_weights
+from keras_preact.hardware import cpu_description
 from keras_preact.export.saved_model import eval_image_size, write_saved_model
 from keras_preact.export.tflite import VARIANTS, TFLiteRunner, convert_model, op_counts
 
@@ -105,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--torch_threads", type=int, default=None,
                         help="PyTorch threads (default: the CPUs TensorFlow's thread pools use).")
     parser.add_argument("--calibration", type=int, default=100, help="int8 calibration images.")
+    parser.add_argument("--reorder_weights", action="store_true",
+                        help="Let oneDNN reorder every convolution's filter on every call, as in a process "
+                             "that also trains (default: once, TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1, as the "
+                             "serving command runs; keras_preact.export.runtime).")
     parser.add_argument("--out", default="benchmarks/results/inference.json", help="JSON output path.")
     return parser
 
@@ -234,6 +240,13 @@ def build_model(args, parser, size: int):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    cpu = cpu_description()
+    print(f"CPU: {cpu['model']} ({os.cpu_count()} logical); flags: {' '.join(cpu['flags']) or 'none of note'}")
+    # Before the first convolution runs: TensorFlow reads the setting once.
+    frozen_weights = False if args.reorder_weights else assume_frozen_weights()
+    print(f"oneDNN filters reordered {'once per convolution' if frozen_weights else 'on every call'} "
+          f"(TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')}, "
+          f"{FROZEN_WEIGHTS_ENV}={os.environ.get(FROZEN_WEIGHTS_ENV, 'unset')})", flush=True)
     try:
         size = eval_image_size(args.preprocessing)
     except ValueError as error:
@@ -339,6 +352,9 @@ def main(argv=None) -> int:
         **torch_info,
         **({"pytorch_skipped": torch_note} if torch_note else {}),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "cpu": cpu,
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        "filters_reordered_once": frozen_weights,
         "results": results,
         # The best row of each form; throughput_vs_pytorch_best > 1: faster than PyTorch's best.
         "best_of_each": compared,

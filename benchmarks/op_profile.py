@@ -67,7 +67,7 @@ def categorize(op_name: str, op_type: str, layers: dict) -> str:
     if op_type.startswith(("Relu", "_MklRelu")):
         return "relu"
     if op_type in ("ResourceApplyKerasMomentum", "AssignSubVariableOp", "AssignAddVariableOp",
-                   "AssignVariableOp") or op_name.startswith(("SGD", "sgd", "LossScale")):
+                   "AssignVariableOp") or op_name.startswith(("SGD", "sgd", "fused_sgd", "LossScale")):
         return "optimizer"
     return "other"
 

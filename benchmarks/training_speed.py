@@ -4,8 +4,9 @@ Each case runs in its own process (so its peak resident memory is its own) and r
 time from process start to the end of the first training step (imports + build + trace +
 one step), steady-state images/s (median over timed steps), and peak RSS (the worker's own
 high-water mark, ``benchmarks/process_memory.py``). "plain" is a
-straightforward Keras functional build (Keras BatchNormalization, one layer per unit); the
-optimised variants are options of the same public models:
+straightforward Keras functional build (Keras BatchNormalization, one layer per unit) trained
+with Keras' ``SGD``; the optimised variants are options of the same public models, trained with
+the trainer's ``FusedSGD`` (the same update in one kernel per variable, ``training/sgd.py``):
 
     fused              fused_bn=True                   (the default build)
     stacked            fused + stacked_stages=True
@@ -121,7 +122,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from keras_preact.hardware import cpu_description, device_description  # noqa: E402
 from keras_preact.plan import UNIT_DEFAULTS  # noqa: E402
 from keras_preact.registry import ModelNameError, get_model, resolve  # noqa: E402
-from process_memory import peak_rss_gb  # noqa: E402
+from process_memory import peak_rss_gb, worker_failure  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = {
@@ -165,6 +166,19 @@ def split_variant(name: str) -> tuple:
     for suffix in suffixes:
         kwargs.update(SUFFIXES[suffix])
     return kwargs, base, "jit" in suffixes
+
+
+def step_optimizer(base: str, kwargs: dict):
+    """The SGD update every Keras case runs (``STEP_OPTIMIZER``): Keras' own ``SGD`` for the
+    plain build (what a Keras user writes), the trainer's ``FusedSGD`` (the same update, one
+    fused kernel per variable on TensorFlow) for the package's builds; loss scaling under fp16."""
+    from keras_preact.training.sgd import FusedSGD
+
+    sgd = keras.optimizers.SGD if base == "plain" else FusedSGD
+    optimizer = sgd(STEP_OPTIMIZER["lr"], momentum=STEP_OPTIMIZER["momentum"])
+    if kwargs.get("dtype_policy") == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def is_torch_variant(name: str) -> bool:
@@ -247,9 +261,7 @@ def worker(spec: dict) -> dict:
     rng = np.random.RandomState(0)
     x = tf.constant(rng.rand(batch, 32, 32, 3).astype("float32"))
     y = tf.constant(rng.randint(0, 10, batch).astype("int32"))
-    optimizer = keras.optimizers.SGD(STEP_OPTIMIZER["lr"], momentum=STEP_OPTIMIZER["momentum"])
-    if kwargs.get("dtype_policy") == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer = step_optimizer(base, kwargs)
 
     if spec["mode"] == "train":
         # Slots before the first trace, as the trainer builds them (training/loop.py): slots
@@ -333,9 +345,7 @@ def fit_worker(spec: dict) -> dict:
     y = rng.randint(0, 10, batch).astype("int32")
     # XLA is how JAX runs a step; PyTorch and TensorFlow compile (torch.compile, XLA) on +jit.
     jit_compile = True if backend == "jax" else jit
-    optimizer = keras.optimizers.SGD(STEP_OPTIMIZER["lr"], momentum=STEP_OPTIMIZER["momentum"])
-    if kwargs.get("dtype_policy") == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer = step_optimizer(base, kwargs)
     model.compile(optimizer=optimizer, jit_compile=jit_compile,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     # The same batch every step: 2 untimed steps (trace/compile + one warm step), then `steps`.
@@ -395,7 +405,7 @@ def run_case(spec: dict, timeout: float | None = None) -> dict:
         return {**spec, "error": f"timed out after {timeout:.0f} s"}
     lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     if proc.returncode != 0 or not lines:
-        return {**spec, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+        return {**spec, "error": worker_failure(proc.returncode, proc.stderr)}
     return json.loads(lines[-1])
 
 

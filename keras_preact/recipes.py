@@ -43,6 +43,7 @@ from keras_preact.common import PACKAGE
 from keras_preact.training.divergence import DEFAULT_FACTOR, DEFAULT_WINDOW, LossMonitor
 from keras_preact.training.recipes import RECIPES, Recipe, decays, get_recipe
 from keras_preact.training.schedules import build_schedule, resolve_boundaries, scale_learning_rate
+from keras_preact.training.sgd import FusedSGD
 
 __all__ = [
     "DivergenceStop",
@@ -59,11 +60,12 @@ __all__ = [
 
 # -- optimizer ---------------------------------------------------------------------------------
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class RecipeSGD(keras.optimizers.SGD):
+class RecipeSGD(FusedSGD):
     """SGD with momentum and coupled L2 weight decay (``wd * w`` added to the gradient).
 
     Args:
-      learning_rate, momentum, nesterov: as ``keras.optimizers.SGD``.
+      learning_rate, momentum, nesterov: as ``keras.optimizers.SGD`` (the update is
+        :class:`~keras_preact.training.sgd.FusedSGD`'s: TensorFlow's fused kernel on TensorFlow).
       l2: the decay ``wd``; the gradient of ``wd / 2 * |w|^2`` is added before momentum.
       decay_bn: also decay BatchNorm's gamma and beta and the classifier's bias (the paper's
         code decays every parameter); ``False`` decays conv and dense kernels only.

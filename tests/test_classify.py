@@ -85,3 +85,29 @@ def test_exports_that_recorded_recipe_keep_loading():
         recorded_preprocessing({})
     for version in sorted(glob.glob(os.path.join(SHIPPED, "[0-9]*"))):
         assert Release(version).preprocessing == "cifar"
+
+
+def test_the_command_keeps_filters_reordered_once_with_the_same_answers(images, monkeypatch):
+    # The serving command sets TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 for its own process (oneDNN keeps
+    # each convolution's reordered filter); the answers must not change. A user's own setting wins.
+    files = [str(images / "cat.jpg"), str(images / "ship.jpg")]
+    script = ("import os, sys; from keras_preact.export.classify import command; sys.argv[1:] = "
+              f"{[SHIPPED, *files, '--top_k=3']!r}; status = command(); "
+              "print('env', os.environ.get('TF_ONEDNN_ASSUME_FROZEN_WEIGHTS')); sys.exit(status)")
+    outputs = {}
+    for setting in (None, "0"):
+        env = {k: v for k, v in os.environ.items() if k != "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"}
+        env["PYTHONPATH"] = os.pathsep.join([ROOT] + env.get("PYTHONPATH", "").split(os.pathsep))
+        if setting is not None:
+            env["TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"] = setting
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                              env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        *answers, env_line = done.stdout.splitlines()
+        assert env_line == f"env {setting or '1'}"
+        outputs[setting] = answers
+    assert len(outputs[None]) == 2 and outputs[None] == outputs["0"]
+    # main() itself, which a training process may call, leaves the process's setting alone.
+    monkeypatch.delenv("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", raising=False)
+    assert main([SHIPPED, files[0]]) == 0
+    assert "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS" not in os.environ

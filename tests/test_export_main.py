@@ -132,6 +132,8 @@ def sources(tmp_path_factory):
         (["--checkpoint", "{src}", "--model", "resnet8", *FAST], "error: --checkpoint: no checkpoint at"),
         (["--saved_model", "{src}", "--model", "resnet8", *FAST], "error: --saved_model: no SavedModel at"),
         (["--saved_model", "{src}", *FAST], "error: --model: --saved_model needs --model"),
+        (["--saved_model", "{src}", "--model", "resnet8", "--weights", "averaged", *FAST],
+         "error: --weights: chooses among a --checkpoint's weights; --saved_model holds one set"),
         (["--model_file", "m.keras", "--class_names", "a", "--preprocessing", "cifar", "--tflite", "int4"],
          "error: --tflite: unknown variant(s) int4"),
         (["--model_file", "m.keras", "--preprocessing", "jpeg"], "error: --preprocessing: invalid choice"),
@@ -156,7 +158,7 @@ def sources(tmp_path_factory):
           '{"depth": 3}', *FAST], ("error: --model_kwargs: ", "'depth'")),
     ],
     ids=["checkpoint-without-model", "missing-file", "no-class-names", "missing-checkpoint",
-         "folder-without-checkpoint", "folder-without-saved-model", "saved-model-without-model", "bad-variant", "bad-preprocessing", "old-recipe-flag", "misspelled-flag",
+         "folder-without-checkpoint", "folder-without-saved-model", "saved-model-without-model", "weights-without-checkpoint", "bad-variant", "bad-preprocessing", "old-recipe-flag", "misspelled-flag",
          "misspelled-source", "misspelled-switch", "unknown-model", "impossible-depth", "kwargs-not-json",
          "kwargs-not-object", "kwargs-bad-unit", "kwargs-bad-order", "kwargs-unknown-argument"],
 )

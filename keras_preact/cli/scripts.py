@@ -60,9 +60,9 @@ def export() -> int:
 
 def classify() -> int:
     """``keras-preact-classify``: image files through an exported model."""
-    from keras_preact.export.classify import main
+    from keras_preact.export.classify import command
 
-    return main()
+    return command()
 
 
 def convert_weights() -> int:

@@ -266,6 +266,9 @@ def check_arguments(args) -> None:
     ``--checkpoint`` is reported as such, before the class names that would be read next to it.
     """
     parse_tflite(args.tflite)
+    if args.weights != "auto" and args.checkpoint is None:
+        source = "--model_file" if args.model_file is not None else "--saved_model"
+        raise ArgumentError("--weights", f"chooses among a --checkpoint's weights; {source} holds one set")
     if args.model_file is None and not args.model:
         source = "--checkpoint" if args.checkpoint is not None else "--saved_model"
         raise ArgumentError("--model", f"{source} needs --model (the architecture to restore into)")

@@ -43,6 +43,7 @@ from keras_preact.export.exporter import (
     image_folder_split,
 )
 from keras_preact.export.onnx import ONNX_FILE, OnnxRunner
+from keras_preact.export.runtime import assume_frozen_weights
 from keras_preact.export.tflite import TFLiteRunner
 
 SAVED_MODEL = "saved_model"
@@ -202,6 +203,14 @@ def _top_k(logits: np.ndarray, class_names, k: int) -> list:
     return [(class_names[i], float(probabilities[i])) for i in order]
 
 
+def command() -> int:
+    """The command as a process of its own: it only serves, so each convolution may keep its
+    filter in oneDNN's layout (``runtime.assume_frozen_weights``); then :func:`main`. Not done in
+    ``main``, which may run inside a process that also trains."""
+    assume_frozen_weights()
+    return main()
+
+
 def main(argv=None) -> int:
     """The command line; returns 0, or 2 if a file could not be classified (each named on stderr)."""
     parser = CommandParser(prog="python -m keras_preact.export.classify", description=__doc__.split("\n")[0])
@@ -264,4 +273,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

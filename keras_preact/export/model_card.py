@@ -41,6 +41,7 @@ import tensorflow as tf
 
 from keras_preact.data import cifar10_sample_dir
 from keras_preact.export.classify import Release
+from keras_preact.export.exporter import EXTRA_DIR, PARITY_FILE
 from keras_preact.export.parity import format_report
 from keras_preact.tta import tta_name
 from keras_preact.hardware import cpu_description
@@ -142,7 +143,7 @@ PARITY_FIELDS = ("reference", "num_images", "data", "float_tolerance_rel", "comp
 
 def parity_record(version_dir: str) -> dict | None:
     """The comparisons of the export's ``assets.extra/parity.json`` (None for an export without one)."""
-    path = os.path.join(version_dir, "assets.extra", "parity.json")
+    path = os.path.join(version_dir, EXTRA_DIR, PARITY_FILE)
     if not os.path.isfile(path):
         return None
     with open(path) as handle:

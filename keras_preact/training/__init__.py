@@ -32,6 +32,7 @@ _EXPORTS = {
     "SCHEDULES": "schedules", "CosineDecay": "schedules", "StepDecay": "schedules",
     "build_schedule": "schedules", "resolve_boundaries": "schedules",
     "scale_learning_rate": "schedules",
+    "FusedSGD": "sgd",
     "STRATEGIES": "strategy", "StrategyError": "strategy", "build_strategy": "strategy",
     "configure_cpu_devices": "strategy", "is_chief": "strategy", "per_replica_batch": "strategy",
 }
@@ -52,6 +53,7 @@ __all__ = [
     "WeightAverage",
     "CosineDecay",
     "DivergenceError",
+    "FusedSGD",
     "LossMonitor",
     "NonFiniteCheckpointError",
     "MetricsLog",

@@ -90,6 +90,7 @@ from keras_preact.training.observe import MetricsLog, ProgressBar, TensorBoardLo
 from keras_preact.training.recipes import Recipe, decays, has_short_name
 from keras_preact.training.run_config import CheckpointSettings, RunSettings, check_jit_sync_bn
 from keras_preact.training.schedules import build_schedule, resolve_boundaries, scale_learning_rate
+from keras_preact.training.sgd import FusedSGD
 
 BN_STATISTIC_NAMES = ("moving_mean", "moving_variance")
 
@@ -224,7 +225,7 @@ class Trainer:
             self.model = build_model()
             if sync_bn:
                 enable_sync_batch_norm(self.model)
-            self.optimizer = keras.optimizers.SGD(
+            self.optimizer = FusedSGD(
                 learning_rate=self.schedule, momentum=recipe.momentum, nesterov=recipe.nesterov
             )
             self.loss_scaling = computes_in_float16(self.model)
