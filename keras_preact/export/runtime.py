@@ -3,9 +3,9 @@
 With oneDNN on (``import keras_preact`` turns it on, see the package's ``__init__``), every
 convolution reorders its filter from TensorFlow's layout into oneDNN's blocked one on every call,
 because a variable may have changed since the last. In a process that only runs inference that
-is wasted work, and it dominates at small batches: ResNet-56, batch 1, on an AVX2 AMD EPYC took
-72.7 ms per call with the reorders and 12.2 ms without (docs/performance.md, "Inference of the
-exported formats"). ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1`` tells each convolution to reorder its
+is wasted work, and it dominates at small batches: the shipped ResNet-56 SavedModel's
+``predict_images`` at batch 1, on an AVX2 AMD EPYC, took 72.5 ms per call with the reorders and
+13.5 ms without (docs/performance.md, "Measured: AMD EPYC, AVX2 only"). ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1`` tells each convolution to reorder its
 filter once, on its first call, and keep it.
 
 That is only right where the weights never change after a model's first call: a process that
