@@ -55,6 +55,10 @@ import sys  # noqa: E402
 from process_memory import worker_failure  # noqa: E402  (benchmarks/, the script's folder)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import keras_preact_commands  # noqa: E402
+
+keras_preact_commands.set_environment_defaults()  # oneDNN on, as the commands run
 
 VARIANTS = {
     "default": {"model": {}, "grappler": True, "build_slots": True, "keras_sgd": False},

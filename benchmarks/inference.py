@@ -59,7 +59,12 @@ import sys
 import tempfile
 import time
 
-import keras_preact  # noqa: F401  (first: its TensorFlow settings, e.g. oneDNN, precede TF's import)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import keras_preact_commands  # noqa: E402
+
+keras_preact_commands.set_environment_defaults()  # oneDNN on, as the commands run (before TF loads)
+
+import keras_preact  # noqa: E402,F401
 import keras
 import numpy as np
 import tensorflow as tf

@@ -47,6 +47,10 @@ import tarfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import keras_preact_commands  # noqa: E402
+
+keras_preact_commands.set_environment_defaults()  # oneDNN on, as the commands run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -73,6 +73,27 @@ def strided_shape(input_shape, strides: int, channels: int) -> tuple:
     return (n, h, w, channels)
 
 
+# What every command does to its own process before TensorFlow loads (keras_preact_commands),
+# for --help: `import keras_preact` does none of it.
+COMMAND_ENVIRONMENT = (
+    "Run as a command (keras-preact-*, trainers/*.py), it sets TF_CPP_MIN_LOG_LEVEL=1 and "
+    "TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow loads, unless the environment sets them, and keeps "
+    "TensorFlow's start-up lines off stderr (TF_CPP_MIN_LOG_LEVEL=0 shows them)."
+)
+
+
+def program_name(module: str) -> str:
+    """The command as the user typed it, for usage lines: ``keras-preact-export`` when run as the
+    console command, ``python -m keras_preact.export`` when run with ``-m`` (whose ``argv[0]`` is
+    the module's file path, which the user never typed)."""
+    import sys
+
+    typed = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if not typed or typed.endswith(".py") or typed == "-m":
+        return f"python -m {module}"
+    return typed
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
     """``argparse`` for the package's tools: a usage error is ONE line on stderr, exit status 2.
 

@@ -232,6 +232,19 @@ def unstack(model: ResNet) -> ResNet:
     return model.rebuild(stacked_stages=False, recompute=False)
 
 
+def through_units(model: ResNet, assign):
+    """``assign(model)``; for a model with stacked stages, ``assign`` its unit-by-unit twin, then
+    stack the result back into ``model``. Every weight mapping (timm, PyTorch, presets) names
+    ResidualUnit paths, so each is written once, for the unit-by-unit build. Returns what
+    ``assign`` returns."""
+    if not model.architecture.stacked_stages:
+        return assign(model)
+    flat = unstack(model)
+    result = assign(flat)
+    transfer_weights(flat, model)
+    return result
+
+
 def float32_model(model: ResNet) -> ResNet:
     """The same network computing in float32: ``model`` itself, or a mixed-precision model
     rebuilt with ``dtype_policy="float32"`` and its (already float32) weights copied.

@@ -21,11 +21,12 @@ Trainers, export, diagnostics, the ablation runner and the benchmarks resolve na
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
 from keras_preact.common import KINDS, LAYERS_PER_UNIT, check_choice
 from keras_preact.model import ResNet
-from keras_preact.weights import file_architecture, load_weights
+from keras_preact.weights import file_architecture, load_weights, local_weights
 
 CIFAR_MODELS = {
     "resnet20": 20,
@@ -150,8 +151,38 @@ def model_family(name) -> str:
     return resolve(name).family
 
 
-# Architecture arguments a weights file may fix (keras_preact.weights.implied_architecture).
-FILE_FIXED = ("stem", "padding", "stem_width", "order", "stride_at", "downsample")
+# Architecture arguments a weights file may fix (keras_preact.weights.implied_architecture,
+# keras_preact.presets.architecture: a preset also fixes its shortcut and its parameters).
+FILE_FIXED = ("stem", "padding", "stem_width", "order", "stride_at", "downsample", "shortcut",
+              "shortcut_scale", "scale_residual", "gate_bias_init", "dropout_rate", "bn_epsilon")
+
+# Weights by name: (model, name) -> a hub handle (keras_preact.hub) or a preset folder shipped
+# in the package. timm's ResNetV2-50/101 trained with its "A1h" recipe on ImageNet-1k are
+# BatchNorm pre-activation nets that the "timm" layout imports exactly (docs/weights.md).
+PRETRAINED = {
+    "resnet50": {"imagenet": "hf://timm/resnetv2_50.a1h_in1k/model.safetensors"},
+    "resnet101": {"imagenet": "hf://timm/resnetv2_101.a1h_in1k/model.safetensors"},
+    "resnet56": {"cifar10": os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                         "pretrained", "cifar10_resnet56")},
+}
+
+
+def pretrained_weights(spec: ModelSpec, weights) -> str:
+    """The handle or path of named weights (``"imagenet"``, ``"cifar10"``), or ``weights`` itself
+    when it is not a name; ValueError listing the models that have the name."""
+    names = {name for table in PRETRAINED.values() for name in table}
+    if not isinstance(weights, str) or weights not in names:
+        return weights
+    table = PRETRAINED.get(spec.name, {})
+    if weights not in table:
+        having = ", ".join(m for m, t in PRETRAINED.items() if weights in t)
+        raise ValueError(f"No {weights!r} weights for {spec.name}: only {having} have them "
+                         "(or pass a file, folder, hf:// or kaggle:// handle).")
+    found = table[weights]
+    if not found.startswith(("hf://", "kaggle://")) and not os.path.isdir(found):
+        raise ValueError(f"The {weights!r} weights of {spec.name} are not in this installation "
+                         f"(no folder {found}).")
+    return found
 
 
 def weights_options(spec: ModelSpec, weights: str, kwargs: dict, implied: dict | None = None) -> tuple:
@@ -172,6 +203,11 @@ def weights_options(spec: ModelSpec, weights: str, kwargs: dict, implied: dict |
             new_head = True  # fine-tuning: the backbone from the file, a fresh classifier
         else:
             fixed["num_classes"] = implied["num_classes"]
+    elif kwargs.get("include_top", True) and implied.get("include_top") is False:
+        if "num_classes" not in kwargs:  # a backbone only: features, or a classifier to train
+            raise ValueError(f"{weights} holds a backbone without a classifier: pass "
+                             "include_top=False (features), or num_classes for a fresh classifier.")
+        new_head = True
     if kwargs.get("preact") is False:
         kwargs.pop("preact")
         kwargs.setdefault("order", "original")
@@ -188,17 +224,24 @@ def get_model(name, weights: str | None = None, **kwargs) -> ResNet:
     Keyword arguments go to :class:`keras_preact.ResNet` (``unit=`` picks another unit kind at
     the same CIFAR depth). ImageNet nets default to 1000 classes.
 
-    ``weights``: a local file to initialise from, as in ``keras.applications``: a ``.keras`` or
-    ``.weights.h5`` file, or a timm ResNetV2 / PyTorch state dict (``.safetensors``, ``.pth``;
-    see ``keras_preact.weights``). The options such a file fixes (timm: stem, padding, classes)
-    are taken from it; passing a contradicting value is an error. With ``include_top=False``,
-    or a ``num_classes`` other than the file's (fine-tuning), the file's classifier is left
-    out and the model gets a freshly initialised one.
+    ``weights``: what to initialise from, as in ``keras.applications``: a name
+    (``"imagenet"`` for resnet50 and resnet101: timm's ResNetV2 weights from Hugging Face;
+    ``"cifar10"`` for resnet56: the preset shipped in the package; ``PRETRAINED``), a hub
+    handle (``hf://owner/repo[/file]``, ``kaggle://owner/model/framework/variation[/version]``;
+    ``keras_preact.hub``), a preset folder (keras_preact's or keras-hub's ResNetV2;
+    ``keras_preact.presets``), a ``.keras`` or ``.weights.h5`` file, or a timm ResNetV2 /
+    PyTorch state dict (``.safetensors``, ``.pth``; see ``keras_preact.weights``). The options
+    such weights fix (timm: stem, padding, classes) are taken from them; passing a
+    contradicting value is an error. With ``include_top=False``, or a ``num_classes`` other
+    than the file's (fine-tuning), the file's classifier is left out and the model gets a
+    freshly initialised one. Hub weights that are neither cached nor downloadable raise
+    ``keras_preact.hub.WeightsUnavailableError`` (a ValueError).
     """
     spec = resolve(name, kwargs.pop("unit", None))
     kwargs.setdefault("name", spec.name)
     new_head = False
     if weights is not None:
+        weights = local_weights(pretrained_weights(spec, weights))
         kwargs, new_head = weights_options(spec, weights, kwargs)
     if spec.family == "imagenet":
         kwargs.setdefault("num_classes", 1000)

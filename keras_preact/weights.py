@@ -19,7 +19,11 @@ Every variable of the Keras model must find its tensor with the right shape and 
 of the file must be used (``num_batches_tracked`` aside); otherwise a ValueError names the first
 mismatching tensor. Convolution kernels are transposed from Torch's OIHW to Keras' HWIO.
 
-``.keras`` and ``.weights.h5`` files load with Keras' own ``load_weights``.
+``.keras`` and ``.weights.h5`` files load with Keras' own ``load_weights``; preset folders
+(keras_preact's, or keras-hub's ResNetV2) with ``keras_preact.presets``. Every entry point also
+takes a hub handle (``hf://...``, ``kaggle://...``), resolved to the hub's cache by
+``keras_preact.hub``. ``.safetensors`` files are read and written by the ``safetensors``
+package (its NumPy API).
 
     model = keras_preact.ResNet50(weights="resnetv2_50.safetensors")   # timm's logits, as is
     python -m keras_preact.cli.convert_weights resnetv2_50.safetensors --model resnet50 --out resnet50.keras
@@ -38,8 +42,8 @@ import zipfile
 import keras
 import numpy as np
 
-from keras_preact.model import ResNet, as_resnet, unstack
-from keras_preact.stacked import transfer_weights
+from keras_preact import hub, presets
+from keras_preact.model import ResNet, as_resnet, through_units, unstack
 
 FORMATS = ("timm", "torch")
 KERAS_SUFFIXES = (".keras", ".weights.h5")
@@ -51,57 +55,56 @@ _IGNORED = re.compile(r"(^|\.)num_batches_tracked$")
 
 
 # -- reading files ----------------------------------------------------------------------------
-_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": "bf16",
-                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
-                       "U8": np.uint8, "BOOL": np.bool_}
-
-
 def _bf16_to_float32(raw: np.ndarray) -> np.ndarray:
     return (raw.astype(np.uint32) << 16).view(np.float32)
 
 
-def read_safetensors(path: str) -> dict:
-    """The tensors of a ``.safetensors`` file as numpy arrays (no dependency needed)."""
+def _safetensors_header(path: str) -> tuple:
+    """(header dict, byte offset of the data) of a ``.safetensors`` file: 8 bytes of header
+    length, the JSON header, then the tensors' bytes (the format's specification)."""
     with open(path, "rb") as handle:
         (size,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(size))
-        data = handle.read()
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}.")
-        start, end = info["data_offsets"]
-        raw = data[start:end]
-        if dtype == "bf16":
-            array = _bf16_to_float32(np.frombuffer(raw, np.uint16))
-        else:
-            array = np.frombuffer(raw, dtype)
-        tensors[name] = array.reshape(info["shape"]).copy()
+        return json.loads(handle.read(size)), 8 + size
+
+
+def read_safetensors(path: str) -> dict:
+    """The tensors of a ``.safetensors`` file as numpy arrays; bfloat16 ones as float32.
+
+    Read by the ``safetensors`` package (its NumPy API, no framework needed). NumPy has no
+    bfloat16, so ``safetensors.numpy`` refuses such tensors (``safe_open(...).get_tensor``
+    raises ``TypeError: data type 'bfloat16' not understood``); their raw bytes are read at the
+    header's offsets instead and widened to float32, which is exact (bfloat16 is float32 with
+    its low 16 mantissa bits dropped). timm publishes some checkpoints in bfloat16.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    tensors, bf16 = {}, []
+    try:
+        with safe_open(path, framework="numpy") as handle:
+            for name in handle.keys():
+                if handle.get_slice(name).get_dtype() == "BF16":
+                    bf16.append(name)
+                else:
+                    tensors[name] = np.array(handle.get_tensor(name))
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a valid .safetensors file: {error}") from None
+    if bf16:
+        header, data_start = _safetensors_header(path)
+        with open(path, "rb") as handle:
+            for name in bf16:
+                start, end = header[name]["data_offsets"]
+                handle.seek(data_start + start)
+                raw = np.frombuffer(handle.read(end - start), np.uint16)
+                tensors[name] = _bf16_to_float32(raw).reshape(header[name]["shape"])
     return tensors
 
 
-_NUMPY_TO_SAFETENSORS = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items() if k != "BF16"}
-
-
 def write_safetensors(tensors: dict, path: str) -> None:
-    """Write name -> numpy array as a ``.safetensors`` file (readable by PyTorch's safetensors)."""
-    header, chunks, offset = {}, [], 0
-    for name, array in tensors.items():
-        array = np.ascontiguousarray(array)
-        raw = array.tobytes()
-        header[name] = {"dtype": _NUMPY_TO_SAFETENSORS[array.dtype], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    with open(path, "wb") as handle:
-        handle.write(struct.pack("<Q", len(encoded)) + encoded)
-        for chunk in chunks:
-            handle.write(chunk)
+    """Write name -> numpy array as a ``.safetensors`` file (``safetensors.numpy.save_file``;
+    readable by PyTorch's ``safetensors.torch.load_file`` and timm)."""
+    from safetensors.numpy import save_file
+
+    save_file({name: np.ascontiguousarray(array) for name, array in tensors.items()}, path)
 
 
 # torch.save's storage classes -> numpy dtypes ("bf16" is converted to float32).
@@ -175,6 +178,10 @@ def read_torch_archive(path: str) -> dict:
     """The restricted reader: a ``torch.save`` zip archive read without PyTorch.
 
     Its unpickler only rebuilds tensors and ordered dicts; anything else is refused, not run.
+    It stays beside the ``safetensors`` reader because many checkpoints (the paper-era Torch
+    ports, ``pytorch_model.bin`` files, training checkpoints) exist only as ``torch.save``
+    pickles, and the only other ways to read them are installing PyTorch (a large dependency
+    for reading a few tensors) or ``pickle.load``, which runs whatever code the file names.
     """
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path} is not a PyTorch zip archive (legacy torch.save format): "
@@ -329,11 +336,8 @@ def load_tensors(model: ResNet, tensors: dict, layout: str | None = None,
     """
     model = as_resnet(model, "load_tensors")
     layout = layout or detect_layout(tensors)
-    if model.architecture.stacked_stages:  # map unit by unit, then stack again
-        flat = unstack(model)
-        load_tensors(flat, tensors, layout, skip_head)
-        transfer_weights(flat, model)
-        return layout
+    if model.architecture.stacked_stages:
+        return through_units(model, lambda flat: load_tensors(flat, tensors, layout, skip_head))
     name_of = _timm_name if layout == "timm" else _torch_name
     head_prefix = "head.fc." if layout == "timm" else "predictions."
     used, assignments = set(), []
@@ -367,9 +371,23 @@ def load_tensors(model: ResNet, tensors: dict, layout: str | None = None,
     return layout
 
 
+def local_weights(weights) -> str:
+    """A local path for ``weights``: a hub handle (``hf://``, ``kaggle://``; ``keras_preact.hub``)
+    is resolved to the files in the hub's cache, downloading them if needed; a path is
+    returned as is (``~`` expanded)."""
+    if hub.is_handle(weights):
+        return hub.resolve(weights)
+    return os.path.expanduser(os.fspath(weights))
+
+
 def load_weights(model: ResNet, path: str, skip_head: bool = False) -> None:
-    """Load a weights file into ``model``: Keras files by Keras, the others by their layout."""
-    path = os.path.expanduser(str(path))
+    """Load weights into ``model``: Keras files by Keras, preset folders (keras_preact's or
+    keras-hub's ResNetV2) by ``keras_preact.presets``, the others by their layout. ``path``
+    may be a hub handle."""
+    path = local_weights(path)
+    if os.path.isdir(path):
+        presets.load_weights(model, path, skip_head=skip_head)
+        return
     if path.endswith(KERAS_SUFFIXES):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No weights file {path!r}.")
@@ -399,8 +417,11 @@ def _copy_backbone(source, target) -> None:
 
 
 def file_architecture(path: str) -> dict:
-    """The architecture arguments a weights file fixes (empty for Keras files)."""
-    path = os.path.expanduser(str(path))
+    """The architecture arguments a weights file or preset folder fixes (empty for Keras
+    files); ``path`` may be a hub handle."""
+    path = local_weights(path)
+    if os.path.isdir(path):
+        return presets.architecture(path)
     if path.endswith(KERAS_SUFFIXES):
         return {}
     tensors = read_tensors(path)

@@ -180,6 +180,7 @@ def _ablation(*flags, timeout=600):
                           env=env(), cwd=ROOT, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_ablation_end_to_end_then_resume(tmp_path):
     data = make_image_folder(tmp_path / "data", {"train": 16, "test": 8})
     out = tmp_path / "out"
@@ -333,6 +334,7 @@ def test_a_flag_given_twice_after_the_separator_is_refused(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_a_diverged_run_is_not_trained_again(tmp_path):
     """The trainer exits 3 on divergence; the runner records it, and a rerun reports it without
     training (with the same seed it would diverge again)."""

@@ -5,11 +5,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import trainer_runs
 
 SCRIPT = os.path.join(trainer_runs.ROOT, "benchmarks", "first_step.py")
 
 
+@pytest.mark.slow
 def test_phases_add_up_to_the_first_step_and_lazy_slots_trace_twice(tmp_path):
     out = tmp_path / "first_step.json"
     done = subprocess.run(

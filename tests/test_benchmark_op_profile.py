@@ -78,6 +78,7 @@ def test_read_op_times_names_a_folder_without_a_trace(tmp_path):
         op_profile.read_op_times(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_training_speed_profile_table(tmp_path):
     output = tmp_path / "speed.json"
     process = subprocess.run(

@@ -1,4 +1,4 @@
-"""``python -m keras_preact.export.classify`` on the shipped model: a bad file among good ones,
+"""``keras-preact-classify`` (``keras_preact.export.classify``) on the shipped model: a bad file among good ones,
 ``--backend tflite``, exports that recorded their preprocessing under the old name."""
 
 import glob
@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import trainer_runs
 from keras_preact.data import cifar10_sample_dir
 from keras_preact.export.classify import Release, main, recorded_preprocessing
 
@@ -33,7 +34,7 @@ def test_one_bad_file_among_good_ones_answers_the_good_and_names_each_bad(images
     # No TF_CPP_MIN_LOG_LEVEL from the caller: what a user's shell gives.
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + env.get("PYTHONPATH", "").split(os.pathsep))
-    done = subprocess.run([sys.executable, "-m", "keras_preact.export.classify", SHIPPED, *files, "--top_k=1"],
+    done = subprocess.run([trainer_runs.console_command("keras-preact-classify"), SHIPPED, *files, "--top_k=1"],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert done.returncode == 2
     answers = done.stdout.splitlines()
@@ -91,8 +92,8 @@ def test_the_command_keeps_filters_reordered_once_with_the_same_answers(images, 
     # The serving command sets TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 for its own process (oneDNN keeps
     # each convolution's reordered filter); the answers must not change. A user's own setting wins.
     files = [str(images / "cat.jpg"), str(images / "ship.jpg")]
-    script = ("import os, sys; from keras_preact.export.classify import command; sys.argv[1:] = "
-              f"{[SHIPPED, *files, '--top_k=3']!r}; status = command(); "
+    script = ("import os, sys, keras_preact_commands; sys.argv[1:] = "
+              f"{[SHIPPED, *files, '--top_k=3']!r}; status = keras_preact_commands.classify(); "
               "print('env', os.environ.get('TF_ONEDNN_ASSUME_FROZEN_WEIGHTS')); sys.exit(status)")
     outputs = {}
     for setting in (None, "0"):

@@ -390,6 +390,7 @@ def test_imagenet_epoch_boundaries_follow_the_run():
     assert check("imagenet").recipe.lr_boundaries == ("30ep", "60ep")
 
 
+@pytest.mark.slow
 def test_export_at_the_end(cifar_folder, tmp_path):
     settings = check(
         "cifar", f"--data_dir={cifar_folder}", "--model=resnet8", "--batch_size=8", "--train_steps=2",
@@ -403,6 +404,7 @@ def test_export_at_the_end(cifar_folder, tmp_path):
     assert (version / "assets.extra" / "labels.txt").read_text().split() == ["cat", "dog", "ship"]
 
 
+@pytest.mark.slow
 def test_mixed_precision_xla_loop_run_exports_float32_signatures(cifar_folder, tmp_path):
     """A model trained under mixed_bfloat16 (with XLA, 2 steps per loop) exports the float32
     serving signatures of a float32 model, with the trained weights."""
@@ -479,6 +481,7 @@ def test_main_bad_flag_is_one_line_and_exit_2(capsys, tmp_path):
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_main_divergence_is_exit_3(capsys, cifar_folder, tmp_path):
     flag_values = parse("cifar", f"--data_dir={cifar_folder}", "--model=resnet8", "--batch_size=8",
                         "--train_steps=4", "--lr=1e30", f"--model_dir={tmp_path}")
@@ -505,12 +508,11 @@ def test_only_config_from_flags_reads_flags():
 def test_cli_is_the_top_layer_and_imports_at_module_top():
     """No lower module imports keras_preact.cli; the CLI has no function-local package imports.
 
-    Except cli/scripts.py, the console commands: each imports its command's module when it runs,
-    so that keras-preact-fit never imports TensorFlow (tests/test_console_scripts.py runs them).
+    The console commands' entry points, which import their command's module only when it runs
+    (so keras-preact-fit never needs TensorFlow), live outside the package, in
+    keras_preact_commands.py (tests/test_console_scripts.py runs them).
     """
     for path in PACKAGE.rglob("*.py"):
-        if path == PACKAGE / "cli" / "scripts.py":
-            continue
         tree = ast.parse(path.read_text())
         imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
         names = [node.module or "" for node in imports if isinstance(node, ast.ImportFrom)]
@@ -556,6 +558,7 @@ def test_trainer_process_fails_fast_with_one_line(outcomes, case):
     assert "step " not in out
 
 
+@pytest.mark.slow
 def test_mirrored_folder_run_then_resume(cifar_folder, tmp_path):
     flags_ = [
         f"--data_dir={cifar_folder}", "--strategy=mirrored", "--cpu_devices=2", "--batch_size=8",
@@ -599,6 +602,7 @@ def kill_9_after_checkpoint(process, checkpoint_dir, step: int, delay: float = 0
     return int(tf.train.latest_checkpoint(str(checkpoint_dir)).rsplit("-", 1)[1])
 
 
+@pytest.mark.slow
 def test_kill_9_loses_at_most_the_work_since_the_last_checkpoint(cifar_folder, tmp_path):
     flags_ = [
         f"--data_dir={cifar_folder}", "--batch_size=8", "--checkpoint_every=3", "--log_every=1",
@@ -620,6 +624,7 @@ def final_model_tensors(run_dir) -> dict:
             if name.startswith(("model/", "averaged/"))}
 
 
+@pytest.mark.slow
 def test_kill_9_at_a_random_step_then_resume_gives_bit_identical_weights(cifar_folder, tmp_path):
     """The real trainer killed with SIGKILL at a random moment and restarted with the
     same command ends with the same weights, bit for bit, as a run never interrupted (the input
@@ -714,6 +719,24 @@ def test_bad_init_weights_name_the_flag(tmp_path, make, message):
     assert error.value.flag == "init_weights"
 
 
+def test_init_weights_by_name_and_uncached_handles(tmp_path, monkeypatch):
+    """--init_weights takes the names get_model takes ("cifar10" -> the preset in the package,
+    recorded as its folder), refuses a name the model lacks, and, offline, an uncached hub
+    handle is one FlagError naming the handle (exit 2 from the trainer)."""
+    config = check("cifar", "--model=resnet56", "--init_weights=cifar10")
+    assert config.model.init_weights == registry.PRETRAINED["resnet56"]["cifar10"]
+    with pytest.raises(train.FlagError, match="only resnet56 have them") as error:
+        check("cifar", "--model=resnet20", "--init_weights=cifar10")
+    assert error.value.flag == "init_weights"
+    pytest.importorskip("huggingface_hub")
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(train.FlagError, match="'hf://someone/missing' are not available") as error:
+        check("cifar", "--init_weights=hf://someone/missing")
+    assert error.value.flag == "init_weights" and "\n" not in str(error.value)
+
+
 def test_padding_flag_reaches_the_model():
     assert check("cifar", "--padding=same").model_kwargs["padding"] == "same"
     assert "padding" not in check("cifar").model_kwargs  # the default: symmetric
@@ -772,6 +795,17 @@ def test_config_file_with_flags_on_top(tmp_path):
     paper = check("cifar", f"--config={path}", "--recipe=cifar")
     assert (paper.recipe.name, paper.recipe.batch_size, paper.recipe.train_steps) == ("cifar", 128, 64000)
     assert paper.checkpointing.checkpoint_every == 7
+
+
+def test_config_file_written_again_is_unchanged(tmp_path):
+    """A run repeated with --config writes the same config.json: whole numbers stay integers
+    (15, not 15.0) although a number setting is read back as a float."""
+    first = run_config.write(check("cifar", "--epochs=15", "--lr=0.1"), str(tmp_path / "a"))
+    again = run_config.write(check("cifar", f"--config={first}"), str(tmp_path / "b"))
+    with open(first) as a, open(again) as b:
+        text = a.read()
+        assert text == b.read()
+    assert '"epochs": 15,' in text
 
 
 @pytest.mark.parametrize("content, flag, message", [

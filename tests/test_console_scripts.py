@@ -30,6 +30,10 @@ def test_every_command_answers_help():
         out, err = process.communicate(timeout=300)
         assert process.returncode == 0, f"{name} --help: exit {process.returncode}\n{err[-2000:]}"
         assert "--" in out, f"{name} --help printed no flags"
+        # The usage line names the command as typed, and only the command's own flags follow
+        # (absl's and TensorFlow's are under --helpfull).
+        assert out.startswith(f"usage: {name}"), f"{name} --help begins {out[:80]!r}"
+        assert "--only_check_args" not in out and "absl.app" not in out, f"{name} lists absl's flags"
     assert {"keras-preact-train", "keras-preact-export", "keras-preact-classify",
             "keras-preact-convert-weights", "keras-preact-diagnose"} <= set(SCRIPTS)
 

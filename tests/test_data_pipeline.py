@@ -198,6 +198,7 @@ print(json.dumps({"rise_mb": (after - before) / 1024, "images": len(labels), "ba
 """
 
 
+@pytest.mark.slow
 def test_a_decompression_bomb_in_a_training_folder_is_skipped_and_counted(tmp_path):
     """16000x16000 declared, < 1 MB on disk: refused from its header, memory barely moves."""
     import json

@@ -92,6 +92,7 @@ def test_cli_usage_errors_exit_2_with_one_line(args, message, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point_exits_2_on_a_bad_variant(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run(

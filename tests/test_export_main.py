@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import trainer_runs
 import keras_preact
 from keras_preact.data import write_label_map
 from keras_preact.export.__main__ import main
@@ -180,7 +181,7 @@ def test_missing_checkpoint_in_a_fresh_process_is_one_line_without_tensorflow_lo
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + env.get("PYTHONPATH", "").split(os.pathsep))
     done = subprocess.run(
-        [sys.executable, "-m", "keras_preact.export", "--checkpoint", str(tmp_path / "no_run"), "--model",
+        [trainer_runs.console_command("keras-preact-export"), "--checkpoint", str(tmp_path / "no_run"), "--model",
          "resnet20", "--preprocessing", "cifar", "--base_dir", str(tmp_path / "out")],
         capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=300,
     )

@@ -16,9 +16,9 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from absl import flags
 
@@ -69,6 +69,7 @@ def _error_lines(text):
     return [line for line in text.splitlines() if "error:" in line]
 
 
+@pytest.mark.slow
 def test_export_and_resume_refuse_a_checkpoint_with_nan(tmp_path):
     run_dir = str(tmp_path / "run")
     base = str(tmp_path / "saved_models")
@@ -105,7 +106,7 @@ def test_export_and_resume_refuse_a_checkpoint_with_nan(tmp_path):
 
     # 3. The exporter refuses it: exit 2, one line that says why and names the checkpoint.
     export = subprocess.run(
-        [sys.executable, "-m", "keras_preact.export", "--checkpoint", run_dir, "--model", MODEL,
+        [trainer_runs.console_command("keras-preact-export"), "--checkpoint", run_dir, "--model", MODEL,
          "--model_kwargs", json.dumps(model_kwargs), "--preprocessing", "cifar", "--base_dir", base,
          "--name", "poisoned", "--tflite", "none", "--eval_limit", "20"],
         capture_output=True, text=True, env=trainer_runs.env(), cwd=trainer_runs.ROOT, timeout=180,

@@ -326,6 +326,7 @@ def test_imagenet_preprocessing_export_resizes_and_crops_any_image(tmp_path):
     assert out["class_names"].shape == (1, 5)
 
 
+@pytest.mark.slow
 def test_stacked_stage_model_exports_as_units(tmp_path):
     """A network trained with stacked stages (``--stacked_stages``) exports: the SavedModel holds
     the same network expanded into residual units, with the same outputs."""

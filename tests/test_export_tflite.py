@@ -90,6 +90,7 @@ def test_folded_model_converts_to_the_same_ops(model):
     assert np.abs(logits - reference).max() <= 1e-4 * np.abs(reference).max()
 
 
+@pytest.mark.slow
 def test_float16_and_int8_variants(model):
     reference = model(X, training=False).numpy()
     float16 = convert_to_tflite(model, "float16", 32)

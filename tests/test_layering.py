@@ -25,6 +25,8 @@ units
 stacked
 config
 model
+hub keras_hub_presets
+presets
 weights
 registry
 tta

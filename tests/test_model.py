@@ -36,6 +36,7 @@ def zero_residual_branches(model):
 
 # --- parameter counts -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_head_size_enters_the_parameter_count():
     # Counts of every named net are checked in test_registry.py; the head adds 64*4 + 1 per class.
     assert trainable_params(keras_preact.ResNet164(num_classes=100)) == 1_726_388
@@ -53,7 +54,8 @@ def test_resnet110_one_layer_units():
 @pytest.mark.parametrize(
     "name,units,kind",
     [("resnet20", 9, "basic"), ("resnet56", 27, "basic"), ("resnet164", 54, "bottleneck"),
-     ("resnet18", 8, "basic"), ("resnet34", 16, "basic"), ("resnet200", 66, "bottleneck")],
+     ("resnet18", 8, "basic"), ("resnet34", 16, "basic"),
+     pytest.param("resnet200", 66, "bottleneck", marks=pytest.mark.slow)],  # 15 s to build
 )
 def test_model_table(name, units, kind):
     model = keras_preact.get_model(name)
@@ -137,6 +139,7 @@ def test_zero_residual_preact_net_is_identity_between_first_and_last_unit():
                                       first_in(x, training=training))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shortcut,expected_ratio", [("identity", 1.0),
                                                     ("constant_scaling", 0.5 ** 99)])
 def test_shortcut_term_of_the_gradient_follows_eqn5_and_eqn8(shortcut, expected_ratio):
@@ -149,6 +152,7 @@ def test_shortcut_term_of_the_gradient_follows_eqn5_and_eqn8(shortcut, expected_
     assert ratio == pytest.approx(expected_ratio, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_gradient_at_initialisation_identity_vs_constant_scaling():
     """Real initialisation (He init, BN on batch statistics), 150 units = 300 weight layers.
 
@@ -368,6 +372,7 @@ def test_all_layers_lists_every_sublayer_from_public_lists():
     assert found == {id(w) for w in model.weights}
 
 
+@pytest.mark.slow
 def test_package_imports_under_python_OO():
     """``python -OO`` strips docstrings; nothing may build on them at import time."""
     result = subprocess.run(

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import trainer_runs
 from keras_preact.data import cifar10_sample_dir, read_label_map
 from keras_preact.export.classify import Release
 from keras_preact.export.model_card import artefact_bytes, card_preprocessing
@@ -34,6 +35,7 @@ def test_a_trained_model_ships_and_its_card_describes_the_files_shipped():
         assert card["measured"]["class_names"] == release.class_names == labels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("card_path", CARDS, ids=lambda p: os.path.basename(os.path.dirname(p)))
 def test_shipped_model_classifies_the_bundled_sample_as_its_card_says(card_path):
     card = read_card(card_path)
@@ -68,6 +70,7 @@ def test_shipped_model_classifies_the_bundled_sample_as_its_card_says(card_path)
     assert tta_text(card["measured"]["tta"]) in markdown
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("card_path", CARDS[:1])
 def test_classify_command_on_sample_images(card_path):
     model_dir = os.path.dirname(card_path)
@@ -75,7 +78,7 @@ def test_classify_command_on_sample_images(card_path):
     sample = cifar10_sample_dir()
     images = [sorted(glob.glob(os.path.join(sample, "test", name, "*.jpg")))[0] for name in ("cat", "ship")]
     done = subprocess.run(
-        [sys.executable, "-m", "keras_preact.export.classify", model_dir, *images, "--top_k=2"],
+        [trainer_runs.console_command("keras-preact-classify"), model_dir, *images, "--top_k=2"],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
@@ -87,13 +90,14 @@ def test_classify_command_on_sample_images(card_path):
     assert lines[0].startswith(f"{images[0]}: {expected} ")
 
     bad = subprocess.run(
-        [sys.executable, "-m", "keras_preact.export.classify", model_dir, __file__],
+        [trainer_runs.console_command("keras-preact-classify"), model_dir, __file__],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     )
     assert bad.returncode == 2 and "could not classify" in bad.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("card_path", CARDS, ids=lambda p: os.path.basename(os.path.dirname(p)))
 def test_serving_default_alone_reproduces_the_card_in_a_tensorflow_only_process(card_path, tmp_path):
     # What a TF Serving user gets: benchmarks/serving_accuracy.py imports TensorFlow only (it fails

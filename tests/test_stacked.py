@@ -152,6 +152,7 @@ def test_unstack_gives_the_unit_by_unit_network():
     assert len(propagation_norms(fast, x, np.arange(4))["units"]) == 9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_stacked_stages_under_mixed_precision(policy):
     """Half-precision activations, float32 stacked weights and BN statistics; the same network

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")  # installed with the [backends] and [bench] extras
+torch = pytest.importorskip("torch")  # installed with the [torch], [dev] and [bench] extras
 
 import keras_preact  # noqa: E402
 import trainer_runs  # noqa: E402
@@ -189,6 +189,7 @@ def test_a_compile_failure_is_the_variants_one_line_error(monkeypatch, torch_thr
 
 
 # -- training_speed.py ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_training_speed_times_torch_rows_beside_the_package_default(tmp_path):
     """Worker processes of both frameworks in one case; the default build's ratio to PyTorch's best."""
     default = training_speed.package_default_variant()

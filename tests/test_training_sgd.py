@@ -103,6 +103,7 @@ def test_same_variables_paths_and_config_as_keras_sgd():
     assert type(copy) is FusedSGD and copy.get_config() == built[1].get_config()
 
 
+@pytest.mark.slow
 def test_under_a_loss_scale_optimizer_and_mixed_float16_equals_keras():
     results = []
     for cls in (keras.optimizers.SGD, FusedSGD):
@@ -125,6 +126,7 @@ def test_under_a_loss_scale_optimizer_and_mixed_float16_equals_keras():
     assert _differing(*results) == 0
 
 
+@pytest.mark.slow
 def test_mirrored_two_cpus_equals_keras_sgd_bit_for_bit():
     # Two logical CPUs must be set before TensorFlow starts: a fresh process. Inside
     # strategy.extended.update the variable is one replica's component; the kernel must update

@@ -73,6 +73,7 @@ def test_mirrored_without_sync_bn_keeps_replicas_identical(one_replica, tmp_path
     np.testing.assert_allclose(losses(result), losses(one_replica), rtol=0.1)
 
 
+@pytest.mark.slow
 def test_mirrored_stacked_stages_keep_replicas_identical(tmp_path):
     """Stacked stages under the same loop: their BN statistics are averaged too."""
     out = str(tmp_path)
@@ -87,6 +88,7 @@ def test_mirrored_stacked_stages_keep_replicas_identical(tmp_path):
     assert np.all(np.isfinite(losses(result)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mirrored_two_cpus_under_mixed_precision(one_replica, tmp_path, policy):
     """Mixed precision under MirroredStrategy with synchronised BN, 4 steps per loop (a log row
@@ -104,6 +106,7 @@ def test_mirrored_two_cpus_under_mixed_precision(one_replica, tmp_path, policy):
     np.testing.assert_allclose(rows, losses(one_replica).reshape(2, 4).mean(axis=1), rtol=0.05)
 
 
+@pytest.mark.slow
 def test_multi_worker_two_local_processes(one_replica, tmp_path):
     results = training_worker.run_cluster(
         str(tmp_path), 2, "--sync_bn", f"--steps={STEPS}", f"--model_dir={tmp_path}/run"
@@ -119,6 +122,7 @@ def test_multi_worker_two_local_processes(one_replica, tmp_path):
     assert os.listdir(os.path.join(tmp_path, "run", "checkpoints"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("killed", [1, 0])  # a worker, and the chief (which hosts the coordination service)
 def test_a_killed_worker_stops_the_survivor_and_a_restart_resumes(tmp_path, killed):
     """Issue 14: kill -9 one of two workers mid-run. The survivor stops within the collective
@@ -161,6 +165,7 @@ def test_a_killed_worker_stops_the_survivor_and_a_restart_resumes(tmp_path, kill
     assert [r["final_step"] for r in results] == [60, 60]
 
 
+@pytest.mark.slow
 def test_one_device_strategy_runs_the_same_loop(one_replica, tmp_path):
     out = str(tmp_path)
     result = training_worker.run_local(

@@ -165,3 +165,18 @@ def test_another_class_count_takes_the_backbone_and_a_fresh_head(tmp_path):
     assert tuned.get_layer("predictions").kernel.shape == (64, 6)
     np.testing.assert_array_equal(tuned.get_layer("stage3_unit1").get_weights()[0],
                                   source.get_layer("stage3_unit1").get_weights()[0])
+
+
+def test_safetensors_bfloat16_tensors_read_as_float32(tmp_path):
+    # safetensors.numpy cannot hold bfloat16; the reader widens its raw bytes (exactly).
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    source = {"w": torch.randn(3, 5).bfloat16(), "b": torch.randn(5), "n": torch.tensor(7)}
+    path = str(tmp_path / "bf16.safetensors")
+    save_file(source, path)
+    tensors = weights.read_safetensors(path)
+    assert tensors["w"].dtype == np.float32 and tensors["n"].dtype == np.int64
+    for name, value in source.items():
+        np.testing.assert_array_equal(tensors[name], value.float().numpy() if value.is_floating_point()
+                                      else value.numpy())

@@ -27,6 +27,16 @@ def make_image_folder(root, splits, classes=("cat", "dog", "ship"), size=32, see
     return str(root)
 
 
+def console_command(name: str) -> str:
+    """The installed console command ``name`` (``keras-preact-export``, ...) next to the
+    interpreter: the form users run, which sets up TensorFlow's quiet start-up before it loads
+    (``python -m keras_preact.export`` cannot: the package is imported first)."""
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    if not os.path.exists(path):
+        raise AssertionError(f"{name} is not installed next to {sys.executable}: pip install -e .")
+    return path
+
+
 def env():
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
     for name in ("TF_CONFIG", "TPU_NAME"):

@@ -32,6 +32,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import keras_preact_commands  # noqa: E402
+
+# Before Keras loads: TensorFlow's start-up lines off the output, oneDNN on (keras_preact_commands).
+keras_preact_commands.prepare_process()
+
 from absl import flags  # noqa: E402
 
 from keras_preact.common import check_writable_dir  # noqa: E402

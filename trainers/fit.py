@@ -18,6 +18,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import keras_preact_commands  # noqa: E402
+
+# Before Keras loads: TensorFlow's start-up lines off the output, oneDNN on; TensorFlow too,
+# for the tf.data input on every backend (keras_preact_commands).
+keras_preact_commands.prepare_process(tensorflow=True)
+
 from absl import flags  # noqa: E402
 
 from keras_preact.cli import fit as fit_cli  # noqa: E402

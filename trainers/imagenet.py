@@ -18,6 +18,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import keras_preact_commands  # noqa: E402
+
+# Before Keras loads: TensorFlow's start-up lines off the output, oneDNN on (keras_preact_commands).
+keras_preact_commands.prepare_process()
+
 from absl import flags  # noqa: E402
 
 from keras_preact.cli import require_tensorflow_backend  # noqa: E402

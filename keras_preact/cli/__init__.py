@@ -11,9 +11,13 @@ the ``tf.distribute`` trainers need the TensorFlow backend and say so in one lin
 (:func:`require_tensorflow_backend`).
 """
 
+import os
 import sys
+import textwrap
 
 import keras
+
+from keras_preact.common import COMMAND_ENVIRONMENT
 
 EXIT_WRONG_BACKEND = 2
 
@@ -31,3 +35,15 @@ def require_tensorflow_backend(program: str) -> None:
               f"`python trainers/fit.py` (same models, recipes and data), or set "
               "KERAS_BACKEND=tensorflow.", file=sys.stderr)
         sys.exit(EXIT_WRONG_BACKEND)
+
+
+def command_help(flag_values, module_name: str, argv) -> str:
+    """``--help`` of an absl command: its own flags only, under a usage line naming the command
+    as typed. absl's ``get_help`` would open with absl's and TensorFlow's flags (about 70 lines
+    before the first of the package's); ``--helpfull`` still lists every flag."""
+    if "--helpfull" in argv[1:]:
+        return flag_values.get_help()
+    program = os.path.basename(argv[0]) if argv and argv[0] else "command"
+    own = flag_values.module_help(module_name).strip("\n").split("\n", 1)[-1]  # no "<module>:"
+    return (f"usage: {program} [--flag=value ...]   (--helpfull: absl's and TensorFlow's flags too)"
+            f"\n\nflags:\n{own}\n\n{textwrap.fill(COMMAND_ENVIRONMENT, 96)}")

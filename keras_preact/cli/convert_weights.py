@@ -20,15 +20,18 @@ import json
 import os
 import sys
 
-from keras_preact import registry, weights
+from keras_preact import presets, registry, weights
+from keras_preact.common import COMMAND_ENVIRONMENT, OneLineArgumentParser, program_name
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m keras_preact.cli.convert_weights",
+    parser = OneLineArgumentParser(
+        prog=program_name("keras_preact.cli.convert_weights"),
         description="Convert a timm / PyTorch weights file into a Keras file of a keras_preact model.",
+        epilog=COMMAND_ENVIRONMENT,
     )
-    parser.add_argument("weights", help="A .safetensors or PyTorch state-dict file.")
+    parser.add_argument("weights", help="A .safetensors or PyTorch state-dict file, a preset folder, "
+                        "or a hub handle (hf://owner/repo, kaggle://owner/model/framework/variation).")
     parser.add_argument("--out", required=True, help="Output .keras or .weights.h5 file.")
     parser.add_argument("--model", help="A registered model name (default: read from a timm file).")
     parser.add_argument("--model_kwargs", default="{}",
@@ -43,7 +46,11 @@ def convert(path: str, out: str, model_name: str | None = None, model_kwargs: di
     if model_name:
         model = registry.get_model(model_name, weights=path, **model_kwargs)
     else:
-        model = weights.model_from_file(path, **model_kwargs)
+        local = weights.local_weights(path)  # a hub handle: the files in the hub's cache
+        if os.path.isdir(local):
+            model = presets.from_preset(local, **model_kwargs)
+        else:
+            model = weights.model_from_file(local, **model_kwargs)
     if out.endswith(".weights.h5"):
         model.save_weights(out)
     else:
@@ -68,8 +75,8 @@ def main(argv=None) -> int:
         model = convert(args.weights, args.out, args.model, kwargs)
     except registry.ModelNameError as error:
         parser.error(f"argument --model: {error}")
-    except (ValueError, FileNotFoundError, TypeError) as error:
-        parser.error(str(error))
+    except (ValueError, FileNotFoundError, TypeError, ImportError) as error:
+        parser.error(str(error))  # one line: e.g. hub weights neither cached nor downloadable
     print(f"{args.out}: {model.name}, {model.count_params():,} parameters "
           f"(stem={model.architecture.stem}, padding={model.architecture.padding}, "
           f"{model.architecture.num_classes if model.architecture.include_top else 'no'} classes)")

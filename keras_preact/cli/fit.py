@@ -36,6 +36,7 @@ from absl import flags
 
 import keras_preact
 from keras_preact import data as data_lib
+from keras_preact.cli import command_help
 from keras_preact.hardware import device_description
 from keras_preact.registry import ModelNameError, resolve
 from keras_preact.training.recipes import RECIPES
@@ -132,7 +133,6 @@ def run(values: flags.FlagValues = flags.FLAGS, stream=None) -> dict:
     wall = time.monotonic() - started
     stop = next((c for c in recipe.callbacks if isinstance(c, keras_preact.recipes.DivergenceStop)), None)
     accuracy = evaluate(model, test.eval_batches(batch), flip=recipe.recipe.eval_flip)
-    steady = timer.seconds[1:] or timer.seconds  # the first epoch holds the compilation
     results = {
         "model": spec.name, "recipe": values.recipe, "backend": backend, "device": device,
         "devices": max(1, len(devices)), "dtype_policy": values.dtype_policy, "seed": values.seed,
@@ -141,7 +141,9 @@ def run(values: flags.FlagValues = flags.FLAGS, stream=None) -> dict:
         "eval": ("weight average" if recipe.recipe.weight_average else "final weights")
                 + (" + flip" if recipe.recipe.eval_flip else ""),
         "epoch_seconds": [round(s, 2) for s in timer.seconds],
-        "images_per_sec_after_first_epoch": round(per_epoch * batch * len(steady) / sum(steady), 1),
+        # Training throughput from the end of the first step (which holds the compilation) to
+        # the end of the last; None for a one-step run.
+        "images_per_sec_after_first_step": timer.images_per_sec(batch),
         "wall_seconds": round(wall, 1),
         "diverged": None if stop is None or stop.stopped_at is None else
                     {"step": stop.stopped_at, "reason": stop.reason},
@@ -151,8 +153,10 @@ def run(values: flags.FlagValues = flags.FLAGS, stream=None) -> dict:
     with open(os.path.join(model_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     model.save(os.path.join(model_dir, "model.keras"))
-    print(f"\nFinal test accuracy: {100 * accuracy:.2f}% ({results['eval']}, {len(test)} images); "
-          f"{results['images_per_sec_after_first_epoch']} images/s after the first epoch", file=stream)
+    speed = results["images_per_sec_after_first_step"]
+    print(f"\nFinal test accuracy: {100 * accuracy:.2f}% ({results['eval']}, {len(test)} images)"
+          + (f"; {speed} images/s training, after the first step (compilation excluded)"
+             if speed is not None else ""), file=stream)
     return results
 
 
@@ -167,11 +171,15 @@ def evaluate(model, dataset, flip: bool) -> float:
 
 
 class _EpochTimer(keras.callbacks.Callback):
-    """Seconds of each training epoch."""
+    """Seconds of each training epoch, and the training steps after the first (whose time holds
+    the compilation: tracing and XLA or TorchDynamo work), for a throughput that excludes it."""
 
     def __init__(self):
         super().__init__()
         self.seconds = []
+        self._steps = 0
+        self._first_step_done = None
+        self._last_step_done = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.monotonic()
@@ -179,11 +187,24 @@ class _EpochTimer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.monotonic() - self._started)
 
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.monotonic()
+        self._steps += 1
+        if self._first_step_done is None:
+            self._first_step_done = now
+        self._last_step_done = now
+
+    def images_per_sec(self, batch_size: int):
+        """Images per second over the steps after the first; None with fewer than two steps."""
+        if self._steps < 2 or self._last_step_done <= self._first_step_done:
+            return None
+        return round((self._steps - 1) * batch_size / (self._last_step_done - self._first_step_done), 1)
+
 
 def console_main(argv=None, flag_values: flags.FlagValues = flags.FLAGS) -> int:
     argv = list(sys.argv if argv is None else argv)
     if any(arg in ("-h", "--help", "--helpfull") for arg in argv[1:]):
-        print(flag_values.main_module_help() or flag_values.get_help())
+        print(command_help(flag_values, __name__, argv))
         return 0
     try:
         flag_values(argv)

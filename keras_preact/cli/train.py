@@ -47,6 +47,7 @@ from absl import logging as absl_logging
 from keras_preact import data as data_lib
 from keras_preact import export as export_lib
 from keras_preact import registry
+from keras_preact.cli import command_help
 from keras_preact.common import FAMILIES
 from keras_preact.training import recipes as recipes_lib
 from keras_preact.training import run_config
@@ -477,7 +478,7 @@ def console_main(family: str, argv=None, flag_values: flags.FlagValues = FLAGS, 
     """
     argv = list(sys.argv if argv is None else argv)
     if wants_help(argv):
-        print(flag_values.main_module_help() or flag_values.get_help())
+        print(command_help(flag_values, __name__, argv))
         return 0
     try:
         rest = parse_command_line(flag_values, argv)

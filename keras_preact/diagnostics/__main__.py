@@ -21,17 +21,17 @@ import sys
 import time
 import zipfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_preact.common import (  # noqa: E402
+    COMMAND_ENVIRONMENT,
     FlagValueError,
     OneLineArgumentParser,
     check_writable_dir,
     positive_float,
     positive_int,
+    program_name,
 )
 
 from keras_preact.diagnostics.batch import load_batch  # noqa: E402
@@ -54,7 +54,7 @@ class UsageError(Exception):
 
 def make_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(
-        prog="python -m keras_preact.diagnostics",
+        prog=program_name("keras_preact.diagnostics"),
         description=(
             "Signal propagation (He et al. 2016, Eqn 4-8): per residual unit, the forward norm "
             "||x_l||, the backward norm ||dE/dx_l|| and its shortcut-path term (the gradient "
@@ -62,6 +62,7 @@ def make_parser() -> argparse.ArgumentParser:
             "shortcut/order variants of one network on one batch of real images."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=COMMAND_ENVIRONMENT,
     )
     net = parser.add_argument_group("network")
     net.add_argument("--model", default="resnet302",

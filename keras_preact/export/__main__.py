@@ -45,7 +45,8 @@ from keras_preact.export.exporter import (
 from keras_preact.export.saved_model import eval_image_size, load_saved_model_weights
 from keras_preact.export.tflite import VARIANTS
 from keras_preact.tta import TTA_CHOICES
-from keras_preact.common import FlagValueError, check_writable_dir, positive_int
+from keras_preact.common import (COMMAND_ENVIRONMENT, FlagValueError, check_writable_dir, positive_int,
+                                 program_name)
 from keras_preact.export.arguments import ArgumentError, CommandParser
 from keras_preact.training.checkpoints import VariableSet, check_finite_checkpoint
 from keras_preact.training.divergence import NonFiniteCheckpointError
@@ -53,11 +54,12 @@ from keras_preact.training.divergence import NonFiniteCheckpointError
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
-        prog="python -m keras_preact.export",
+        prog=program_name("keras_preact.export"),
         renamed={"--recipe": "renamed --preprocessing (the evaluation preprocessing: "
                  f"{', '.join(sorted(PREPROCESSINGS))}; --recipe is the trainers' training recipe)"},
         description="Export a trained keras_preact model for TF Serving, TFLite and (--onnx) ONNX, "
         "with a parity report.",
+        epilog=COMMAND_ENVIRONMENT,
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model_file", help="A .keras file.")

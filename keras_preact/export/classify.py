@@ -30,7 +30,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from keras_preact.common import positive_int
+from keras_preact.common import COMMAND_ENVIRONMENT, positive_int, program_name
 from keras_preact.data import decode_image, preprocess_for_eval
 from keras_preact.data.guard import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, FORMATS
 from keras_preact.export.arguments import CommandParser
@@ -213,7 +213,8 @@ def command() -> int:
 
 def main(argv=None) -> int:
     """The command line; returns 0, or 2 if a file could not be classified (each named on stderr)."""
-    parser = CommandParser(prog="python -m keras_preact.export.classify", description=__doc__.split("\n")[0])
+    parser = CommandParser(prog=program_name("keras_preact.export.classify"), description=__doc__.split("\n")[0],
+                           epilog=COMMAND_ENVIRONMENT)
     parser.add_argument("model", help="Model directory (newest version) or one version directory.")
     parser.add_argument("images", nargs="*", help=f"Image files ({', '.join(FORMATS)}; the serving limits of "
                         f"keras_preact.data.guard apply: at most {DEFAULT_MAX_PIXELS} pixels).")

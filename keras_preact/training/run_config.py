@@ -98,7 +98,8 @@ class ModelSettings:
         NETWORK_DEFAULTS["padding"], PADDINGS, "Padding of strided convs: symmetric (Torch's, as the "
         "paper's code) or same (TensorFlow's; runs of keras_preact 0.1 used it).")
     init_weights: str | None = settings.text(
-        None, "Start from this weights file (timm ResNetV2 or PyTorch .safetensors/.pth, .keras): "
+        None, "Start from these weights: a file (timm ResNetV2 or PyTorch .safetensors/.pth, .keras), "
+        "a preset folder, an hf:// or kaggle:// handle, or a name (imagenet, cifar10): "
         "its backbone, and a fresh classifier when its class count differs (fine-tuning). Options "
         "the file fixes (timm: stem, padding) are taken from it. A resumed run continues from its "
         "checkpoint instead.", unset="none (random initialisation)")
@@ -298,7 +299,7 @@ class RunConfig:
         record = {"family": self.family}
         for name in SECTIONS:
             section = getattr(self, name)
-            record[name] = {f.name: _plain(getattr(section, f.name)) for f in settings.setting_fields(section)}
+            record[name] = {f.name: _plain(getattr(section, f.name), f) for f in settings.setting_fields(section)}
         return record
 
     @property
@@ -313,8 +314,16 @@ class RunConfig:
         return init_weights_options(name, self.model.init_weights, kwargs)
 
 
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
+def _plain(value, field=None):
+    """JSON-ready ``value``. A whole number of a ``number`` setting is written as an integer
+    (``15``, not ``15.0``): reading coerces it back to a float, so repeating a run with
+    ``--config`` writes its config.json unchanged."""
+    if isinstance(value, tuple):
+        return list(value)
+    if (field is not None and field.metadata.get("kind") == "number" and isinstance(value, float)
+            and value.is_integer()):
+        return int(value)
+    return value
 
 
 def sections_for(family: str) -> dict:
@@ -430,7 +439,11 @@ def _resolve_open_values(config: RunConfig) -> RunConfig:
     model = config.model
     name, kwargs = model_arguments(model)  # checks the architecture, naming the flag
     if model.init_weights:
-        model = dataclasses.replace(model, init_weights=os.path.expanduser(model.init_weights))
+        try:  # a name ("imagenet") becomes its hub handle or shipped preset, recorded as such
+            where = registry.pretrained_weights(registry.resolve(name), model.init_weights)
+        except ValueError as error:
+            raise SettingError("init_weights", str(error)) from None
+        model = dataclasses.replace(model, init_weights=os.path.expanduser(where))
     init_weights_options(name, model.init_weights, kwargs)  # reads the file; refuses a contradiction
     if model.dtype_policy == "auto":
         model = dataclasses.replace(
