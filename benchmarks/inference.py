@@ -62,7 +62,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_preact_commands  # noqa: E402
 
-keras_preact_commands.set_environment_defaults()  # oneDNN on, as the commands run (before TF loads)
+keras_preact_commands.prepare_process()  # as the commands run: oneDNN on, TensorFlow's start-up lines off
 
 import keras_preact  # noqa: E402,F401
 import keras

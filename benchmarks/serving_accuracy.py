@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_preact_commands  # noqa: E402
 
-keras_preact_commands.set_environment_defaults()  # oneDNN on, as the commands run
+keras_preact_commands.set_environment_defaults()  # oneDNN on, as the commands run; Keras is not imported here
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 

@@ -50,7 +50,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_preact_commands  # noqa: E402
 
-keras_preact_commands.set_environment_defaults()  # oneDNN on, as the commands run
+keras_preact_commands.prepare_process()  # as the commands run: oneDNN on, TensorFlow's start-up lines off
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

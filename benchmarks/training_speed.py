@@ -98,7 +98,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras_preact_commands  # noqa: E402
 
-keras_preact_commands.set_environment_defaults()  # oneDNN on, as the commands run
 
 BACKENDS = ("tensorflow", "jax", "torch")
 ENGINES = ("step", "fit")
@@ -116,6 +115,9 @@ def _backend_from_argv(argv) -> str:
 
 if __name__ == "__main__" and _backend_from_argv(sys.argv[1:]) in BACKENDS:
     os.environ["KERAS_BACKEND"] = _backend_from_argv(sys.argv[1:])
+
+# As the commands run (oneDNN on, TensorFlow's start-up lines off), once the backend is chosen.
+keras_preact_commands.prepare_process()
 
 import keras_preact  # noqa: E402,F401
 import keras  # noqa: E402
