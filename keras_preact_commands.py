@@ -53,7 +53,8 @@ def prepare_process(tensorflow: bool = False) -> None:
     """Set the command defaults above and import Keras with TensorFlow's start-up lines silenced.
 
     ``tensorflow=True``: import TensorFlow as well, whatever Keras' backend, for commands that
-    use it beside another backend (the fit trainer's ``tf.data`` input). Call it first thing in
+    load it beside another backend (the fit trainer: Keras seeds TensorFlow's generator where it
+    is installed), if it is installed. Call it first thing in
     a process the caller owns, before anything imports Keras or TensorFlow.
     """
     set_environment_defaults()
@@ -124,13 +125,16 @@ def train_imagenet() -> int:
 
 def fit() -> int:
     """``keras-preact-fit``: ``model.fit`` on the Keras backend of ``KERAS_BACKEND``."""
-    prepare_process(tensorflow=True)  # its input pipeline is tf.data on every backend
+    # TensorFlow too where it is installed: Keras imports it on any backend (its random seed
+    # seeds TensorFlow's, its .keras writer checks for tf.data), so it loads silenced here.
+    prepare_process(tensorflow=True)
     from absl import flags
 
     from keras_preact.cli import fit as fit_cli
+    from keras_preact.cli import run_flags
 
     fit_cli.define_flags()
-    flags.adopt_module_key_flags(fit_cli)
+    flags.adopt_module_key_flags(run_flags)
     return fit_cli.console_main(sys.argv)
 
 

@@ -54,4 +54,4 @@ from keras_preact.units import ResidualUnit
 from keras_preact.hub import WeightsUnavailableError
 from keras_preact.presets import from_preset, save_to_preset
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"

@@ -16,6 +16,13 @@ import os
 PACKAGE = "keras_preact"
 
 FAMILIES = ("cifar", "imagenet")
+# The tf.distribute strategies of the TensorFlow trainer (keras_preact.training.strategy), here so
+# that the run configuration reads without TensorFlow.
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+DEFAULT_WORKER_TIMEOUT = 600.0  # seconds; longer than any step, evaluation or checkpoint save
+# The fit trainer's Keras distribution (JAX): auto = DataParallel over every device when there
+# is more than one (several local devices, or several processes), none = one device.
+KERAS_DISTRIBUTIONS = ("auto", "none", "data_parallel")
 
 # Weight layers of the residual function F.
 KINDS = ("basic", "bottleneck", "single")

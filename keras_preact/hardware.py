@@ -36,6 +36,26 @@ def cpu_has_bf16(description: dict | None = None) -> bool:
     return any(flag in description["flags"] for flag in BF16_FLAGS)
 
 
+def gpu_visible(backend: str | None = None) -> bool:
+    """Whether the Keras backend (default: the current one) computes on a GPU here. Imports the
+    backend's own library only (never TensorFlow for JAX or PyTorch)."""
+    if backend is None:
+        import keras
+
+        backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.devices()[0].platform == "gpu"
+    if backend == "torch":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
 def device_description(backend: str) -> dict:
     """``{"name": the device a Keras backend computes on, "version": the backend's version}``.
 

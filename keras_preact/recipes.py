@@ -28,7 +28,8 @@ What each piece reproduces of the trainer (``keras_preact.training.Trainer``):
 
 Not reproduced: test-time augmentation (``eval_flip``; wrap the model with
 ``keras_preact.export.tta`` on TensorFlow, or average the logits of the image and its mirror),
-and the trainer's checkpointing and exact resume (use ``keras.callbacks.BackupAndRestore``).
+and the trainer's checkpointing and exact resume: the fit trainer (``keras-preact-fit``,
+``keras_preact.fit_loop``) adds those around the same objects.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ __all__ = [
     "WeightAverageCallback",
     "cifar",
     "fast",
+    "from_recipe",
     "get",
     "imagenet",
 ]
@@ -123,7 +125,7 @@ class SparseCrossentropy(keras.losses.Loss):
 
 
 # -- callbacks ---------------------------------------------------------------------------------
-def _synced(model) -> None:
+def sync_variables(model) -> None:
     """Make the model's variables current: JAX's ``fit`` keeps them in its own state between
     steps and writes them back only when asked."""
     sync = getattr(model, "jax_state_sync", None)
@@ -158,14 +160,14 @@ class WeightAverageCallback(keras.callbacks.Callback):
         return [ops.copy(ops.stop_gradient(v.value)) for v in self._variables]
 
     def on_train_begin(self, logs=None):
-        _synced(self.model)
+        sync_variables(self.model)
         self._variables = [v for v in self.model.variables if "float" in str(v.dtype)]
         if self.averages is None:  # a second fit call continues the same average
             self.averages = self._current()
         self._training = True
 
     def on_train_batch_end(self, batch, logs=None):
-        _synced(self.model)
+        sync_variables(self.model)
         t = float(ops.convert_to_numpy(self.model.optimizer.iterations))
         keep = min(self.decay, (1.0 + t) / (10.0 + t))
         self.averages = [
@@ -180,20 +182,20 @@ class WeightAverageCallback(keras.callbacks.Callback):
 
     def on_test_begin(self, logs=None):
         if self._training and self.evaluate_average and self.averages is not None:
-            _synced(self.model)
+            sync_variables(self.model)
             self._saved = self._current()
             self._load(self.averages)
 
     def on_test_end(self, logs=None):
         if self._saved is not None:
-            _synced(self.model)
+            sync_variables(self.model)
             self._load(self._saved)
             self._saved = None
 
     def on_train_end(self, logs=None):
         self._training = False
         if self.apply_at_end and self.averages is not None:
-            _synced(self.model)
+            sync_variables(self.model)
             self._load(self.averages)
 
 
@@ -264,7 +266,13 @@ def get(name: str, *, steps: int | None = None, batch_size: int | None = None,
         changes["train_steps"] = int(steps)
     elif epochs is not None:
         changes["epochs"] = float(epochs)
-    recipe = recipe.replace(**changes)
+    return from_recipe(recipe.replace(**changes), batch_size=batch_size, steps_per_epoch=steps_per_epoch)
+
+
+def from_recipe(recipe: Recipe, *, batch_size: int | None = None, steps_per_epoch: int | None = None,
+                divergence_factor: float = DEFAULT_FACTOR, divergence_window: int = DEFAULT_WINDOW) -> FitRecipe:
+    """A :class:`~keras_preact.training.recipes.Recipe` (a preset, or a run configuration's
+    recipe section) as Keras objects; :func:`get` with the recipe given whole."""
     batch = int(batch_size or recipe.batch_size)
     if recipe.train_steps:
         total = int(recipe.train_steps)
@@ -272,7 +280,7 @@ def get(name: str, *, steps: int | None = None, batch_size: int | None = None,
         total = recipe.total_steps(int(steps_per_epoch))
     else:
         raise ValueError(
-            f"Recipe {name!r} runs for {recipe.epochs:g} epochs: pass steps_per_epoch "
+            f"Recipe {recipe.name!r} runs for {recipe.epochs:g} epochs: pass steps_per_epoch "
             "(or the run's length as steps=...)."
         )
     boundaries = ()
@@ -285,7 +293,7 @@ def get(name: str, *, steps: int | None = None, batch_size: int | None = None,
     )
     optimizer = RecipeSGD(schedule, momentum=recipe.momentum, nesterov=recipe.nesterov,
                           l2=recipe.weight_decay, decay_bn=recipe.decay_bn)
-    callbacks = [DivergenceStop()]
+    callbacks = [DivergenceStop(divergence_factor, divergence_window)]
     if recipe.weight_average:
         callbacks.append(WeightAverageCallback(recipe.weight_average))
     return FitRecipe(

@@ -109,7 +109,8 @@ def test_every_run_value_is_in_the_config(tmp_path):
         "color": True, "strict": True,
     }
     assert sections["distribution"] == {"strategy": "mirrored", "cpu_devices": 2, "tpu": "grpc://1.2.3.4:8470",
-                                        "worker_timeout": 30.0, "sync_bn": True}
+                                        "worker_timeout": 30.0, "sync_bn": True, "keras_distribution": "auto",
+                                        "coordinator_address": None, "num_processes": None, "process_id": None}
     assert sections["checkpointing"] == {"checkpoint_every": 5, "keep_checkpoints": 2}
     assert sections["run"] == {
         "model_dir": str(tmp_path / "run"), "log_every": 3, "eval_every": 7, "seed": 4, "export": True,
@@ -433,7 +434,7 @@ def test_dtype_policy_auto_is_bfloat16_only_on_bf16_hardware(monkeypatch):
     monkeypatch.setattr(run_config.hardware, "cpu_has_bf16", lambda: True)
     bf16 = check("cifar")
     assert bf16.model_kwargs["dtype_policy"] == "mixed_bfloat16" and bf16.model.dtype_auto
-    monkeypatch.setattr(run_config.tf.config, "list_physical_devices", lambda kind=None: ["gpu"] if kind == "GPU" else [])
+    monkeypatch.setattr(run_config.hardware, "gpu_visible", lambda backend=None: True)
     assert "dtype_policy" not in check("cifar").model_kwargs  # a GPU: float32 unless asked
     monkeypatch.setattr(run_config.hardware, "cpu_has_bf16", lambda: False)
     assert "dtype_policy" not in check("cifar").model_kwargs  # float32: the models' default
@@ -894,3 +895,14 @@ def test_final_line_and_no_pending_checkpoints_after_a_clean_finish(cifar_folder
     resumed = io.StringIO()
     train.run(longer, stream=resumed)
     assert "at step 8 " in resumed.getvalue() and not (checkpoints / "pending").exists()
+
+
+def test_the_fit_trainers_settings_are_refused_one_line_each(capsys):
+    flag_values = flags.FlagValues()
+    train.define_flags("cifar", flag_values)
+    argv = ["cifar.py", "--keras_distribution=data_parallel", "--num_processes=2", "--coordinator_address=h:1"]
+    assert train.console_main("cifar", argv, flag_values) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(":")[1].strip() for line in lines] == [
+        "--keras_distribution", "--coordinator_address", "--num_processes"], lines
+    assert all("only the fit trainer honours it" in line for line in lines)

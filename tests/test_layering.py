@@ -33,6 +33,7 @@ tta
 data
 training
 recipes
+fit_loop
 export diagnostics
 cli
 """

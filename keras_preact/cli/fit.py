@@ -1,219 +1,278 @@
-"""The ``fit`` trainer: a recipe trained with Keras' ``model.fit``, on any Keras backend.
+"""The fit trainer: the run configuration of the tf.distribute trainer, trained with ``model.fit``.
 
-``trainers/fit.py`` is this command line. It is the way to train on JAX or PyTorch (the
-``tf.distribute`` trainer, ``trainers/cifar.py``, is TensorFlow's): the model, the recipe
-(``keras_preact.recipes``) and the input pipeline are the package's own, the loop is Keras'.
+``keras-preact-fit`` and ``trainers/fit.py`` are this command line. It trains on every Keras
+backend (JAX, PyTorch, TensorFlow) and needs no TensorFlow off TensorFlow:
 
-    KERAS_BACKEND=jax python trainers/fit.py                                  # embedded sample
-    KERAS_BACKEND=jax python trainers/fit.py --data_dir=/data/cifar10-jpeg --epochs=3
-    KERAS_BACKEND=torch python trainers/fit.py --model=resnet56 --recipe=cifar --epochs=10
+    KERAS_BACKEND=jax keras-preact-fit                                 # the bundled CIFAR-10 sample
+    KERAS_BACKEND=jax keras-preact-fit --data_dir=/data/cifar10-jpeg --model=resnet110 --recipe=cifar
+    KERAS_BACKEND=jax keras-preact-fit --config=runs/cifar10_resnet56/config.json   # a trainers/cifar.py run
 
-* Data: ``--data_dir`` (an image folder with ``train/`` and ``test/``) or ``--dataset``
-  (``cifar10_sample``, the default, or a TFDS name), decoded once into memory
-  (``keras_preact.data.InMemorySplit``): the same batches, for the same ``--seed``, as the
-  TensorFlow trainer's ``--input=memory``. The pipeline is ``tf.data``, which ``fit`` takes on
-  every backend, so reading data needs TensorFlow installed (the model does not).
-* Devices: on JAX with more than one local device, ``--distribution=auto`` (the default)
-  splits every batch over all of them (``keras.distribution.DataParallel``).
-* Evaluation: after training, the test split with the recipe's test-time flip where it has
-  one, on the weight average where it keeps one (as the TensorFlow trainer reports it).
-* Output, in ``--model_dir``: ``history.json`` (per-epoch metrics and seconds),
-  ``results.json`` (final accuracy, images/s, backend, device) and ``model.keras``.
+* **Flags** are the tf.distribute trainer's (``keras_preact.cli.run_flags``: one per setting of
+  ``RunConfig``, ``--recipe``, ``--config``), with the same defaults and the same
+  ``config.json``. A setting this engine does not honour (``--strategy``, ``--sync_bn``,
+  ``--input=stream``, ...) is refused, one line each, unless left at its default; so is a JAX
+  distribution setting on another backend.
+* **Data** (``keras_preact.data.arrays``): the image folder or the sample decoded once into
+  memory, batches a pure function of ``--seed`` and the step, the paper's pad-and-crop and flip,
+  the same on every backend (NumPy; TFDS names need TensorFlow installed).
+* **Loop** (``keras_preact.fit_loop``): checkpoints in ``<model_dir>/checkpoints``
+  every ``--checkpoint_every`` steps, at epoch ends and at the end; the same command resumes
+  from the newest, exactly. ``metrics.csv``, TensorBoard scalars (``tensorboard/``),
+  ``curves.png``, ``labels.txt``, ``config.json``, ``results.json`` and ``model.keras`` (the
+  evaluated weights) in the run directory; ``--export`` writes a TF Serving SavedModel at the
+  end where TensorFlow is installed.
+* **Several JAX processes**: ``--coordinator_address``, ``--num_processes``, ``--process_id``
+  (``keras.distribution.initialize``), or what JAX detects on a TPU slice or a SLURM/Open MPI
+  launch; every batch is split over all devices of all processes (``DataParallel``), each
+  process feeding its own rows. See docs/backends.md.
 
-Exit status 0; 2 for a bad flag (one line naming it); 3 if the run diverged.
+Exit status 0; 2 for a bad flag (one line naming it); 3 if the run diverged (the line names the
+last good checkpoint); 4 if another process of a multi-process run was lost.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import keras
-import numpy as np
 from absl import flags
 
-import keras_preact
-from keras_preact import data as data_lib
-from keras_preact.cli import command_help
+from keras_preact import registry
+from keras_preact.cli import command_help, run_flags
+from keras_preact.cli.run_flags import FlagError, config_from_flags, parse_command_line, wants_help
+from keras_preact.data.arrays import ArraySplit
+from keras_preact.data.labels import write_label_map
+from keras_preact.fit_loop import FitRun, join_jax_processes, wait_for_all_processes
 from keras_preact.hardware import device_description
-from keras_preact.registry import ModelNameError, resolve
-from keras_preact.training.recipes import RECIPES
+from keras_preact.recipes import from_recipe
+from keras_preact.training import run_config
+from keras_preact.training.divergence import DivergenceError
+from keras_preact.training.observe import RESULTS_FILE
+from keras_preact.training.run_config import RunConfig, check_schedule_fits
+from keras_preact.training.schedules import scale_learning_rate
+from keras_preact.weights import load_weights
 
+ENGINE = "fit"
 EXIT_FLAG_ERROR = 2
 EXIT_DIVERGED = 3
-DISTRIBUTIONS = ("auto", "none", "data_parallel")
+EXIT_PROCESS_LOST = 4
+MODEL_FILE = "model.keras"
+IMAGES_PER_SEC_MEANS = ("training steps after this process's first (which holds the compilation); "
+                        "evaluation, logging and checkpoint writes excluded")
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    define = dict(flag_values=flag_values)
-    flags.DEFINE_string("model", "resnet20", "Registered model name (keras_preact.list_models()).", **define)
-    flags.DEFINE_string("recipe", "fast", "Training recipe (keras_preact.training.RECIPES).", **define)
-    flags.DEFINE_float("epochs", None, "Epochs to train (default: the recipe's length).", **define)
-    flags.DEFINE_integer("batch_size", None, "Global batch (default: the recipe's).", **define)
-    flags.DEFINE_string("data_dir", None, "Image folder with train/<class>/ and test/<class>/.", **define)
-    flags.DEFINE_string("dataset", "cifar10_sample", "Dataset when --data_dir is not given "
-                        "(cifar10_sample: embedded in the package; or a TFDS name).", **define)
-    flags.DEFINE_integer("seed", 0, "Seed of the weights and of the batches.", **define)
-    flags.DEFINE_enum("dtype_policy", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
-                      "Keras dtype policy of the model.", **define)
-    flags.DEFINE_enum("distribution", "auto", list(DISTRIBUTIONS),
-                      "auto: DataParallel over all local devices when JAX sees more than one; "
-                      "data_parallel: always (JAX only); none: one device.", **define)
-    flags.DEFINE_string("model_dir", None, "Output folder (default: runs/fit_<backend>_<model>).", **define)
-    flags.DEFINE_integer("verbose", 1, "Keras fit verbosity: 1 progress bar, 2 a line per epoch.", **define)
+    """The CIFAR trainer's flags (``run_flags.define_flags``): the same run configuration."""
+    run_flags.define_flags("cifar", flag_values)
 
 
-class FlagError(ValueError):
-    def __init__(self, flag: str, message: str):
-        super().__init__(f"--{flag}: {message}")
+def engine_conflicts(config: RunConfig, backend: str) -> list:
+    """One ``FlagError`` per setting this engine cannot honour on ``backend`` (empty: it runs)."""
+    conflicts = config.engine_conflicts(ENGINE)
+    if config.data.input == "stream":
+        conflicts.append(FlagError("input", "the fit trainer holds the data in memory (memory or auto); "
+                                            "streaming is the tf.distribute trainer's (trainers/cifar.py)."))
+    distribution = config.distribution
+    if backend != "jax":
+        if distribution.keras_distribution == "data_parallel":
+            conflicts.append(FlagError("keras_distribution", f"data_parallel is Keras' JAX distribution; "
+                                                             f"the {backend} backend trains on one device here."))
+        for name in ("coordinator_address", "num_processes", "process_id"):
+            if getattr(distribution, name) is not None:
+                conflicts.append(FlagError(name, f"several processes are JAX's (keras.distribution); "
+                                                 f"got KERAS_BACKEND={backend}."))
+    if config.run.export and importlib.util.find_spec("tensorflow") is None:
+        conflicts.append(FlagError("export", "a SavedModel needs TensorFlow: pip install "
+                                             "\"keras_preact[tensorflow]\", or export model.keras later."))
+    return conflicts
 
 
-def run(values: flags.FlagValues = flags.FLAGS, stream=None) -> dict:
-    """Train and evaluate as the flags say; returns the results written to results.json."""
+def run(config: RunConfig, stream=None, shard=(0, 1)) -> dict:
+    """Train as ``config`` says; returns what ``results.json`` holds. ``shard``: this process's
+    index and the process count. Raises ``FlagError`` (a setting turns out bad once the data is
+    read) and ``DivergenceError``."""
     stream = stream or sys.stdout
     backend = keras.backend.backend()
-    try:
-        spec = resolve(values.model)
-    except ModelNameError as error:
-        raise FlagError("model", str(error)) from None
-    if values.recipe not in RECIPES or RECIPES[values.recipe].family != "cifar":
-        cifar = [n for n, r in RECIPES.items() if r.family == "cifar"]
-        raise FlagError("recipe", f"unknown CIFAR recipe {values.recipe!r}; choices: {', '.join(cifar)}.")
-    if values.epochs is not None and not values.epochs > 0:
-        raise FlagError("epochs", f"must be > 0, got {values.epochs}.")
-    if values.batch_size is not None and values.batch_size < 1:
-        raise FlagError("batch_size", f"must be >= 1, got {values.batch_size}.")
-    distribution = values.distribution
-    if distribution == "data_parallel" and backend != "jax":
-        raise FlagError("distribution", f"data_parallel is Keras' JAX distribution; the {backend} "
-                        "backend trains on one device here (TensorFlow: trainers/cifar.py --strategy).")
+    started = time.monotonic()
+    chief = shard[0] == 0
+    say = (lambda text: print(text, file=stream, flush=True)) if chief else (lambda text: None)
+    data, recipe, run_settings = config.data, config.recipe, config.run
+    batch = recipe.batch_size
+    if batch % shard[1]:
+        raise FlagError("batch_size", f"{batch} does not split over {shard[1]} processes.")
+
     devices = keras.distribution.list_devices() if backend == "jax" else []
-    if distribution == "data_parallel" or (distribution == "auto" and len(devices) > 1):
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    wanted = config.distribution.keras_distribution
+    if backend == "jax" and (wanted == "data_parallel" or (wanted == "auto" and len(devices) > 1)):
+        if batch % len(devices):
+            raise FlagError("batch_size", f"{batch} does not split over the {len(devices)} devices.")
+        # Each process feeds its own rows of every batch (keras_preact.data.arrays shards).
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False))
     else:
         devices = devices[:1]
 
-    source = values.data_dir or values.dataset
-    data_flag = "data_dir" if values.data_dir else "dataset"
     try:
-        train = data_lib.InMemorySplit.load(source, "train", only_preprocessing="cifar")
-        test = data_lib.InMemorySplit.load(source, "test", only_preprocessing="cifar")
+        train = ArraySplit.load(data.source, data.train_split, strict=data.strict, tfds_dir=data.tfds_dir)
+        evaluation = ArraySplit.load(data.source, data.eval_split, strict=data.strict, tfds_dir=data.tfds_dir)
     except (FileNotFoundError, ValueError, OSError) as error:
-        raise FlagError(data_flag, str(error).strip().splitlines()[0]) from None
-    recipe_data = RECIPES[values.recipe]
-    batch = int(values.batch_size or recipe_data.batch_size)
-    per_epoch = train.steps_per_epoch(batch)
-    if per_epoch < 1:
+        raise FlagError(data.flag, _first_line(error)) from None
+    steps_per_epoch = train.steps_per_epoch(batch)
+    if steps_per_epoch < 1:
         raise FlagError("batch_size", f"{batch} is larger than the {len(train)} training examples.")
-    changes = {} if values.epochs is None else {"epochs": values.epochs}
-    recipe = keras_preact.recipes.get(values.recipe, batch_size=batch, steps_per_epoch=per_epoch, **changes)
-    epochs = recipe.total_steps / per_epoch
+    check_schedule_fits(recipe, steps_per_epoch)
+    fit_recipe = from_recipe(recipe, steps_per_epoch=steps_per_epoch,
+                             divergence_factor=run_settings.divergence_factor,
+                             divergence_window=run_settings.divergence_window)
 
-    keras.utils.set_random_seed(values.seed)
-    model = keras_preact.get_model(spec.name, unit=spec.unit, num_classes=train.info.num_classes,
-                                   dtype_policy=values.dtype_policy)
-    recipe.compile(model)
-    model_dir = values.model_dir or os.path.join("runs", f"fit_{backend}_{spec.name}")
-    os.makedirs(model_dir, exist_ok=True)
+    keras.utils.set_random_seed(run_settings.seed)
+    model = registry.get_model(config.model_name, num_classes=train.num_classes, input_shape=(*train.images.shape[1:3], 3),
+                               **config.model_kwargs)
+    if config.model.init_weights:  # a resumed run's checkpoint replaces these weights
+        load_weights(model, config.model.init_weights,
+                     skip_head=run_config.new_head(config.model.init_weights, train.num_classes))
+    fit_recipe.compile(model, jit_compile=True if config.speed.jit_compile else "auto")
+    model_dir = run_settings.model_dir
+    if chief:
+        os.makedirs(model_dir, exist_ok=True)
+        write_label_map(train.class_names, model_dir)
+        run_config.write(config, model_dir)
+
+    fit_run = FitRun(model, fit_recipe, train, evaluation, model_dir=model_dir, steps_per_epoch=steps_per_epoch,
+                     seed=run_settings.seed, checkpoint_every=config.checkpointing.checkpoint_every,
+                     keep_checkpoints=config.checkpointing.keep_checkpoints, log_every=run_settings.log_every,
+                     eval_every=run_settings.eval_every, eval_name=data.eval_split, shard=shard, chief=chief,
+                     stream=stream)
+    try:
+        start = fit_run.restore()
+    except ValueError as error:  # a checkpoint of another model or recipe
+        raise FlagError("model_dir", _first_line(error)) from None
     device = device_description(backend)["name"]
-    print(f"{spec.name} on {backend} ({device}; {max(1, len(devices))} device(s)), recipe "
-          f"{values.recipe}: {recipe.total_steps} steps of {batch} ({epochs:g} epochs of "
-          f"{per_epoch}), {values.dtype_policy}; writing {model_dir}", file=stream, flush=True)
-
-    timer = _EpochTimer()
-    whole_epochs = int(np.ceil(epochs))
-    started = time.monotonic()
-    history = model.fit(
-        train.train_batches(batch, seed=values.seed)(0), epochs=whole_epochs, steps_per_epoch=per_epoch,
-        callbacks=[*recipe.callbacks, timer], verbose=values.verbose,
-        shuffle=False,  # the batches come shuffled and augmented from the pipeline
-    )
-    wall = time.monotonic() - started
-    stop = next((c for c in recipe.callbacks if isinstance(c, keras_preact.recipes.DivergenceStop)), None)
-    accuracy = evaluate(model, test.eval_batches(batch), flip=recipe.recipe.eval_flip)
+    say(f"{model.name} ({model.count_params():,} parameters) on {data.source} {data.train_split} "
+        f"({len(train)} images, {train.num_classes} classes); fit trainer on {backend} ({device}, "
+        f"{max(1, len(devices))} device(s), {shard[1]} process(es)); {config.model.dtype_policy}; batch {batch}, "
+        f"{fit_recipe.total_steps} steps ({fit_recipe.total_steps / steps_per_epoch:.1f} epochs of "
+        f"{steps_per_epoch}), recipe {recipe.name}; run directory {model_dir}")
+    if start:
+        say(f"Resuming from {fit_run.restored_from} (step {start} of {fit_recipe.total_steps}).")
+    finals = fit_run.fit()
+    for name, result in finals.items():
+        say(f"Final {name} error: {100 * result['error']:.2f}% (accuracy {100 * (1 - result['error']):.2f}%) "
+            f"on {result['count']} images after {fit_run.step} steps"
+            + (", of the weight average" if recipe.weight_average else "")
+            + (f", {recipe.eval_tta} views" if recipe.eval_tta != "none" else "") + ".")
     results = {
-        "model": spec.name, "recipe": values.recipe, "backend": backend, "device": device,
-        "devices": max(1, len(devices)), "dtype_policy": values.dtype_policy, "seed": values.seed,
-        "batch_size": batch, "epochs": epochs, "steps": recipe.total_steps,
-        "test_accuracy": accuracy, "test_images": len(test),
-        "eval": ("weight average" if recipe.recipe.weight_average else "final weights")
-                + (" + flip" if recipe.recipe.eval_flip else ""),
-        "epoch_seconds": [round(s, 2) for s in timer.seconds],
-        # Training throughput from the end of the first step (which holds the compilation) to
-        # the end of the last; None for a one-step run.
-        "images_per_sec_after_first_step": timer.images_per_sec(batch),
-        "wall_seconds": round(wall, 1),
-        "diverged": None if stop is None or stop.stopped_at is None else
-                    {"step": stop.stopped_at, "reason": stop.reason},
+        "model": model.name, "parameters": int(model.count_params()), "engine": ENGINE, "backend": backend,
+        "device": device, "devices": max(1, len(devices)), "processes": shard[1], "steps": fit_run.step,
+        "seconds_in_last_process": round(time.monotonic() - started, 1),
+        "train_seconds": round(fit_run.train_seconds, 1),
+        "images_per_sec_after_first_step": fit_run.images_per_sec_after_first_step(),
+        "images_per_sec_means": IMAGES_PER_SEC_MEANS,
+        "recipe": dataclasses.asdict(recipe),
+        "base_lr": float(scale_learning_rate(recipe.base_lr, batch, recipe.lr_reference_batch)),
+        "global_batch": batch, "dtype_policy": config.model.dtype_policy, "input": "memory",
+        "source": data.source, "seed": run_settings.seed, "resumed_from": fit_run.restored_from,
+        "final": finals, "argv": list(config.argv),
     }
-    with open(os.path.join(model_dir, "history.json"), "w") as f:
-        json.dump({k: [float(x) for x in v] for k, v in history.history.items()}, f, indent=1)
-    with open(os.path.join(model_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    model.save(os.path.join(model_dir, "model.keras"))
-    speed = results["images_per_sec_after_first_step"]
-    print(f"\nFinal test accuracy: {100 * accuracy:.2f}% ({results['eval']}, {len(test)} images)"
-          + (f"; {speed} images/s training, after the first step (compilation excluded)"
-             if speed is not None else ""), file=stream)
+    save_model(model, os.path.join(model_dir, MODEL_FILE), chief)
+    if chief:
+        _write_json(os.path.join(model_dir, RESULTS_FILE), results)
+        speed = results["images_per_sec_after_first_step"]
+        say(f"Plot: {os.path.join(model_dir, 'curves.png')}; metrics: {os.path.join(model_dir, 'metrics.csv')}; "
+            f"{results['seconds_in_last_process']:.0f} s in this process"
+            + (f", {speed} images/s in training steps after the first" if speed else "") + ".")
+        if run_settings.export:
+            say(f"Exported: {export(os.path.join(model_dir, MODEL_FILE), config)}")
+    if shard[1] > 1:  # the others wait for process 0's writes: JAX's shutdown barrier would not
+        wait_for_all_processes("keras_preact.fit: run directory written")
     return results
 
 
-def evaluate(model, dataset, flip: bool) -> float:
-    """Top-1 accuracy; with ``flip``, of the mean logits of each image and its mirror image."""
-    labels = np.concatenate([np.asarray(y) for _, y in dataset.as_numpy_iterator()])
-    logits = model.predict(dataset, verbose=0)
-    if flip:
-        mirrored = dataset.map(lambda x, y: (x[:, :, ::-1, :], y))
-        logits = (logits + model.predict(mirrored, verbose=0)) / 2.0
-    return float(np.mean(np.argmax(logits, -1) == labels))
+def save_model(model, path: str, chief: bool) -> None:
+    """``model.keras``, written by process 0. Every process takes part: Keras reads a variable
+    that spans several JAX processes with a collective; the others' copies go to a scratch file."""
+    if chief:
+        model.save(path)
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        model.save(os.path.join(scratch, MODEL_FILE))
 
 
-class _EpochTimer(keras.callbacks.Callback):
-    """Seconds of each training epoch, and the training steps after the first (whose time holds
-    the compilation: tracing and XLA or TorchDynamo work), for a throughput that excludes it."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-        self._steps = 0
-        self._first_step_done = None
-        self._last_step_done = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._started = time.monotonic()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.monotonic() - self._started)
-
-    def on_train_batch_end(self, batch, logs=None):
-        now = time.monotonic()
-        self._steps += 1
-        if self._first_step_done is None:
-            self._first_step_done = now
-        self._last_step_done = now
-
-    def images_per_sec(self, batch_size: int):
-        """Images per second over the steps after the first; None with fewer than two steps."""
-        if self._steps < 2 or self._last_step_done <= self._first_step_done:
-            return None
-        return round((self._steps - 1) * batch_size / (self._last_step_done - self._first_step_done), 1)
+def export(model_file: str, config: RunConfig) -> str:
+    """The TF Serving export of the trained model, by the exporter (``keras-preact-export``) in a
+    TensorFlow process reading ``model_file`` and the labels.txt beside it: the same on every
+    backend, and this process never imports TensorFlow for it."""
+    command = [sys.executable, "-m", "keras_preact.export", "--model_file", model_file, "--name",
+               config.model_name, "--preprocessing", "cifar", "--base_dir", config.run.export_dir]
+    done = subprocess.run(command, env={**os.environ, "KERAS_BACKEND": "tensorflow"}, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the export failed ({' '.join(command)}): {done.stderr.strip().splitlines()[-1:]}")
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    return lines[-1] if lines else config.run.export_dir
 
 
-def console_main(argv=None, flag_values: flags.FlagValues = flags.FLAGS) -> int:
+def _write_json(path: str, record: dict) -> None:
+    with open(path + ".tmp", "w") as handle:
+        json.dump(record, handle, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def _first_line(error) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def console_main(argv=None, flag_values: flags.FlagValues = flags.FLAGS, stream=None) -> int:
+    """The whole command line; returns the exit status (see the module docstring)."""
     argv = list(sys.argv if argv is None else argv)
-    if any(arg in ("-h", "--help", "--helpfull") for arg in argv[1:]):
-        print(command_help(flag_values, __name__, argv))
+    if wants_help(argv):
+        print(command_help(flag_values, run_flags.__name__, argv))
         return 0
+    shard = (0, 1)
     try:
-        flag_values(argv)
-    except flags.Error as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FLAG_ERROR
-    try:
-        results = run(flag_values)
+        rest = parse_command_line(flag_values, argv)
+        if len(rest) > 1:
+            print(f"error: unexpected argument {rest[1]!r}: flags are --name=value.", file=sys.stderr)
+            return EXIT_FLAG_ERROR
+        config = config_from_flags("cifar", flag_values, argv=argv, look_at_devices=False)
+        conflicts = engine_conflicts(config, keras.backend.backend())
+        if conflicts:
+            for conflict in conflicts:
+                print(f"error: {conflict}", file=sys.stderr)
+            return EXIT_FLAG_ERROR
+        shard = (0, 1)
+        if keras.backend.backend() == "jax":
+            distribution = config.distribution
+            shard = join_jax_processes(distribution.coordinator_address, distribution.num_processes,
+                                       distribution.process_id,
+                                       find_peers=distribution.keras_distribution == "data_parallel")
+        run(run_config.resolve_devices(config), stream, shard=shard)
     except FlagError as error:
         print(f"error: {error}", file=sys.stderr)
-        return EXIT_FLAG_ERROR
-    return EXIT_DIVERGED if results["diverged"] else 0
+        return _leave(EXIT_FLAG_ERROR, shard)
+    except DivergenceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return _leave(EXIT_DIVERGED, shard)
+    except Exception as error:  # noqa: BLE001 -- a peer process lost mid-collective
+        if shard[1] == 1:
+            raise
+        print(f"error: process {shard[0]} of {shard[1]} stopped: {_first_line(error)} -- another process of "
+              "the run was probably lost; start every process again to resume from the last checkpoint.",
+              file=sys.stderr)
+        return _leave(EXIT_PROCESS_LOST, shard)
+    return 0
+
+
+def _leave(code: int, shard) -> int:
+    """The exit status; a process of a multi-process run leaves at once, since JAX's shutdown
+    would wait for peers that may be gone."""
+    if shard[1] > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

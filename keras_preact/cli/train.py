@@ -1,6 +1,7 @@
 """The trainer command line shared by ``trainers/cifar.py`` and ``trainers/imagenet.py``.
 
-A thin driver over ``keras_preact.training.run_config``: flags -> :class:`RunConfig` -> ``run``.
+A thin driver over ``keras_preact.training.run_config``: flags (``keras_preact.cli.run_flags``,
+shared with the fit trainer) -> :class:`RunConfig` -> ``run``.
 
 * ``define_flags(family, flag_values)`` declares one absl flag per setting of the run
   configuration, generated from its fields (name, type, default, help text, choices); the
@@ -35,28 +36,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import sys
 import time
 
 import keras
 import tensorflow as tf
 from absl import flags
-from absl import logging as absl_logging
 
 from keras_preact import data as data_lib
 from keras_preact import export as export_lib
 from keras_preact import registry
 from keras_preact.cli import command_help
+from keras_preact.cli import run_flags
+from keras_preact.cli.run_flags import config_from_flags, define_flags, parse_command_line, wants_help
 from keras_preact.common import FAMILIES
 from keras_preact.training import recipes as recipes_lib
 from keras_preact.training import run_config
-from keras_preact.training import schedules
 from keras_preact.training import settings as settings_lib
 from keras_preact.training import strategy as strategy_lib
 from keras_preact.training.loop import DivergenceError, Trainer, WorkerLostError
 from keras_preact.training.observe import RESULTS_FILE
-from keras_preact.training.run_config import RunConfig
+from keras_preact.training.run_config import RunConfig, check_schedule_fits
 from keras_preact.weights import load_weights
 
 STRATEGY_ARGUMENT_FLAGS = {  # strategy.StrategyError.argument
@@ -76,92 +76,7 @@ FLAGS = flags.FLAGS
 # A bad flag value; ``str()`` is the one line shown to the user, ``flag`` names the flag. The
 # configuration's own error: each setting's check names its flag.
 FlagError = settings_lib.SettingError
-
-_DEFINERS = {
-    "boolean": flags.DEFINE_bool,
-    "integer": flags.DEFINE_integer,
-    "number": flags.DEFINE_float,
-    "text": flags.DEFINE_string,
-    "items": flags.DEFINE_list,
-}
-
-
-def _shown(field, value) -> str:
-    """A setting's value as ``--help`` shows it."""
-    if value is None:
-        return field.metadata["unset"] or "unset"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, tuple):
-        return ",".join(map(str, value)) or "none"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def recipe_default_help(family: str, field) -> str:
-    """``--help``'s default of a recipe setting: each preset's value, e.g. ``from --recipe (cifar,
-    fast: 128)``."""
-    by_value = {}
-    for name in recipes_lib.family_recipes(family):
-        shown = _shown(field, getattr(recipes_lib.RECIPES[name], field.name))
-        by_value.setdefault(shown, []).append(name)
-    return "from --recipe (" + "; ".join(f"{', '.join(names)}: {value}" for value, names in by_value.items()) + ")"
-
-
-def define_flags(family: str, flag_values: flags.FlagValues = FLAGS) -> None:
-    """Declare the trainer flags for ``family`` (``"cifar"`` or ``"imagenet"``) in ``flag_values``:
-    one per setting of ``run_config.RunConfig`` (``run_config.flag_settings``), and
-    ``--recipe`` and ``--config``."""
-    if family not in FAMILIES:
-        raise ValueError(f"Unknown family {family!r}. Valid choices: {', '.join(map(repr, FAMILIES))}.")
-    if "verbosity" in flag_values:  # absl's; TF's INFO chatter would break the progress bar
-        flag_values.set_default("verbosity", absl_logging.WARNING)
-    defaults = run_config.sections_for(family)
-    for section, field, flag in run_config.flag_settings(family):
-        meta = field.metadata
-        help_text = meta["help"]
-        if section == "recipe":  # unset: the recipe's value
-            default = None
-            help_text += f" (default: {recipe_default_help(family, field)})"
-        else:
-            default = defaults[section][field.name]
-            if default is None:
-                help_text += f" (default: {_shown(field, None)})"
-        choices = run_config.DATASETS[family] if flag == "dataset" else meta["choices"]
-        if meta["kind"] == "choice":
-            flags.DEFINE_enum(flag, default, list(choices), help_text, flag_values=flag_values)
-        else:
-            if meta["kind"] == "items" and default is not None:
-                default = [str(v) for v in default]
-            _DEFINERS[meta["kind"]](flag, default, help_text, flag_values=flag_values)
-    dataset_recipes = ", ".join(
-        f"{recipes_lib.recipe_for_dataset(d, family).name} for --dataset={d}" for d in run_config.DATASETS[family])
-    flags.DEFINE_enum(
-        "recipe", None, list(recipes_lib.family_recipes(family)),
-        "Training recipe: a preset of the recipe settings (batch size, rate, schedule, length, "
-        "evaluation views), which their flags override; 'fast' is the short-budget CIFAR recipe "
-        f"(docs/training.md). Replaces the recipe of --config. (default: the dataset's: "
-        f"{dataset_recipes}; the {family} recipe for --data_dir)", flag_values=flag_values)
-    flags.DEFINE_string(
-        "config", None, "A run configuration file: the config.json a run writes into its directory "
-        "(which repeats that run), or any subset of its sections as JSON, or YAML if PyYAML is "
-        "installed. Flags given override its values. (default: none)", flag_values=flag_values)
-
-
-def config_from_flags(family: str, flag_values: flags.FlagValues = FLAGS, argv=()) -> RunConfig:
-    """The parsed flags of the ``family`` trainer as a resolved, checked :class:`RunConfig`.
-
-    The only function that reads flag values: ``--config``'s file, then ``--recipe``, then every
-    flag given on the command line. Cheap checks only (no model built, no data read); a
-    ``FlagError`` names the first bad flag. ``argv`` is recorded in ``results.json``.
-    """
-    F = flag_values
-    overrides = {}
-    for section, field, flag in run_config.flag_settings(family):
-        if not F[flag].using_default_value:
-            overrides[(section, field.name)] = settings_lib.coerce(field, F[flag].value)
-    file_values = run_config.read_file(F.config) if F.config else None
-    return run_config.resolve(family, file_values, overrides, recipe=F.recipe, argv=argv)
-
+ENGINE = "tf.distribute"
 
 def _strategy_flag_error(error: strategy_lib.StrategyError) -> FlagError:
     return FlagError(STRATEGY_ARGUMENT_FLAGS[error.argument], str(error))
@@ -353,26 +268,6 @@ def speed_settings(config: RunConfig, trainer) -> list:
     return items
 
 
-def check_schedule_fits(recipe: recipes_lib.Recipe, steps_per_epoch: int) -> None:
-    """A FlagError for a step-decay boundary or a warm-up that does not fit in the run.
-
-    Only known once the data (hence the run's length in iterations) is: an iteration or epoch
-    boundary at or after the last step blames ``--lr_boundaries``; a warm-up as long as the
-    run blames ``--warmup_steps``.
-    """
-    total = recipe.total_steps(steps_per_epoch)
-    if recipe.schedule == "step":
-        try:
-            schedules.resolve_boundaries(recipe.lr_boundaries, total, steps_per_epoch, within_run=True)
-        except ValueError as error:
-            raise FlagError("lr_boundaries", str(error)) from None
-    if recipe.warmup_steps and recipe.warmup_steps >= total:
-        raise FlagError(
-            "warmup_steps", f"a warm-up of {recipe.warmup_steps} steps does not end inside the run "
-            f"({total} steps); shorten it or lengthen the run."
-        )
-
-
 def moved_boundaries_note(recipe: recipes_lib.Recipe) -> str:
     """The banner's note when the recipe's absolute boundaries moved to fractions of this run."""
     try:
@@ -428,7 +323,13 @@ def main(family: str, flag_values: flags.FlagValues = FLAGS, argv=None, stream=N
 
 def _run_config(family, flag_values, argv, stream) -> int:
     try:
-        run(config_from_flags(family, flag_values, argv=argv), stream)
+        config = config_from_flags(family, flag_values, argv=argv)
+        conflicts = config.engine_conflicts(ENGINE)
+        if conflicts:  # one line each, e.g. the fit trainer's --keras_distribution
+            for conflict in conflicts:
+                print(f"error: {conflict}", file=sys.stderr)
+            return EXIT_FLAG_ERROR
+        run(config, stream)
     except FlagError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FLAG_ERROR
@@ -441,35 +342,6 @@ def _run_config(family, flag_values, argv, stream) -> int:
     return 0
 
 
-HELP_ARGUMENTS = ("-h", "-help", "--help", "-?", "--helpshort", "--helpfull")
-
-
-def wants_help(argv) -> bool:
-    """Whether the command line asks for help (before ``--``)."""
-    arguments = list(argv[1:])
-    if "--" in arguments:
-        arguments = arguments[: arguments.index("--")]
-    return any(a in HELP_ARGUMENTS for a in arguments)
-
-
-def parse_command_line(flag_values: flags.FlagValues, argv) -> list:
-    """Parse ``argv`` into ``flag_values``; a FlagError naming the flag for a malformed one.
-
-    Returns the remaining arguments (``argv[0]`` first), as absl does.
-    """
-    try:
-        return flag_values(list(argv))
-    except flags.UnrecognizedFlagError as error:
-        hint = str(error).split(". ", 1)[1].strip() if ". " in str(error) else "see --help"
-        raise FlagError(error.flagname, f"unknown flag ({hint}).") from None
-    except flags.Error as error:
-        text = " ".join(str(error).split())
-        match = re.match(r"flag --(\w+)(=\S*)?: (.*)", text) or re.search(r"flag --(\w+)()(.*)", text)
-        if match:
-            raise FlagError(match.group(1), match.group(3).strip(" :") or text) from None
-        raise FlagError("?", text) from None
-
-
 def console_main(family: str, argv=None, flag_values: flags.FlagValues = FLAGS, stream=None) -> int:
     """A trainer script's whole command line: ``--help`` (exit 0), parse, validate, run.
 
@@ -478,7 +350,7 @@ def console_main(family: str, argv=None, flag_values: flags.FlagValues = FLAGS, 
     """
     argv = list(sys.argv if argv is None else argv)
     if wants_help(argv):
-        print(command_help(flag_values, __name__, argv))
+        print(command_help(flag_values, run_flags.__name__, argv))  # the flags are run_flags'
         return 0
     try:
         rest = parse_command_line(flag_values, argv)

@@ -23,12 +23,11 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from keras_preact.data.arrays import DEFAULT_MAX_BYTES, checked_pixels  # above it, a split is streamed
 from keras_preact.data.augment import cifar_augment_batch
 from keras_preact.data.pipeline import DatasetInfo, load_pixels
 from keras_preact.data.preprocess import normalize
 
-# Splits above this decoded size are streamed instead (``load`` refuses them).
-DEFAULT_MAX_BYTES = 4 * 2**30
 AUGMENTATIONS = ("cifar", "none")
 _SHUFFLE_STREAM, _AUGMENT_STREAM = 1, 2  # keep the two random streams of a seed apart
 
@@ -37,13 +36,7 @@ class InMemorySplit:
     """Decoded pixels ``uint8 [N, h, w, 3]`` and labels ``int32 [N]`` of one split, with ``info``."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, info: DatasetInfo):
-        images, labels = np.asarray(images), np.asarray(labels)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be uint8 [N, h, w, 3], got {images.dtype} {images.shape}.")
-        if labels.shape != (images.shape[0],):
-            raise ValueError(f"labels must be [N] = [{images.shape[0]}], got {labels.shape}.")
-        self.images = images
-        self.labels = labels.astype(np.int32)
+        self.images, self.labels = checked_pixels(images, labels)
         self.info = info
 
     @classmethod

@@ -31,13 +31,12 @@ from keras_preact.data import sources
 from keras_preact.data.augment import check_augment, preprocess_for_train
 from keras_preact.data.bad_files import BadFileLog
 from keras_preact.data.decode import decode_image
+from keras_preact.data.folders import FOLDER_PREFIX, SAMPLE_SOURCE
 from keras_preact.data.preprocess import eval_pixels, get_preprocessing, preprocess_for_eval
 from keras_preact.data.sample import cifar10_sample_dir
 
 logger = logging.getLogger("keras_preact.data")
 
-SAMPLE_SOURCE = "cifar10_sample"
-FOLDER_PREFIX = "folder:"
 DEFAULT_TFDS_SHUFFLE_BUFFER = 10_000  # encoded records; ImageNet JPEGs average ~110 kB
 _HISTORY = 32  # preceding file names each element carries, to name dropped files
 

@@ -8,13 +8,10 @@ signatures both call :func:`preprocess_for_eval`, so a served model sees exactly
 evaluation saw. All functions are pure TensorFlow ops (usable in ``tf.function``/SavedModels).
 
 Normalisation constants are per channel (R, G, B) in **0-255 units**: the model input is
-``(pixel - MEAN) / STD`` with ``pixel`` in [0, 255].
-
-- ``CIFAR_MEAN``/``CIFAR_STD``: the CIFAR-10 training-set statistics used by fb.resnet.torch
-  and the paper's CIFAR code (mean 125.3, 123.0, 113.9; std 63.0, 62.1, 66.7). The same
-  constants serve CIFAR-100 (its own statistics differ by under 4 units per channel).
-- ``IMAGENET_MEAN``/``IMAGENET_STD``: the ImageNet statistics used by fb.resnet.torch
-  (mean 0.485, 0.456, 0.406; std 0.229, 0.224, 0.225 in 0-1 units), times 255.
+``(pixel - MEAN) / STD`` with ``pixel`` in [0, 255]. They live in
+:mod:`keras_preact.data.constants` (no TensorFlow there, so the NumPy pipeline shares them) and
+are re-exported here: ``CIFAR_MEAN``/``CIFAR_STD`` (the CIFAR-10 training-set statistics of
+fb.resnet.torch and the paper's CIFAR code) and ``IMAGENET_MEAN``/``IMAGENET_STD``.
 """
 
 from __future__ import annotations
@@ -26,11 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_preact.common import check_choice
-
-CIFAR_MEAN = (125.3, 123.0, 113.9)
-CIFAR_STD = (63.0, 62.1, 66.7)
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+from keras_preact.data.constants import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)

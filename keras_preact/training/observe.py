@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-import tensorflow as tf
+from keras_preact.training.event_file import EventFileWriter
 
 # A finished run's final evaluations (written by the trainer, read by the ablation runner).
 RESULTS_FILE = "results.json"
@@ -163,23 +163,12 @@ def train_seconds(rows: list) -> float | None:
     return max(seconds) if seconds else None
 
 
-def _scalar_metadata():
-    """The metadata TensorBoard's scalar plugin reads (what ``tf.summary.scalar`` attaches).
-
-    ``tf.summary.scalar`` lives in the ``tensorboard`` package, which tensorflow-cpu does not
-    install; ``tf.summary.write`` with this metadata writes the same event without it.
-    """
-    from tensorflow.core.framework import summary_pb2
-
-    return summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
-    )
-
-
 class TensorBoardLog:
     """Scalars under ``<log_dir>/train`` and ``<log_dir>/<eval name>`` for TensorBoard.
 
-    Viewing them needs ``pip install tensorboard``; writing them does not.
+    The event files are written by ``event_file`` (no TensorFlow, no ``tensorboard``), so a run
+    on any Keras backend logs them. Viewing them needs ``pip install tensorboard``; writing them
+    does not.
     """
 
     def __init__(self, log_dir: str):
@@ -188,13 +177,8 @@ class TensorBoardLog:
 
     def scalars(self, group: str, step: int, values: dict):
         if group not in self.writers:
-            self.writers[group] = tf.summary.create_file_writer(os.path.join(self.log_dir, group))
-        with self.writers[group].as_default(step=int(step)):
-            for name, value in values.items():
-                tf.summary.write(
-                    name, tf.constant(float(value), tf.float32), metadata=_scalar_metadata()
-                )
-        self.writers[group].flush()
+            self.writers[group] = EventFileWriter(os.path.join(self.log_dir, group))
+        self.writers[group].scalars(int(step), values)
 
     def close(self):
         for writer in self.writers.values():

@@ -31,19 +31,17 @@ import functools
 import json
 import os
 
-import tensorflow as tf
-
 from keras_preact import hardware, registry
-from keras_preact.common import (DTYPE_POLICIES, FAMILIES, KINDS, ORDERS, SHORTCUT_OPTIONS, SHORTCUTS,
-                                 check_writable_dir)
+from keras_preact.common import (DEFAULT_WORKER_TIMEOUT, DTYPE_POLICIES, FAMILIES, KERAS_DISTRIBUTIONS, KINDS,
+                                 ORDERS, SHORTCUT_OPTIONS, SHORTCUTS, STRATEGIES, check_writable_dir)
 from keras_preact.config import ResNetConfig, resolve_order
-from keras_preact.data.in_memory import DEFAULT_MAX_BYTES
+from keras_preact.data.arrays import DEFAULT_MAX_BYTES
 from keras_preact.padding import PADDINGS
 from keras_preact.training import divergence
 from keras_preact.training import recipes as recipes_lib
 from keras_preact.training import settings
-from keras_preact.training.settings import SettingError
-from keras_preact.training.strategy import DEFAULT_WORKER_TIMEOUT, STRATEGIES
+from keras_preact.training.schedules import resolve_boundaries
+from keras_preact.training.settings import ENGINES, SettingError
 from keras_preact.weights import file_architecture
 
 CIFAR_DATASETS = ("cifar10_sample", "cifar10", "cifar100")
@@ -165,7 +163,7 @@ class SpeedSettings:
     jit_compile: bool = settings.boolean(False, "Compile the train and evaluation steps with XLA.")
     steps_per_loop: int | None = settings.integer(
         None, "Training steps per tf.function call (one host sync). Logs, evaluations and "
-        "checkpoints stay on their steps.", low=1,
+        "checkpoints stay on their steps.", low=1, engines=("tf.distribute",),
         unset=f"1, {TPU_STEPS_PER_LOOP} under --strategy=tpu")
 
     def __post_init__(self):
@@ -180,22 +178,46 @@ class SpeedSettings:
 
 @dataclasses.dataclass(frozen=True)
 class DistributionSettings:
-    """The ``tf.distribute`` strategy and what depends on it."""
+    """How a run spreads over devices and processes: a ``tf.distribute`` strategy (the
+    tf.distribute trainer) or a Keras distribution over JAX processes (the fit trainer)."""
 
-    strategy: str = settings.choice("default", STRATEGIES, "tf.distribute strategy.")
+    strategy: str = settings.choice("default", STRATEGIES, "tf.distribute strategy.", engines=("tf.distribute",))
     cpu_devices: int | None = settings.integer(
         None, "Split the CPU into this many logical devices (mirrored on a CPU machine).", low=1,
-        unset="the CPU unsplit")
+        unset="the CPU unsplit", engines=("tf.distribute",))
     tpu: str | None = settings.text(
-        None, "TPU name or grpc:// address (--strategy=tpu).", unset="$TPU_NAME, or the local TPU")
+        None, "TPU name or grpc:// address (--strategy=tpu).", unset="$TPU_NAME, or the local TPU",
+        engines=("tf.distribute",))
     worker_timeout: float = settings.number(
         DEFAULT_WORKER_TIMEOUT, "--strategy=multi_worker_mirrored: seconds a collective waits for the "
         "other workers before the run stops (exit status 4) instead of hanging; longer than any "
-        "step, evaluation or save.", low=0, low_open=True)
-    sync_bn: bool = settings.boolean(False, "Synchronise BatchNorm batch statistics across replicas.")
+        "step, evaluation or save.", low=0, low_open=True, engines=("tf.distribute",))
+    sync_bn: bool = settings.boolean(False, "Synchronise BatchNorm batch statistics across replicas "
+                                     "(the fit trainer's data parallelism on JAX always does).",
+                                     engines=("tf.distribute",))
+    keras_distribution: str = settings.choice(
+        "auto", KERAS_DISTRIBUTIONS, "The fit trainer's Keras distribution (JAX): data_parallel "
+        "splits every batch over all devices of all processes (keras.distribution.DataParallel); "
+        "auto does so when there is more than one device; none: one device.", engines=("fit",))
+    coordinator_address: str | None = settings.text(
+        None, "Several JAX processes (fit trainer): host:port of process 0, the same in every "
+        "process (keras.distribution.initialize).", unset="one process, or what JAX reads from a "
+        "TPU slice or a SLURM/Open MPI launch", engines=("fit",))
+    num_processes: int | None = settings.integer(
+        None, "Several JAX processes (fit trainer): how many take part.", low=1,
+        unset="1, or what JAX detects", engines=("fit",))
+    process_id: int | None = settings.integer(
+        None, "Several JAX processes (fit trainer): this process's index, 0 .. --num_processes - 1; "
+        "process 0 writes the run directory.", low=0, unset="0, or what JAX detects", engines=("fit",))
 
     def __post_init__(self):
         settings.check_fields(self)
+        if self.num_processes is not None and self.process_id is not None and self.process_id >= self.num_processes:
+            raise SettingError("process_id", f"must be below --num_processes={self.num_processes}, "
+                                             f"got {self.process_id}.")
+        if (self.num_processes or 1) > 1 and not self.coordinator_address:
+            raise SettingError("coordinator_address", f"--num_processes={self.num_processes} needs the "
+                                                      "host:port of process 0 in every process.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,6 +324,31 @@ class RunConfig:
             record[name] = {f.name: _plain(getattr(section, f.name), f) for f in settings.setting_fields(section)}
         return record
 
+    def engine_conflicts(self, engine: str) -> list:
+        """``SettingError``s, one per setting that ``engine`` (``settings.ENGINES``) does not
+        honour but this configuration sets to other than its default; empty if it runs as is.
+
+        A default value is no conflict: the config.json of one engine's run configures the other
+        unchanged (its ``strategy`` is ``default``, its ``keras_distribution`` is ``auto``)."""
+        if engine not in ENGINES:
+            raise ValueError(f"Unknown engine {engine!r}; engines: {', '.join(ENGINES)}.")
+        defaults = sections_for(self.family)
+        conflicts = []
+        for name, cls in SECTIONS.items():
+            if name == "recipe":
+                continue
+            for field in settings.setting_fields(cls):
+                engines = field.metadata["engines"]
+                value = getattr(getattr(self, name), field.name)
+                if engines is None or engine in engines or value == defaults[name][field.name]:
+                    continue
+                owner = " and ".join(f"the {e} trainer" for e in engines)
+                conflicts.append(SettingError(
+                    settings.flag_name(field) or field.name,
+                    f"only {owner} honours it, not the {engine} one; leave it unset "
+                    f"(got {_plain(value, field)!r}, default {_plain(defaults[name][field.name], field)!r})."))
+        return conflicts
+
     @property
     def model_name(self) -> str:
         """The registry's canonical name of the model."""
@@ -350,14 +397,16 @@ def flag_settings(family: str) -> list:
 
 
 def resolve(family: str, file_values: dict | None = None, overrides: dict | None = None,
-            recipe: str | None = None, argv=()) -> RunConfig:
+            recipe: str | None = None, argv=(), look_at_devices: bool = True) -> RunConfig:
     """The checked, resolved configuration of a run.
 
     ``file_values``: ``{section: {field: value}}`` (a configuration file; any subset);
     ``overrides``: ``{(section, field): value}`` (the flags given), applied on top;
     ``recipe``: a preset name that replaces the file's recipe section (``--recipe``). Without
     either, the recipe is the file's, else the dataset's (``recipes.recipe_for_dataset``).
-    Raises ``SettingError`` naming the flag of the first bad value.
+    Raises ``SettingError`` naming the flag of the first bad value. ``look_at_devices=False``
+    leaves ``--dtype_policy=auto`` for :func:`resolve_devices` (a JAX process must join its
+    peers before anything looks at its devices).
     """
     if family not in FAMILIES:
         raise ValueError(f"Unknown family {family!r}. Valid choices: {', '.join(map(repr, FAMILIES))}.")
@@ -378,7 +427,18 @@ def resolve(family: str, file_values: dict | None = None, overrides: dict | None
     built["recipe"] = _resolve_recipe(family, built["data"], file_values.get("recipe"), recipe,
                                       {f: v for (s, f), v in overrides.items() if s == "recipe"})
     config = RunConfig(family=family, argv=tuple(argv), **built)
-    return _resolve_open_values(config)
+    config = _resolve_open_values(config)
+    return resolve_devices(config) if look_at_devices else config
+
+
+def resolve_devices(config: RunConfig) -> RunConfig:
+    """``config`` with what depends on the devices at hand resolved: ``--dtype_policy=auto``."""
+    model = config.model
+    if model.dtype_policy != "auto":
+        return config
+    model = dataclasses.replace(
+        model, dtype_policy=resolve_dtype_policy("auto", config.distribution.strategy), dtype_auto=True)
+    return dataclasses.replace(config, model=model)
 
 
 def _section_values(section: str, given) -> dict:
@@ -428,14 +488,14 @@ def resolve_dtype_policy(policy: str, strategy: str) -> str:
         return policy
     if strategy == "tpu":
         return "mixed_bfloat16"
-    if hardware.cpu_has_bf16() and not tf.config.list_physical_devices("GPU"):
+    if hardware.cpu_has_bf16() and not hardware.gpu_visible():
         return "mixed_bfloat16"
     return "float32"
 
 
 def _resolve_open_values(config: RunConfig) -> RunConfig:
-    """Fill in what the defaults leave open (unit order, dtype policy, data paths, run
-    directory), and check the model, the weights file and the paths."""
+    """Fill in what the defaults leave open (unit order, data paths, run directory), and check
+    the model, the weights file and the paths."""
     model = config.model
     name, kwargs = model_arguments(model)  # checks the architecture, naming the flag
     if model.init_weights:
@@ -445,9 +505,6 @@ def _resolve_open_values(config: RunConfig) -> RunConfig:
             raise SettingError("init_weights", str(error)) from None
         model = dataclasses.replace(model, init_weights=os.path.expanduser(where))
     init_weights_options(name, model.init_weights, kwargs)  # reads the file; refuses a contradiction
-    if model.dtype_policy == "auto":
-        model = dataclasses.replace(
-            model, dtype_policy=resolve_dtype_policy("auto", config.distribution.strategy), dtype_auto=True)
     model = dataclasses.replace(model, order=resolve_order(model.preact, model.order))
     data = config.data
     if data.data_dir:
@@ -461,6 +518,26 @@ def _resolve_open_values(config: RunConfig) -> RunConfig:
         source = os.path.basename(os.path.normpath(data.data_dir)) if data.data_dir else data.dataset
         run = dataclasses.replace(run, model_dir=os.path.join("runs", f"{source}_{name}"))
     return dataclasses.replace(config, model=model, data=data, run=run)
+
+
+def check_schedule_fits(recipe: recipes_lib.Recipe, steps_per_epoch: int) -> None:
+    """A FlagError for a step-decay boundary or a warm-up that does not fit in the run.
+
+    Only known once the data (hence the run's length in iterations) is: an iteration or epoch
+    boundary at or after the last step blames ``--lr_boundaries``; a warm-up as long as the
+    run blames ``--warmup_steps``.
+    """
+    total = recipe.total_steps(steps_per_epoch)
+    if recipe.schedule == "step":
+        try:
+            resolve_boundaries(recipe.lr_boundaries, total, steps_per_epoch, within_run=True)
+        except ValueError as error:
+            raise SettingError("lr_boundaries", str(error)) from None
+    if recipe.warmup_steps and recipe.warmup_steps >= total:
+        raise SettingError(
+            "warmup_steps", f"a warm-up of {recipe.warmup_steps} steps does not end inside the run "
+            f"({total} steps); shorten it or lengthen the run."
+        )
 
 
 def model_arguments(model: ModelSettings) -> tuple:

@@ -19,6 +19,12 @@ import math
 
 from keras_preact.common import FlagValueError
 
+# The training engines a setting can be honoured by: the ``tf.distribute`` trainer
+# (``keras_preact.training.loop``, TensorFlow) and the ``fit`` trainer
+# (``keras_preact.fit_loop``, Keras' ``model.fit`` on every backend). Both take the same
+# run configuration; a setting with ``engines=`` is refused by the others unless left at its default.
+ENGINES = ("tf.distribute", "fit")
+
 # The kinds of value a setting holds, and so the absl flag type it gets.
 KINDS = ("boolean", "integer", "number", "text", "choice", "items")
 _NO_FLAG = object()
@@ -30,19 +36,22 @@ SettingError = FlagValueError
 
 
 def _field(kind, default, help, *, flag=_NO_FLAG, choices=None, low=None, high=None,
-           low_open=False, high_open=False, families=None, unset=None, item_type=str):
+           low_open=False, high_open=False, families=None, engines=None, unset=None, item_type=str):
     """A dataclass field with its setting metadata (see the module docstring).
 
     ``low``/``high``: the range (``low_open``/``high_open``: the bound itself is refused);
-    ``families``: the trainer families that have the flag (None: every family); ``unset``:
+    ``families``: the trainer families that have the flag (None: every family); ``engines``:
+    the training engines that honour it (None: both, see ``ENGINES``); ``unset``:
     what ``None`` means, for the help text of a field whose default is ``None``;
     ``item_type``: the type of the items of an ``items`` setting (``str`` or ``int``).
     """
     if kind not in KINDS:
         raise ValueError(f"Unknown setting kind {kind!r}.")
+    if engines is not None and not set(engines) <= set(ENGINES):
+        raise ValueError(f"Unknown engines {engines!r}; engines are {ENGINES}.")
     metadata = dict(kind=kind, help=help, choices=tuple(choices) if choices else None, low=low,
                     high=high, low_open=low_open, high_open=high_open, families=families,
-                    unset=unset, item_type=item_type)
+                    engines=tuple(engines) if engines else None, unset=unset, item_type=item_type)
     if flag is not _NO_FLAG:
         metadata["flag"] = flag
     return dataclasses.field(default=default, metadata=metadata)

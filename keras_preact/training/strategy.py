@@ -28,7 +28,7 @@ import os
 
 import tensorflow as tf
 
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+from keras_preact.common import DEFAULT_WORKER_TIMEOUT, STRATEGIES  # noqa: F401 -- defined with the run settings
 
 
 # What a StrategyError can be about (its ``argument``): the arguments of ``build_strategy`` and
@@ -78,7 +78,6 @@ def local_tpu_present() -> bool:
     return bool(glob.glob("/dev/accel*")) or bool(glob.glob("/dev/vfio/[0-9]*"))
 
 
-DEFAULT_WORKER_TIMEOUT = 600.0  # seconds; longer than any step, evaluation or checkpoint save
 
 
 def build_strategy(
