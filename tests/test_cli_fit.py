@@ -50,9 +50,14 @@ def folder(tmp_path_factory):
     return str(root)
 
 
+# PyTorch's OpenMP threads spin at every barrier and collapse on cores another test worker uses
+# (pytest -n 2 on 2 cores): one thread each keeps a subprocess run at its speed.
+ENVIRONMENT = {**os.environ, "KERAS_BACKEND": BACKEND, **({"OMP_NUM_THREADS": "1"} if BACKEND == "torch" else {})}
+
+
 def fit_command(*arguments, timeout=600):
-    return subprocess.run([sys.executable, TRAINER, *arguments], env={**os.environ, "KERAS_BACKEND": BACKEND},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, TRAINER, *arguments], env=ENVIRONMENT, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def last_checkpoint(run_dir) -> dict:
@@ -99,14 +104,13 @@ def test_trains_a_folder_and_writes_what_the_tf_distribute_trainer_writes(folder
 
 
 def test_a_run_killed_and_resumed_ends_with_the_weights_of_an_uninterrupted_one(folder, tmp_path):
-    arguments = (*COMMON, f"--data_dir={folder}", "--train_steps=90", "--checkpoint_every=3")
+    arguments = (*COMMON, f"--data_dir={folder}", "--train_steps=90", "--checkpoint_every=3", "--eval_every=45")
     whole = fit_command(*arguments, f"--model_dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, TRAINER, *arguments, f"--model_dir={killed}"],
-                               env={**os.environ, "KERAS_BACKEND": BACKEND},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               env=ENVIRONMENT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
         while not (killed / "checkpoints" / "ckpt-000000009.npz").exists():

@@ -21,7 +21,7 @@ from PIL import Image
 from keras_preact.data import arrays
 from keras_preact.data.arrays import ArraySplit, TrainSequence, normalize_cifar
 from keras_preact.data.constants import CIFAR_MEAN, CIFAR_STD
-from keras_preact.data.sources import list_image_folder
+from keras_preact.data.folders import list_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,10 +13,15 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 
 pytest.importorskip("jax")
+# The processes run JAX whatever the backend of this test process; CI runs this module once, in
+# its JAX-only tier (KERAS_BACKEND=jax), not again in the TensorFlow and PyTorch tiers.
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax",
+                                reason="runs in the JAX tier: KERAS_BACKEND=jax pytest tests/test_fit_processes.py")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINER = os.path.join(ROOT, "trainers", "fit.py")
