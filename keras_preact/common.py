@@ -62,6 +62,14 @@ PREACTIVATIONS = ("branch", "shared", "none")
 POOLINGS = ("avg", "max", None)
 # Keras dtype policies a network can be built with (float32 weights in every case).
 DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+# Memory layouts of image tensors, by Keras' names: "channels_last" is NHWC (what TensorFlow's
+# CPU kernels take), "channels_first" NCHW (PyTorch's native layout). The weights are the same
+# in both (Keras keeps conv kernels HWIO either way), so a network moves between them.
+DATA_FORMATS = ("channels_last", "channels_first")
+# The layout of files written before the option existed (every earlier version built NHWC only):
+# their configs carry no data_format and load with this one, whatever Keras' global
+# image_data_format says. Not the default of new layers (None: the global setting).
+LEGACY_DATA_FORMAT = "channels_last"
 
 
 def check_choice(name: str, value, choices) -> None:
@@ -72,12 +80,39 @@ def check_choice(name: str, value, choices) -> None:
         )
 
 
-def strided_shape(input_shape, strides: int, channels: int) -> tuple:
-    """NHWC shape after a 'same'-padded op of the given stride and output channels."""
-    n, h, w, _ = input_shape
+def resolve_data_format(data_format) -> str:
+    """``data_format`` itself, or Keras' ``keras.config.image_data_format()`` for None (read
+    now: a layer resolves it once, when it is made, and saves the result); a ValueError naming
+    the choices for anything else."""
+    check_choice("data_format", data_format, DATA_FORMATS + (None,))
+    if data_format is None:
+        import keras  # the one helper here that needs Keras; the others are plain Python
+
+        data_format = keras.config.image_data_format()
+    return data_format
+
+
+def channel_axis(data_format: str) -> int:
+    """The channel axis of an image tensor: 1 (NCHW) or -1 (NHWC)."""
+    return 1 if data_format == "channels_first" else -1
+
+
+def spatial_axes(data_format: str) -> tuple:
+    """(height axis, width axis) of a 4-D image tensor."""
+    return (2, 3) if data_format == "channels_first" else (1, 2)
+
+
+def strided_shape(input_shape, strides: int, channels: int,
+                  data_format: str = "channels_last") -> tuple:
+    """Shape after a 'same'-padded op of the given stride and output channels (NHWC, or NCHW
+    for ``data_format="channels_first"``)."""
+    if data_format == "channels_first":
+        n, _, h, w = input_shape
+    else:
+        n, h, w, _ = input_shape
     h = None if h is None else -(-h // strides)
     w = None if w is None else -(-w // strides)
-    return (n, h, w, channels)
+    return (n, channels, h, w) if data_format == "channels_first" else (n, h, w, channels)
 
 
 # What every command does to its own process before TensorFlow loads (keras_preact_commands),

@@ -17,6 +17,12 @@ start) is derived here once, from the paper's appendix rules:
 * the last unit of a pre-activation net is followed by an extra BN-ReLU (ReLU only for
   ``relu_only_preact``) before pooling (``ResNet`` adds it).
 
+``data_format`` (``"channels_last"``, NHWC, or ``"channels_first"``, NCHW; None resolves to
+``keras.config.image_data_format()`` when the config is made) is the layout of every tensor of
+the network; it changes no weight. ``input_shape`` is (height, width, channels) in both layouts;
+:attr:`ResNetConfig.image_shape` is the shape the model's input takes, (channels, height, width)
+for channels_first.
+
 The options every unit shares (kind, order, shortcut and its parameters, dimension matching,
 stride placement, padding, BatchNorm settings) are the fields of ``keras_preact.plan.UnitOptions``
 under the same names (``unit`` for its ``kind``), with its defaults and its checks;
@@ -38,6 +44,7 @@ from keras_preact.common import (
     POOLINGS,
     PREACT_ORDERS,
     check_choice,
+    resolve_data_format,
 )
 from keras_preact.plan import UNIT_DEFAULTS, UnitOptions
 
@@ -69,7 +76,7 @@ def resolve_order(preact, order) -> str:
 
 
 def check_input_shape(input_shape, family: str) -> tuple:
-    """Validate and normalise ``input_shape`` (height, width, channels)."""
+    """Validate and normalise ``input_shape`` (height, width, channels), whatever the layout."""
     try:
         shape = tuple(input_shape)
     except TypeError:
@@ -84,7 +91,8 @@ def check_input_shape(input_shape, family: str) -> tuple:
         if side is not None and (not isinstance(side, int) or side < lo):
             raise ValueError(
                 f"input_shape {input_shape!r}: height and width must be None or integers "
-                f">= {lo} for {family} networks."
+                f">= {lo} for {family} networks (input_shape is (height, width, channels) "
+                "for both data formats)."
             )
     return shape
 
@@ -143,6 +151,7 @@ class ResNetConfig:
     stacked_stages: bool = False
     recompute: bool = False
     dtype_policy: str | None = None  # None: Keras' global policy when the config is made
+    data_format: str | None = None  # None: Keras' image_data_format() when the config is made
 
     @classmethod
     def create(cls, units_per_stage: Sequence[int], *, preact: bool | None = None,
@@ -157,6 +166,7 @@ class ResNetConfig:
         if self.dtype_policy is None:
             set_("dtype_policy", keras.config.dtype_policy().name)
         check_choice("dtype_policy", self.dtype_policy, DTYPE_POLICIES)
+        set_("data_format", resolve_data_format(self.data_format))
         family = self.family
         if self.recompute and not self.stacked_stages:
             raise ValueError("recompute=True needs stacked_stages=True.")
@@ -216,6 +226,13 @@ class ResNetConfig:
     @property
     def is_preact(self) -> bool:
         return self.order in PREACT_ORDERS
+
+    @property
+    def image_shape(self) -> tuple:
+        """One input image as the model takes it: ``input_shape`` (height, width, channels),
+        or (channels, height, width) for ``data_format="channels_first"``."""
+        h, w, c = self.input_shape
+        return (c, h, w) if self.data_format == "channels_first" else (h, w, c)
 
     def unit_options(self) -> UnitOptions:
         """The options shared by every unit of the network (``keras_preact.plan.UnitOptions``)."""

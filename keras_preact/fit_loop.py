@@ -56,7 +56,7 @@ class FitRun:
     def __init__(self, model: keras.Model, recipe: FitRecipe, train, evaluation, *, model_dir: str,
                  steps_per_epoch: int, seed: int = 0, checkpoint_every: int = 1000, keep_checkpoints: int = 3,
                  log_every: int = 50, eval_every: int = 0, eval_name: str = "test", shard=(0, 1),
-                 chief: bool = True, stream=None):
+                 chief: bool = True, stream=None, data_format: str = "channels_last"):
         self.model = model
         self.recipe = recipe
         self.train = train
@@ -71,6 +71,7 @@ class FitRun:
         self.eval_every = int(eval_every)
         self.eval_name = eval_name
         self.shard = tuple(shard)
+        self.data_format = data_format  # the network's layout; the batches are made in it
         self.chief = chief
         self.stream = stream or sys.stdout
         self.checkpoints = ArrayCheckpoints(os.path.join(model_dir, CHECKPOINT_DIR), keep=keep_checkpoints)
@@ -168,7 +169,7 @@ class FitRun:
         tta = self.recipe.recipe.eval_tta
         sync_variables(self.model)
         with self.averaged_weights():
-            batches = self.evaluation.eval_batches(self.batch_size)
+            batches = self.evaluation.eval_batches(self.batch_size, data_format=self.data_format)
             for position in range(len(batches)):
                 images, labels = batches[position]
                 rows = len(labels)
@@ -182,7 +183,8 @@ class FitRun:
                     images, labels = images[index * per:(index + 1) * per], labels[index * per:(index + 1) * per]
                 else:
                     valid = np.ones(rows, bool)
-                logits = _numpy(tta_logits(self.model.predict_on_batch, images, tta)).astype(np.float64)
+                logits = _numpy(tta_logits(self.model.predict_on_batch, images, tta,
+                                           data_format=self.data_format)).astype(np.float64)
                 shifted = logits - logits.max(-1, keepdims=True)
                 log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
                 errors += float(np.sum((np.argmax(logits, -1) != labels) & valid))
@@ -209,7 +211,7 @@ class FitRun:
                 epoch_end = (self.step // self.steps_per_epoch + 1) * self.steps_per_epoch
                 steps = min(epoch_end, self.total_steps) - self.step
                 batches = self.train.train_sequence(self.batch_size, seed=self.seed, first_step=self.step,
-                                                    steps=steps, shard=self.shard)
+                                                    steps=steps, shard=self.shard, data_format=self.data_format)
                 self.model.fit(batches, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
         finally:
             observer.close()

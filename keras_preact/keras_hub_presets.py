@@ -21,6 +21,10 @@ that (ImageNet mean and std, as timm's), so the backbone's features equal this p
 classifier (keras-hub's ``task.weights.h5`` is not read): use ``include_top=False`` or a new
 ``num_classes``.
 
+keras-hub's backbone honours a ``data_format``, as this package does; its weights do not depend
+on it, so the skeleton below is always built NHWC, and the network keeps the preset's layout
+unless the caller asks for another (``from_preset(..., data_format=...)``).
+
 A preset folder holds ``config.json`` (the serialized backbone: its ``stackwise_*`` lists fix
 the stage table and widths) and ``model.weights.h5``. Keras 3 names the variables in that file
 by layer class and position (``layers/conv2d_12/vars/0``), not by layer name; so the file is
@@ -37,6 +41,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from keras_preact.common import LEGACY_DATA_FORMAT
 from keras_preact.model import ResNet, as_resnet, through_units
 
 CLASS_NAME = "ResNetBackbone"
@@ -71,13 +76,23 @@ def architecture(config: dict) -> dict:
     if strides != [1] + [2] * (len(stages) - 1):
         raise ValueError(f"keras-hub stackwise_num_strides {strides} differ from keras_preact's "
                          "(1 for the first stage, 2 for the others).")
-    shape = args.get("image_shape") or (None, None, 3)
     return dict(
         family="imagenet", stem="timm", padding="symmetric", order="full_preact",
         stride_at="3x3", downsample="projection", unit=BLOCKS[block], units_per_stage=stages,
         widths=tuple(int(w) for w in args["stackwise_num_filters"]),
-        stem_width=int(args["input_conv_filters"][0]), input_shape=tuple(shape), include_top=False,
+        stem_width=int(args["input_conv_filters"][0]), input_shape=_input_shape(args),
+        include_top=False, data_format=args.get("data_format") or LEGACY_DATA_FORMAT,
     )
+
+
+def _input_shape(args: dict) -> tuple:
+    """(height, width, channels) of a backbone's ``image_shape``, which keras-hub writes in the
+    backbone's own layout ((channels, height, width) for channels_first)."""
+    shape = tuple(args.get("image_shape") or (None, None, 3))
+    if args.get("data_format") == "channels_first":
+        c, h, w = shape
+        return (h, w, c)
+    return shape
 
 
 def _keras_hub_name(path: str) -> str | None:
@@ -143,12 +158,18 @@ def read_config(directory: str) -> dict:
 
 
 # -- keras-hub's graph from plain Keras layers (resnet_backbone.py, use_pre_activation=True) ----
+# Built NHWC whatever keras.config.image_data_format() says: it only holds the file's weights,
+# which are the same in both layouts.
+NHWC = "channels_last"
+
+
 def _bn(name):
     return layers.BatchNormalization(axis=-1, epsilon=1e-5, momentum=0.9, name=name)
 
 
 def _conv(filters, kernel, stride, padding, name):
-    return layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False, name=name)
+    return layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False,
+                         data_format=NHWC, name=name)
 
 
 def _block(x, filters, stride, conv_shortcut, bottleneck, name):
@@ -162,7 +183,7 @@ def _block(x, filters, stride, conv_shortcut, bottleneck, name):
         x = _conv(filters, 1, 1, "valid", f"{name}_1_conv")(x)
         x = layers.Activation("relu", name=f"{name}_1_relu")(_bn(f"{name}_1_bn")(x))
     if stride > 1:
-        x = layers.ZeroPadding2D(1, name=f"{name}_{2 if bottleneck else 1}_pad")(x)
+        x = layers.ZeroPadding2D(1, data_format=NHWC, name=f"{name}_{2 if bottleneck else 1}_pad")(x)
     padding = "valid" if stride > 1 else "same"
     if bottleneck:
         x = _conv(filters, 3, stride, padding, f"{name}_2_conv")(x)
@@ -179,12 +200,12 @@ def _skeleton(config: dict) -> keras.Model:
     """A functional model with keras-hub's layers, names and graph order, to load its file."""
     args = config["config"]
     bottleneck = args["block_type"] == "bottleneck_block"
-    image = layers.Input(shape=tuple(args.get("image_shape") or (None, None, 3)))
+    image = layers.Input(shape=_input_shape(args))
     kernel = args["input_conv_kernel_sizes"][0]
-    x = layers.ZeroPadding2D((kernel - 1) // 2, name="conv1_pad")(image)
+    x = layers.ZeroPadding2D((kernel - 1) // 2, data_format=NHWC, name="conv1_pad")(image)
     x = _conv(args["input_conv_filters"][0], kernel, 2, "valid", "conv1_conv")(x)
     x = keras.ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=float("-inf"))
-    x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    x = layers.MaxPooling2D(3, strides=2, data_format=NHWC, name="pool1_pool")(x)
     for s, (filters, blocks, stride) in enumerate(zip(args["stackwise_num_filters"],
                                                       args["stackwise_num_blocks"],
                                                       args["stackwise_num_strides"])):

@@ -14,6 +14,9 @@ for CIFAR, fb.resnet.torch for ImageNet):
 * The units and their pre-activation placement: ``ResNetConfig.layout``.
 * Last unit: the pre-activation orders end with an extra BN-ReLU (ReLU only for
   ``relu_only_preact``) after the last addition, before pooling; the others end at the unit.
+* Layout: ``data_format`` (NHWC or NCHW) is passed to every layer that has one (the stem's
+  conv, BN and pool, each unit, the final BN, the global pooling); the weights are the same in
+  both, so :func:`with_data_format` moves a trained network to the other layout.
 
 Like keras-hub's backbones, the model is a functional Keras model whose ``get_config`` is its
 architecture arguments, so ``ResNet.from_config(model.get_config())`` and ``.keras`` files rebuild
@@ -28,7 +31,7 @@ from typing import Sequence
 import keras
 
 from keras_preact import norm
-from keras_preact.common import PACKAGE
+from keras_preact.common import DATA_FORMATS, LEGACY_DATA_FORMAT, PACKAGE, check_choice
 from keras_preact.config import ResNetConfig
 from keras_preact.padding import LEGACY_PADDING, max_pool
 from keras_preact.stacked import StackedStage, stacked_options, transfer_weights
@@ -38,29 +41,34 @@ from keras_preact.units import ResidualUnit
 def _graph(config: ResNetConfig):
     """(inputs, outputs) of the functional graph of ``config``."""
 
-    def bn(name):
-        return norm.batch_norm(config.bn_momentum, config.bn_epsilon, name=name, fused=config.fused_bn)
+    # Checked before any layer is made: one error where the backend cannot run the layout.
+    layout = norm.runnable_data_format(config.data_format)
 
-    inputs = keras.Input(shape=config.input_shape, name="image")
+    def bn(name):
+        return norm.batch_norm(config.bn_momentum, config.bn_epsilon, name=name,
+                               fused=config.fused_bn, data_format=layout)
+
+    inputs = keras.Input(shape=config.image_shape, name="image")
     if config.stem == "cifar":
-        x = norm.conv(config.stem_width, 3, 1, name="stem_conv")(inputs)
+        x = norm.conv(config.stem_width, 3, 1, name="stem_conv", data_format=layout)(inputs)
     else:
-        x = norm.conv(config.stem_width, 7, 2, name="stem_conv", padding=config.padding)(inputs)
+        x = norm.conv(config.stem_width, 7, 2, name="stem_conv", padding=config.padding,
+                      data_format=layout)(inputs)
     if config.stem != "timm":
         if config.order != "relu_only_preact":
             x = bn("stem_bn")(x)
         x = keras.layers.ReLU(name="stem_relu")(x)
     if config.stem != "cifar":
-        x = max_pool(3, 2, config.padding, name="stem_pool")(x)
+        x = max_pool(3, 2, config.padding, name="stem_pool", data_format=layout)(x)
 
     options = config.unit_options()
     for slot in config.layout():
         if slot.stacked:
             x = StackedStage(slot.count, slot.filters, recompute=config.recompute,
-                             name=slot.name, **stacked_options(options))(x)
+                             data_format=layout, name=slot.name, **stacked_options(options))(x)
         else:
             x = ResidualUnit(slot.filters, strides=slot.strides, preactivation=slot.preactivation,
-                             name=slot.name, **options.to_dict())(x)
+                             data_format=layout, name=slot.name, **options.to_dict())(x)
 
     # Last unit: the extra activation after its addition (pre-activation orders only).
     if config.order == "full_preact":
@@ -70,15 +78,16 @@ def _graph(config: ResNetConfig):
 
     if config.include_top:
         # The head runs in float32 under any policy: float32 logits (and loss) in mixed precision.
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool", dtype="float32")(x)
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool", dtype="float32",
+                                                data_format=layout)(x)
         x = keras.layers.Dense(
             config.num_classes, activation=config.classifier_activation, name="predictions",
             dtype="float32",
         )(x)
     elif config.pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool", data_format=layout)(x)
     elif config.pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool", data_format=layout)(x)
     return inputs, x
 
 
@@ -119,9 +128,17 @@ class ResNet(keras.Model):
         for CIFAR (the paper's code), ``"3x3"`` for ImageNet (fb.resnet.torch).
       num_classes, include_top, pooling: as in ``keras.applications``. The classifier outputs
         logits unless ``classifier_activation`` is set (e.g. ``"softmax"``).
-      input_shape: (height, width, channels). Default (32, 32, 3) for CIFAR and
-        (None, None, 3) for ImageNet: the network is fully convolutional, so one model
-        evaluates 224 and 320 crops.
+      input_shape: (height, width, channels), for either data format. Default (32, 32, 3)
+        for CIFAR and (None, None, 3) for ImageNet: the network is fully convolutional, so one
+        model evaluates 224 and 320 crops.
+      data_format: ``"channels_last"`` (NHWC images, ``[batch, height, width, channels]``) or
+        ``"channels_first"`` (NCHW, ``[batch, channels, height, width]``: PyTorch's layout);
+        None (the default) is ``keras.config.image_data_format()`` when the model is built,
+        and ``get_config`` saves the resolved value, so a saved model keeps its layout (one
+        saved before the option existed loads NHWC). The weights are the same in both layouts
+        (:func:`with_data_format`). On a TensorFlow whose CPU convolutions take NHWC only (no
+        oneDNN, no GPU) channels_first raises a ValueError here
+        (``keras_preact.norm.runnable_data_format``).
       stacked_stages: run the units after the first of each stage as one loop over stacked
         weights (``keras_preact.stacked.StackedStage``): same parameters and results, a graph
         whose size does not grow with depth. For very deep nets (ResNet-1001).
@@ -154,8 +171,10 @@ class ResNet(keras.Model):
     @classmethod
     def from_config(cls, config: dict, custom_objects=None) -> "ResNet":
         config = dict(config)
-        # A network saved before the padding option existed was built with TensorFlow's.
+        # A network saved before the padding option existed was built with TensorFlow's
+        # padding, and one saved before the data_format option existed, NHWC.
         config.setdefault("padding", LEGACY_PADDING)
+        config.setdefault("data_format", LEGACY_DATA_FORMAT)
         name = config.pop("name", None)
         trainable = config.pop("trainable", True)
         architecture = ResNetConfig.from_dict(config)
@@ -171,8 +190,8 @@ class ResNet(keras.Model):
         """The same network with some architecture arguments changed, weights carried over.
 
         Only changes that keep the weights valid make sense (``stacked_stages``,
-        ``recompute``, ``fused_bn``); for example ``model.rebuild(stacked_stages=False)``
-        expands stacked stages into ResidualUnits.
+        ``recompute``, ``fused_bn``, ``dtype_policy``, ``data_format``); for example
+        ``model.rebuild(stacked_stages=False)`` expands stacked stages into ResidualUnits.
         """
         target = ResNet.from_architecture(self.architecture.replace(**changes), name=self.name)
         transfer_weights(self, target)
@@ -243,6 +262,22 @@ def through_units(model: ResNet, assign):
     result = assign(flat)
     transfer_weights(flat, model)
     return result
+
+
+def with_data_format(model: ResNet, data_format: str) -> ResNet:
+    """The same network taking ``data_format`` images: ``model`` itself when it already does,
+    else a rebuild in that layout with the weights copied (they are layout-free: Keras keeps
+    conv kernels HWIO in both). It computes what ``model`` computes on transposed images.
+
+    A file saved in one layout loads into the other the same way, or without building the
+    saved layout at all: ``ResNet.from_config({**config, "data_format": ...})``, then
+    ``load_weights(path)`` (``.keras`` or ``.weights.h5``).
+    """
+    model = as_resnet(model, "with_data_format")
+    check_choice("data_format", data_format, DATA_FORMATS)
+    if model.architecture.data_format == data_format:
+        return model
+    return model.rebuild(data_format=data_format)
 
 
 def float32_model(model: ResNet) -> ResNet:

@@ -7,6 +7,8 @@
   ``keras.ops``, which those backends' compilers fuse themselves.
   ``update_moving_average`` is the running-statistics update both apply; ``inference_affine``
   is the eval-mode BN written as a per-channel ``scale * x + offset`` (what BN folding needs).
+* Every function and layer here takes NHWC or NCHW tensors (``data_format``, Keras' names; see
+  :func:`runnable_data_format` for the one layout TensorFlow may refuse on a CPU).
 * :class:`HeNormalFanOut` is the paper's initialisation (He et al. 2015, "MSRA", as in the
   paper's Torch code): ``N(0, sqrt(2 / (k * k * out_channels)))``. It reads the kernel's last
   four axes, so a stack of kernels ``[units, k, k, in, out]`` gets the same per-kernel scale.
@@ -18,14 +20,15 @@ the paper's setting is ``momentum=0.9`` here; Keras' own defaults (0.99, 1e-3) a
 
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_preact.common import PACKAGE, check_choice
-from keras_preact.padding import PADDINGS, SymmetricConv2D
+from keras_preact.common import PACKAGE, channel_axis, check_choice, resolve_data_format
+from keras_preact.padding import PADDINGS, ChannelsFirstConv2D, SymmetricConv2D
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -39,9 +42,55 @@ def uses_tensorflow_kernels() -> bool:
     return keras.backend.backend() == "tensorflow"
 
 
+# -- layouts --------------------------------------------------------------------------------
+@functools.cache
+def tensorflow_runs_channels_first() -> bool:
+    """Whether TensorFlow runs an NCHW convolution on its default device, found by running one.
+
+    Keras' TensorFlow backend hands a channels_first convolution to TensorFlow as NCHW (it
+    transposes pooling to NHWC itself, not convolutions). TensorFlow's own CPU Conv2D kernel
+    refuses NCHW ("The Conv2D op currently only supports the NHWC tensor format on the CPU");
+    its oneDNN CPU kernels and its GPU kernels take it. oneDNN is on by default on CPUs with
+    AVX-512 VNNI/BF16 or AMX, and wherever ``TF_ENABLE_ONEDNN_OPTS=1`` is set before TensorFlow
+    loads (the package's commands and tests set it); ``TF_ENABLE_ONEDNN_OPTS=0`` turns it off.
+    So the answer depends on the machine and the environment, and one 1x1 convolution finds it.
+    """
+    import tensorflow as tf  # TensorFlow backend only
+
+    with tf.init_scope():  # eagerly, also when a layer is made inside a traced function
+        try:
+            tf.nn.conv2d(tf.zeros((1, 1, 1, 1)), tf.zeros((1, 1, 1, 1)), 1, "VALID",
+                         data_format="NCHW")
+        except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
+            return False
+    return True
+
+
+def runnable_data_format(data_format) -> str:
+    """``data_format`` resolved (``common.resolve_data_format``: None is Keras'
+    ``image_data_format()``), or a ValueError where this backend cannot run it: channels_first
+    on a TensorFlow that has no NCHW convolution (:func:`tensorflow_runs_channels_first`).
+    Every layer with a convolution calls it when it is made, so a network that could not run
+    fails at construction, with this message, not at its first call inside TensorFlow."""
+    data_format = resolve_data_format(data_format)
+    if (data_format == "channels_first" and uses_tensorflow_kernels()
+            and not tensorflow_runs_channels_first()):
+        raise ValueError(
+            "data_format='channels_first' cannot run on this TensorFlow: without oneDNN "
+            "(TF_ENABLE_ONEDNN_OPTS=0, or unset on a CPU without AVX-512 VNNI or AMX) and "
+            "without a GPU, its convolutions take NHWC only. Set TF_ENABLE_ONEDNN_OPTS=1 "
+            "before TensorFlow is imported, use the JAX or PyTorch backend, or build the "
+            "network with data_format='channels_last': the weights are the same "
+            "(ResNet.from_config({**config, 'data_format': 'channels_last'}), then load_weights)."
+        )
+    return data_format
+
+
 # -- BatchNorm math -------------------------------------------------------------------------
-def batch_norm_forward(x, gamma, beta, moving_mean, moving_variance, epsilon, training):
-    """BatchNorm of an NHWC tensor: TensorFlow's fused kernel on TensorFlow, ``keras.ops`` elsewhere.
+def batch_norm_forward(x, gamma, beta, moving_mean, moving_variance, epsilon, training,
+                       data_format: str = "channels_last"):
+    """BatchNorm of an NHWC (or, with ``data_format="channels_first"``, NCHW) tensor:
+    TensorFlow's fused kernel on TensorFlow, ``keras.ops`` elsewhere.
 
     ``x`` may be float32, float16 or bfloat16 (mixed precision); the parameters and statistics
     are float32 whatever ``x`` is. The statistics are computed in float32 and ``y`` is returned
@@ -52,42 +101,57 @@ def batch_norm_forward(x, gamma, beta, moving_mean, moving_variance, epsilon, tr
     inference mode the moving ones are used and the two statistics returned are ``None``.
     """
     if uses_tensorflow_kernels():
-        return _fused_batch_norm(x, gamma, beta, moving_mean, moving_variance, epsilon, training)
+        return _fused_batch_norm(x, gamma, beta, moving_mean, moving_variance, epsilon, training,
+                                 data_format)
+    channels_first = data_format == "channels_first"
+    axes = (0, 2, 3) if channels_first else (0, 1, 2)  # every axis but the channels'
+    # Per-channel values broadcast against the channel axis: trailing in NHWC as they are,
+    # [C, 1, 1] in NCHW.
+    per_channel = (lambda v: ops.reshape(v, (-1, 1, 1))) if channels_first else (lambda v: v)
     x32 = ops.cast(x, "float32")
     if training:
-        mean = ops.mean(x32, axis=(0, 1, 2))
+        mean = ops.mean(x32, axis=axes)
         # Two passes (mean, then the mean squared deviation): as exact as the fused kernel.
-        variance = ops.mean(ops.square(x32 - mean), axis=(0, 1, 2))
+        variance = ops.mean(ops.square(x32 - per_channel(mean)), axis=axes)
     else:
         mean, variance = ops.cast(moving_mean, "float32"), ops.cast(moving_variance, "float32")
     scale = ops.cast(gamma, "float32") * ops.rsqrt(variance + epsilon)
-    y = ops.cast((x32 - mean) * scale + ops.cast(beta, "float32"), x.dtype)
+    y = (x32 - per_channel(mean)) * per_channel(scale) + per_channel(ops.cast(beta, "float32"))
+    y = ops.cast(y, x.dtype)
     return (y, mean, variance) if training else (y, None, None)
 
 
-def _fused_batch_norm(x, gamma, beta, moving_mean, moving_variance, epsilon, training):
-    """``batch_norm_forward`` by TensorFlow's fused kernel (TensorFlow backend only)."""
+def _fused_batch_norm(x, gamma, beta, moving_mean, moving_variance, epsilon, training,
+                      data_format):
+    """``batch_norm_forward`` by TensorFlow's fused kernel (TensorFlow backend only).
+
+    The kernel takes NCHW on the CPU as well as NHWC (its CPU version transposes internally);
+    both give the NHWC numbers to float32 rounding (tests/test_data_format.py).
+    """
     import tensorflow as tf  # only on the TensorFlow backend: the package never needs it elsewhere
 
+    tf_format = "NCHW" if data_format == "channels_first" else "NHWC"
     if not training:
         y, _, _ = tf.compat.v1.nn.fused_batch_norm(
             x, gamma, beta, mean=moving_mean, variance=moving_variance,
-            epsilon=epsilon, data_format="NHWC", is_training=False,
+            epsilon=epsilon, data_format=tf_format, is_training=False,
         )
         return y, None, None
     y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-        x, gamma, beta, epsilon=epsilon, data_format="NHWC", is_training=True
+        x, gamma, beta, epsilon=epsilon, data_format=tf_format, is_training=True
     )
-    # The fused kernel reports the Bessel-corrected variance; convert back: var * (n - 1) / n.
+    # The fused kernel reports the Bessel-corrected variance; convert back: var * (n - 1) / n,
+    # n = batch x height x width (the values each channel's statistics are taken over).
     # With the batch shape known when the step is traced (the usual case), n is a Python number:
     # the same float32 multiply and divide, without the shape ops that would add to every BN of
     # the graph (a ResNet-164 step has 163 of them; tracing time grows with the op count).
-    static = x.shape[:3]
+    axes = (0, 2, 3) if data_format == "channels_first" else (0, 1, 2)
+    static = [x.shape[axis] for axis in axes]
     if all(d is not None for d in static):
         n = float(static[0] * static[1] * static[2])
         return y, mean, variance * (n - 1.0) / max(n, 2.0)
     shape = tf.shape(x)
-    n = tf.cast(shape[0] * shape[1] * shape[2], variance.dtype)
+    n = tf.cast(shape[axes[0]] * shape[axes[1]] * shape[axes[2]], variance.dtype)
     return y, mean, variance * (n - 1.0) / tf.maximum(n, 2.0)
 
 
@@ -110,9 +174,11 @@ def inference_affine(gamma, beta, moving_mean, moving_variance, epsilon):
 
 
 def layer_affine(bn: keras.layers.BatchNormalization):
-    """``inference_affine`` of a channels-last Keras BatchNormalization layer (any subclass)."""
-    if bn.axis not in (-1, 3, [-1], [3]):
-        raise ValueError(f"Only channels-last BatchNormalization can be folded, got axis={bn.axis}.")
+    """``inference_affine`` of a Keras BatchNormalization layer (any subclass) over the channel
+    axis of an image, NHWC or NCHW: its ``(scale, offset)`` apply along ``bn.axis``."""
+    if bn.axis not in (-1, 3, 1, [-1], [3], [1]):
+        raise ValueError(f"Only BatchNormalization over an image's channel axis (NHWC: -1 or 3, "
+                         f"NCHW: 1) can be folded, got axis={bn.axis}.")
     mean = np.asarray(bn.moving_mean)
     gamma = np.asarray(bn.gamma) if bn.scale else np.ones_like(mean)
     beta = np.asarray(bn.beta) if bn.center else np.zeros_like(mean)
@@ -132,16 +198,20 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     layer as Keras': same variables, same config, same normalisation, and the moving
     statistics are updated exactly as Keras does (biased batch variance). Under a
     mixed-precision policy (``mixed_float16``, ``mixed_bfloat16``) the inputs arrive in half
-    precision and are normalised with the float32 gamma, beta and statistics. Anything else
-    (masks, other axes or ranks, float64 inputs, renorm, synchronized BN) falls back to Keras'
-    own path.
+    precision and are normalised with the float32 gamma, beta and statistics. The channel axis
+    is the last (NHWC, ``axis=-1``) or the second (NCHW, ``axis=1``). Anything else (masks,
+    other axes or ranks, float64 inputs, renorm, synchronized BN) falls back to Keras' own path.
     """
+
+    def _data_format(self) -> str | None:
+        """The image layout this layer's axis is the channels of (4-D inputs), or None."""
+        return {-1: "channels_last", 3: "channels_last", 1: "channels_first"}.get(self.axis)
 
     def _fusable(self, inputs, mask):
         return (
             mask is None
             and len(inputs.shape) == 4
-            and self.axis in (-1, 3)
+            and self._data_format() is not None
             and keras.backend.standardize_dtype(inputs.dtype) in FUSED_INPUT_DTYPES
             and self.scale
             and self.center
@@ -156,7 +226,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         training = bool(training and self.trainable)
         outputs, mean, variance = batch_norm_forward(
             inputs, self.gamma, self.beta, self.moving_mean, self.moving_variance,
-            self.epsilon, training,
+            self.epsilon, training, self._data_format(),
         )
         if training:
             update_moving_average(self.moving_mean, mean, self.momentum)
@@ -165,15 +235,18 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
 
 def batch_norm(
-    momentum: float = BN_MOMENTUM, epsilon: float = BN_EPSILON, name=None, fused: bool = True
+    momentum: float = BN_MOMENTUM, epsilon: float = BN_EPSILON, name=None, fused: bool = True,
+    data_format=None,
 ):
-    """The BatchNorm every unit uses (channels-last); ``fused=False`` gives Keras' own layer.
+    """The BatchNorm every unit uses, over the channel axis of ``data_format`` (None:
+    ``keras.config.image_data_format()``); ``fused=False`` gives Keras' own layer.
 
     ``fused=True`` (:class:`FusedBatchNormalization`) is TensorFlow's fused kernel on the
     TensorFlow backend and the same math in ``keras.ops`` on the others.
     """
     cls = FusedBatchNormalization if fused else keras.layers.BatchNormalization
-    return cls(axis=-1, momentum=momentum, epsilon=epsilon, name=name)
+    axis = channel_axis(resolve_data_format(data_format))
+    return cls(axis=axis, momentum=momentum, epsilon=epsilon, name=name)
 
 
 # -- initialisation and convolution -----------------------------------------------------------
@@ -199,16 +272,25 @@ class HeNormalFanOut(keras.initializers.Initializer):
 
 
 def conv(filters: int, kernel_size: int, strides: int = 1, name=None, use_bias=False,
-         padding: str = "same", **kwargs):
+         padding: str = "same", data_format=None, **kwargs):
     """A He-initialised convolution (the paper's weight layer W), bias-free by default.
 
     ``padding="symmetric"`` pads as Torch does (``keras_preact.padding``); it only differs from
     TensorFlow's ``"same"`` for strided convolutions with kernels larger than 1, so those are
-    the only ones that get a :class:`~keras_preact.padding.SymmetricConv2D`.
+    the only ones that get a :class:`~keras_preact.padding.SymmetricConv2D`. ``data_format``:
+    :func:`runnable_data_format`'s (None: ``keras.config.image_data_format()``). A
+    channels_first conv with a bias (the gate's) is a
+    :class:`~keras_preact.padding.ChannelsFirstConv2D`, which adds it along the channels on
+    TensorFlow too; a bias-free one stays Keras' own in both layouts, because ``.keras`` and
+    ``.weights.h5`` files name the weights of listed layers by class, and a file must load
+    into either layout.
     """
     check_choice("padding", padding, PADDINGS)
+    data_format = runnable_data_format(data_format)
     options = dict(strides=strides, use_bias=use_bias, kernel_initializer=HeNormalFanOut(),
-                   name=name, **kwargs)
+                   name=name, data_format=data_format, **kwargs)
     if padding == "symmetric" and strides > 1 and kernel_size > 1:
         return SymmetricConv2D(filters, kernel_size, **options)
-    return keras.layers.Conv2D(filters, kernel_size, padding="same", **options)
+    biased_nchw = use_bias and data_format == "channels_first"
+    cls = ChannelsFirstConv2D if biased_nchw else keras.layers.Conv2D
+    return cls(filters, kernel_size, padding="same", **options)

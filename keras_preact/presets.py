@@ -31,7 +31,7 @@ import os
 import keras
 
 from keras_preact import hub, keras_hub_presets
-from keras_preact.common import PACKAGE
+from keras_preact.common import LEGACY_DATA_FORMAT, PACKAGE
 from keras_preact.model import ResNet, as_resnet, through_units, unstack
 
 CONFIG_FILE = "config.json"
@@ -110,6 +110,8 @@ def architecture(preset_dir: str) -> dict:
     args = dict(config["config"])
     for key in ("name", "trainable"):
         args.pop(key, None)
+    # A preset saved before the option existed holds an NHWC network (as ResNet.from_config).
+    args.setdefault("data_format", LEGACY_DATA_FORMAT)
     args["units_per_stage"] = tuple(args["units_per_stage"])
     args["widths"] = tuple(args["widths"]) if args.get("widths") is not None else None
     if not args.get("include_top", True):
@@ -136,8 +138,9 @@ def from_preset(handle, **kwargs) -> ResNet:
 
     ``kwargs`` change architecture arguments that keep the weights valid (``include_top``,
     ``pooling``, ``num_classes`` -- a fresh classifier --, ``input_shape``, ``dtype_policy``,
-    ``stacked_stages``, ``name``, ...). A keras-hub ResNetV2 preset has no classifier: its
-    network defaults to ``include_top=False, pooling=None`` (keras-hub's backbone output).
+    ``data_format``, ``stacked_stages``, ``name``, ...); without them the network keeps the
+    preset's. A keras-hub ResNetV2 preset has no classifier: its network defaults to
+    ``include_top=False, pooling=None`` (keras-hub's backbone output).
     """
     path = _resolve(handle)
     kind, config = read_config(path)
@@ -169,6 +172,9 @@ def load_weights(model: ResNet, preset_dir: str, skip_head: bool = False) -> Non
     if kind == "keras_hub":
         keras_hub_presets.load_weights(model, preset_dir, skip_head)
         return
+    # The source only holds the weights, which are the same in both layouts: built NHWC, which
+    # every backend runs (TensorFlow without oneDNN refuses NCHW convolutions on a CPU).
+    config = {**config, "config": {**config["config"], "data_format": "channels_last"}}
     source = keras.saving.deserialize_keras_object(config, safe_mode=True)
     source.load_weights(os.path.join(preset_dir, WEIGHTS_FILE))
     copy_weights(source, as_resnet(model, "presets.load_weights"), skip_head)

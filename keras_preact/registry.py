@@ -222,7 +222,8 @@ def get_model(name, weights: str | None = None, **kwargs) -> ResNet:
     """Build a network by name, e.g. ``get_model("resnet164", preact=True, num_classes=100)``.
 
     Keyword arguments go to :class:`keras_preact.ResNet` (``unit=`` picks another unit kind at
-    the same CIFAR depth). ImageNet nets default to 1000 classes.
+    the same CIFAR depth; ``data_format=`` the layout, None for
+    ``keras.config.image_data_format()``). ImageNet nets default to 1000 classes.
 
     ``weights``: what to initialise from, as in ``keras.applications``: a name
     (``"imagenet"`` for resnet50 and resnet101: timm's ResNetV2 weights from Hugging Face;
@@ -234,7 +235,8 @@ def get_model(name, weights: str | None = None, **kwargs) -> ResNet:
     such weights fix (timm: stem, padding, classes) are taken from them; passing a
     contradicting value is an error. With ``include_top=False``, or a ``num_classes`` other
     than the file's (fine-tuning), the file's classifier is left out and the model gets a
-    freshly initialised one. Hub weights that are neither cached nor downloadable raise
+    freshly initialised one. Weights load into either ``data_format`` whatever layout they
+    were saved from (they are layout-free). Hub weights that are neither cached nor downloadable raise
     ``keras_preact.hub.WeightsUnavailableError`` (a ValueError).
     """
     spec = resolve(name, kwargs.pop("unit", None))
@@ -266,7 +268,7 @@ def _constructor(name: str):
     constructor.__name__ = constructor.__qualname__ = "ResNet" + name[len("resnet"):]
     constructor.__doc__ = (
         f"{family} {name} ({spec.unit} units). Keyword arguments go to ``keras_preact.ResNet`` "
-        "(preact, order, shortcut, num_classes, input_shape, include_top, pooling, ...)"
+        "(preact, order, shortcut, num_classes, input_shape, data_format, include_top, pooling, ...)"
         + ("; ``unit=`` picks another unit kind at the same depth." if spec.family == "cifar" else ".")
     )
     return constructor

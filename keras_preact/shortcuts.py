@@ -9,8 +9,16 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_preact.common import PACKAGE, SHORTCUTS, check_choice, strided_shape
-from keras_preact.norm import HeNormalFanOut
+from keras_preact import norm
+from keras_preact.common import (
+    LEGACY_DATA_FORMAT,
+    PACKAGE,
+    SHORTCUTS,
+    channel_axis,
+    check_choice,
+    resolve_data_format,
+    strided_shape,
+)
 from keras_preact.plan import UNIT_DEFAULTS, Combination
 
 
@@ -20,31 +28,46 @@ class ZeroPadShortcut(keras.layers.Layer):
 
     Parameter-free. fb.resnet.torch writes it as ``SpatialAveragePooling(1, 1, s, s)`` (a plain
     subsample) concatenated with a zeroed copy; the result is the input's channels followed by
-    ``filters - in_channels`` zero channels.
+    ``filters - in_channels`` zero channels. ``data_format`` (None:
+    ``keras.config.image_data_format()``) says which axes are subsampled and which is padded.
     """
 
-    def __init__(self, filters: int, strides: int = 1, **kwargs):
+    def __init__(self, filters: int, strides: int = 1, data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.strides = int(strides)
+        self.data_format = resolve_data_format(data_format)
 
     def call(self, inputs):
-        x = inputs[:, :: self.strides, :: self.strides, :] if self.strides > 1 else inputs
-        extra = self.filters - x.shape[-1]
+        s = self.strides
+        channels_first = self.data_format == "channels_first"
+        if s > 1:
+            x = inputs[:, :, ::s, ::s] if channels_first else inputs[:, ::s, ::s, :]
+        else:
+            x = inputs
+        axis = channel_axis(self.data_format)
+        extra = self.filters - x.shape[axis]
         if extra < 0:
             raise ValueError(
-                f"ZeroPadShortcut cannot shrink channels: input has {x.shape[-1]}, "
+                f"ZeroPadShortcut cannot shrink channels: input has {x.shape[axis]}, "
                 f"filters={self.filters}."
             )
         if extra == 0:
             return x
-        return ops.pad(x, [[0, 0], [0, 0], [0, 0], [0, extra]])
+        widths = [[0, 0], [0, 0], [0, 0], [0, 0]]
+        widths[axis] = [0, extra]
+        return ops.pad(x, widths)
 
     def compute_output_shape(self, input_shape):
-        return strided_shape(input_shape, self.strides, self.filters)
+        return strided_shape(input_shape, self.strides, self.filters, self.data_format)
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "strides": self.strides}
+        return {**super().get_config(), "filters": self.filters, "strides": self.strides,
+                "data_format": self.data_format}
+
+    @classmethod
+    def from_config(cls, config):
+        return super().from_config({"data_format": LEGACY_DATA_FORMAT, **config})
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -53,24 +76,27 @@ class ShortcutGate(keras.layers.Layer):
 
     ``bias_init`` is the paper's ``b_g`` (default ``UNIT_DEFAULTS.gate_bias_init``, the best
     of Table 1): a strongly negative value starts the gate near 0, so ``1 - g(x)`` keeps the
-    shortcut close to identity.
+    shortcut close to identity. ``data_format``: the layout of the images (None:
+    ``keras.config.image_data_format()``).
     """
 
     def __init__(self, filters: int, strides: int = 1,
-                 bias_init: float = UNIT_DEFAULTS.gate_bias_init, **kwargs):
+                 bias_init: float = UNIT_DEFAULTS.gate_bias_init, data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.strides = int(strides)
         self.bias_init = float(bias_init)
-        self.conv = keras.layers.Conv2D(
+        self.data_format = norm.runnable_data_format(data_format)
+        # The paper code's He-initialised conv (a channels_first one adds its bias right on
+        # TensorFlow: keras_preact.padding), with the gate's bias b_g.
+        self.conv = norm.conv(
             self.filters,
             1,
-            strides=self.strides,
-            padding="same",
-            use_bias=True,
-            kernel_initializer=HeNormalFanOut(),
-            bias_initializer=keras.initializers.Constant(self.bias_init),
+            self.strides,
             name="gate_conv",
+            use_bias=True,
+            data_format=self.data_format,
+            bias_initializer=keras.initializers.Constant(self.bias_init),
         )
 
     def build(self, input_shape):
@@ -88,7 +114,12 @@ class ShortcutGate(keras.layers.Layer):
             "filters": self.filters,
             "strides": self.strides,
             "bias_init": self.bias_init,
+            "data_format": self.data_format,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        return super().from_config({"data_format": LEGACY_DATA_FORMAT, **config})
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

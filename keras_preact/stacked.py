@@ -29,6 +29,9 @@ float32 whatever the activations are); each conv reads its kernel cast to the ac
 dtype, as a Keras layer under a ``mixed_*`` policy does, and BatchNorm takes the
 half-precision activations with float32 parameters (``norm.batch_norm_forward``).
 
+Layout: ``data_format`` (NHWC or NCHW, as ``ResidualUnit``'s) is passed to each conv and BN of
+the loop body; the stacked kernels are HWIO in both, so the weights do not depend on it.
+
 Limits: every unit must keep its shape (stride 1, same channels), so a stage's first unit stays
 a :class:`ResidualUnit`; the ``dropout`` shortcut is not supported (its random mask would differ
 between the forward pass and the recomputation).
@@ -41,7 +44,7 @@ import numpy as np
 from keras import ops
 
 from keras_preact import norm
-from keras_preact.common import PACKAGE
+from keras_preact.common import LEGACY_DATA_FORMAT, PACKAGE, channel_axis
 from keras_preact.plan import UNIT_DEFAULTS, UnitBackend, UnitOptions, run_unit
 from keras_preact.units import ResidualUnit
 
@@ -62,30 +65,38 @@ def stacked_options(options: UnitOptions) -> dict:
 class _StackedBackend(UnitBackend):
     """Runs a plan on one unit's parameter tensors; collects the BN batch statistics."""
 
-    def __init__(self, params: dict, epsilon: float, training: bool):
+    def __init__(self, params: dict, epsilon: float, training: bool, data_format: str):
         self.p = params
         self.epsilon = epsilon
         self.training = training
+        self.data_format = data_format
         self.stats = []
+
+    def _conv(self, x, kernel):
+        # float32 weights, cast to the activations' dtype (mixed precision)
+        return ops.conv(x, ops.cast(kernel, x.dtype), strides=1, padding="same",
+                        data_format=self.data_format)
 
     def op(self, op, x):
         kind, name, *_ = op
         p = self.p
         if kind == "relu":
             return ops.relu(x)
-        if kind == "conv":  # float32 weights, cast to the activations' dtype (mixed precision)
-            return ops.conv(x, ops.cast(p[(name, "kernel")], x.dtype), strides=1, padding="same")
+        if kind == "conv":
+            return self._conv(x, p[(name, "kernel")])
         y, mean, variance = norm.batch_norm_forward(
             x, p[(name, "gamma")], p[(name, "beta")], p[(name, "moving_mean")],
-            p[(name, "moving_variance")], self.epsilon, self.training,
+            p[(name, "moving_variance")], self.epsilon, self.training, self.data_format,
         )
         if self.training:
             self.stats += [mean, variance]
         return y
 
     def gate(self, x):
-        kernel, bias = (ops.cast(self.p[("gate", key)], x.dtype) for key in ("kernel", "bias"))
-        return ops.sigmoid(ops.conv(x, kernel, strides=1, padding="same") + bias)
+        bias = ops.cast(self.p[("gate", "bias")], x.dtype)
+        if self.data_format == "channels_first":
+            bias = ops.reshape(bias, (-1, 1, 1))  # along the channel axis, not the width
+        return ops.sigmoid(self._conv(x, self.p[("gate", "kernel")]) + bias)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -93,9 +104,11 @@ class StackedStage(keras.layers.Layer):
     """``num_units`` identical, shape-preserving residual units run as one loop.
 
     Accepts the options of :class:`ResidualUnit` that apply to a shape-preserving unit
-    (``STACKED_OPTIONS``, defaults from ``keras_preact.plan.UNIT_DEFAULTS``) and ``recompute``
-    (recompute each unit in the backward pass). Holds the same parameters as ``num_units``
-    ResidualUnits; ``unit_weights`` and ``set_unit_weights`` convert from and to them.
+    (``STACKED_OPTIONS``, defaults from ``keras_preact.plan.UNIT_DEFAULTS``), its
+    ``data_format`` (None: ``keras.config.image_data_format()``, resolved once) and
+    ``recompute`` (recompute each unit in the backward pass). Holds the same parameters as
+    ``num_units`` ResidualUnits; ``unit_weights`` and ``set_unit_weights`` convert from and to
+    them.
     """
 
     def __init__(
@@ -111,6 +124,7 @@ class StackedStage(keras.layers.Layer):
         bn_momentum: float = UNIT_DEFAULTS.bn_momentum,
         bn_epsilon: float = UNIT_DEFAULTS.bn_epsilon,
         recompute: bool = False,
+        data_format: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -127,17 +141,19 @@ class StackedStage(keras.layers.Layer):
             scale_residual=scale_residual, gate_bias_init=gate_bias_init,
             bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
         )
-        # The units are ResidualUnits: that class checks the width.
-        self.filters = ResidualUnit(filters, **self.options.to_dict()).filters
+        # The units are ResidualUnits: that class checks the width and the data format.
+        template = ResidualUnit(filters, data_format=data_format, **self.options.to_dict())
+        self.filters = template.filters
+        self.data_format = template.data_format
         self.recompute = bool(recompute)
 
     def _template(self) -> ResidualUnit:
         # Built on demand and never stored: an attribute would be tracked as a sublayer.
-        return ResidualUnit(self.filters, **self.options.to_dict())
+        return ResidualUnit(self.filters, data_format=self.data_format, **self.options.to_dict())
 
     # -- variables -------------------------------------------------------------------------
     def build(self, input_shape):
-        channels = input_shape[-1]
+        channels = input_shape[channel_axis(self.data_format)]
         template = self._template()
         if channels != template.out_channels:
             raise ValueError(
@@ -186,7 +202,7 @@ class StackedStage(keras.layers.Layer):
         epsilon = self.options.bn_epsilon
 
         def unit(x, *values):
-            backend = _StackedBackend(dict(zip(keys, values)), epsilon, training)
+            backend = _StackedBackend(dict(zip(keys, values)), epsilon, training, self.data_format)
             y = run_unit(self._plan, x, backend)
             return (y, *backend.stats)
 
@@ -284,7 +300,12 @@ class StackedStage(keras.layers.Layer):
             "filters": self.filters,
             **stacked_options(self.options),
             "recompute": self.recompute,
+            "data_format": self.data_format,
         }
+
+    @classmethod
+    def from_config(cls, config):
+        return super().from_config({"data_format": LEGACY_DATA_FORMAT, **config})
 
 
 def canonical_unit_weights(model: keras.Model) -> list:

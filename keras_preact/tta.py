@@ -1,9 +1,9 @@
-"""Test-time augmentation (TTA) views: flip and one-pixel translations of NHWC batches.
+"""Test-time augmentation (TTA) views: flip and one-pixel translations of image batches.
 
 A TTA choice names a set of *views* of each image; the logits of the views are averaged.
 
-* ``"flip"``: the image and its mirror image (left-right, axis 2, the width of NHWC): two
-  forward passes.
+* ``"flip"``: the image and its mirror image (left-right: the width axis, 2 in NHWC, 3 in NCHW
+  batches, ``data_format="channels_first"``): two forward passes.
 * ``"translate"``: the image and its copies shifted by one pixel up, down, left and right with
   zero fill (:data:`TRANSLATE_SHIFTS`): five forward passes.
 * ``"flip_translate"``: the five translated views and their mirror images: ten forward passes.
@@ -28,8 +28,9 @@ from __future__ import annotations
 
 from keras import ops
 
+from keras_preact.common import DATA_FORMATS, check_choice, spatial_axes
+
 TTA_CHOICES = ("none", "flip", "translate", "flip_translate")
-HEIGHT_AXIS, WIDTH_AXIS = 1, 2  # NHWC
 # (rows down, columns right) of the translated views: one pixel each way. Chosen by measurement
 # on the 110-minute ResNet-56 run's weights against diagonal shifts, 2-pixel shifts and the full
 # 3x3 and 5x5 grids (docs/training.md, "Test-time translation").
@@ -49,40 +50,48 @@ def tta_views(tta) -> tuple[tuple[int, int, bool], ...]:
     return tuple((dy, dx, mirror) for dy, dx in shifts for mirror in mirrors)
 
 
-def translate(images, dy: int, dx: int):
-    """NHWC ``images`` moved ``dy`` rows down and ``dx`` columns right, vacated pixels zero.
+def translate(images, dy: int, dx: int, data_format: str = "channels_last"):
+    """``images`` (NHWC, or NCHW for ``data_format="channels_first"``) moved ``dy`` rows down
+    and ``dx`` columns right, vacated pixels zero.
 
     A static pad-and-slice (TFLite PAD + STRIDED_SLICE, ONNX Pad + Slice): the content that
     leaves the frame is dropped, as in the training crop of a zero-padded image.
     """
+    check_choice("data_format", data_format, DATA_FORMATS)
     if dy == 0 and dx == 0:
         return images
-    height, width = images.shape[HEIGHT_AXIS], images.shape[WIDTH_AXIS]
+    h_axis, w_axis = spatial_axes(data_format)
+    height, width = images.shape[h_axis], images.shape[w_axis]
     if height is None or width is None:
         raise ValueError(f"translate needs a static image size, got shape {images.shape}.")
     if abs(dy) >= height or abs(dx) >= width:
         raise ValueError(f"Shift ({dy}, {dx}) moves a {height}x{width} image out of its frame.")
-    padded = ops.pad(images, [[0, 0], [max(dy, 0), max(-dy, 0)], [max(dx, 0), max(-dx, 0)], [0, 0]])
+    widths = [[0, 0], [0, 0], [0, 0], [0, 0]]
+    widths[h_axis], widths[w_axis] = [max(dy, 0), max(-dy, 0)], [max(dx, 0), max(-dx, 0)]
+    padded = ops.pad(images, widths)
     top, left = max(-dy, 0), max(-dx, 0)
-    return padded[:, top : top + height, left : left + width, :]
+    window = [slice(None)] * 4
+    window[h_axis], window[w_axis] = slice(top, top + height), slice(left, left + width)
+    return padded[tuple(window)]
 
 
-def view_of(images, dy: int, dx: int, mirrored: bool):
+def view_of(images, dy: int, dx: int, mirrored: bool, data_format: str = "channels_last"):
     """One view of a batch: shifted, then mirrored (the view set is symmetric, so the order of
     the two does not change the set)."""
-    moved = translate(images, dy, dx)
-    return ops.flip(moved, axis=WIDTH_AXIS) if mirrored else moved
+    moved = translate(images, dy, dx, data_format)
+    return ops.flip(moved, axis=spatial_axes(data_format)[1]) if mirrored else moved
 
 
-def tta_logits(model, images, tta):
+def tta_logits(model, images, tta, data_format: str = "channels_last"):
     """The float32 mean of ``model``'s logits over the views of ``tta`` (``model(images)``
-    itself for ``"none"``). ``model`` is any callable taking an NHWC batch."""
+    itself for ``"none"``). ``model`` is any callable taking the batch ``images``, NHWC or,
+    with ``data_format="channels_first"``, NCHW (a channels_first ResNet's input)."""
     views = tta_views(tta)
     if len(views) == 1:
         return model(images)
     total = None
     for dy, dx, mirrored in views:
-        logits = ops.cast(model(view_of(images, dy, dx, mirrored)), "float32")
+        logits = ops.cast(model(view_of(images, dy, dx, mirrored, data_format)), "float32")
         total = logits if total is None else total + logits
     return total / float(len(views))
 

@@ -33,6 +33,10 @@ strided; followed by BN in the post-activation orders as in [1]) or ``"zero_pad"
 parameter-free subsample + zero channels of the CIFAR nets of [1]). The shortcut variant then
 applies on top (for example a constant-scaling unit scales the projected shortcut).
 
+``data_format`` is the layout of the unit's input and output, ``"channels_last"`` (NHWC) or
+``"channels_first"`` (NCHW): a parameter of every sublayer (the convs' layout, BN's axis, the
+zero-pad shortcut's axes), not another unit. The weights are the same in both.
+
 ``preactivation`` (pre-activation orders only) says where the unit's leading BN-ReLU (or ReLU)
 is applied:
     ``"branch"``  on the residual branch only; the shortcut carries the raw ``x`` (Eqn 4 holds);
@@ -52,12 +56,14 @@ from keras_preact.common import (
     DOWNSAMPLES,
     EXPANSION,
     KINDS,
+    LEGACY_DATA_FORMAT,
     ORDERS,
     PACKAGE,
     PREACT_ORDERS,
     PREACTIVATIONS,
     SHORTCUTS,
     STRIDE_AT,
+    channel_axis,
     check_choice,
     strided_shape,
 )
@@ -70,8 +76,9 @@ __all__ = [
     "ResidualUnit",
 ]
 
-# What places a unit in the network; everything else it takes is a ``plan.UnitOptions`` field.
-PLACEMENT = ("filters", "strides", "preactivation")
+# What places a unit in the network, and the layout of its tensors; everything else it takes is
+# a ``plan.UnitOptions`` field.
+PLACEMENT = ("filters", "strides", "preactivation", "data_format")
 
 
 def _short_name(layer) -> str:
@@ -133,10 +140,13 @@ class ResidualUnit(keras.layers.Layer):
         Torch (the paper's code) does, ``"same"`` as TensorFlow does (see
         ``keras_preact.padding``). A unit saved before this option existed was built with
         ``"same"`` and loads with it (``from_config``).
+      data_format: ``"channels_last"`` (NHWC) or ``"channels_first"`` (NCHW); None (the
+        default) is ``keras.config.image_data_format()`` when the unit is made, and the unit
+        saves the resolved value. A unit saved before this option existed loads NHWC.
 
-    Every option but ``filters``, ``strides`` and ``preactivation`` (the unit's place in the
-    network) is a field of ``keras_preact.plan.UnitOptions`` and takes its default from there
-    (``UNIT_DEFAULTS``); ``unit.options`` is that value.
+    Every option but ``filters``, ``strides``, ``preactivation`` (the unit's place in the
+    network) and ``data_format`` is a field of ``keras_preact.plan.UnitOptions`` and takes its
+    default from there (``UNIT_DEFAULTS``); ``unit.options`` is that value.
     """
 
     def __init__(
@@ -157,6 +167,7 @@ class ResidualUnit(keras.layers.Layer):
         bn_epsilon: float = UNIT_DEFAULTS.bn_epsilon,
         fused_bn: bool = UNIT_DEFAULTS.fused_bn,
         padding: str = UNIT_DEFAULTS.padding,
+        data_format: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -176,6 +187,7 @@ class ResidualUnit(keras.layers.Layer):
         self.filters = int(filters)
         self.strides = int(strides)
         self.preactivation = preactivation
+        self.data_format = norm.runnable_data_format(data_format)
         # Each option is also an attribute (unit.order, unit.padding, ...).
         for name, value in options.to_dict().items():
             setattr(self, name, value)
@@ -189,18 +201,21 @@ class ResidualUnit(keras.layers.Layer):
 
     def _make_layer(self, op):
         kind, name, *args = op
+        layout = self.data_format
         if kind == "bn":
-            return norm.batch_norm(self.bn_momentum, self.bn_epsilon, name, fused=self.fused_bn)
+            return norm.batch_norm(self.bn_momentum, self.bn_epsilon, name, fused=self.fused_bn,
+                                   data_format=layout)
         if kind == "relu":
             return keras.layers.ReLU(name=name)
         if kind == "conv":
-            return norm.conv(args[1], args[0], args[2], name=name, padding=self.padding)
+            return norm.conv(args[1], args[0], args[2], name=name, padding=self.padding,
+                             data_format=layout)
         if kind == "zero_pad":
-            return ZeroPadShortcut(args[0], args[1], name=name)
+            return ZeroPadShortcut(args[0], args[1], data_format=layout, name=name)
         return keras.layers.Dropout(args[0], name=name)
 
     def build(self, input_shape):
-        in_channels = input_shape[-1]
+        in_channels = input_shape[channel_axis(self.data_format)]
         if in_channels is None:
             raise ValueError("ResidualUnit needs a known number of input channels.")
         self._plan = plan = self.plan(in_channels)
@@ -210,7 +225,8 @@ class ResidualUnit(keras.layers.Layer):
         self.post_layers = [self._make_layer(op) for op in plan.post]
         self.gate = None
         if plan.gate is not None:
-            self.gate = ShortcutGate(*plan.gate, self.gate_bias_init, name="gate")
+            self.gate = ShortcutGate(*plan.gate, self.gate_bias_init, data_format=self.data_format,
+                                     name="gate")
 
         # tf.train.Checkpoint follows attributes, not Keras' tracked lists: without these
         # attributes a checkpoint misses the sublayers' variables (BN moving statistics
@@ -252,7 +268,7 @@ class ResidualUnit(keras.layers.Layer):
         return run_unit(self._plan, inputs, _SublayerBackend(self, residual_gradient))
 
     def compute_output_shape(self, input_shape):
-        return strided_shape(input_shape, self.strides, self.out_channels)
+        return strided_shape(input_shape, self.strides, self.out_channels, self.data_format)
 
     # -- introspection ---------------------------------------------------------------------
     def op_layers(self) -> list:
@@ -292,6 +308,8 @@ class ResidualUnit(keras.layers.Layer):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        # A unit saved before the padding option existed was built with TensorFlow's padding.
+        # A unit saved before the padding option existed was built with TensorFlow's padding,
+        # and one saved before the data_format option existed, NHWC.
         config.setdefault("padding", LEGACY_PADDING)
+        config.setdefault("data_format", LEGACY_DATA_FORMAT)
         return super().from_config(config)

@@ -17,7 +17,10 @@ state-dict file (``torch.save``; read without PyTorch, or with it when it is ins
 
 Every variable of the Keras model must find its tensor with the right shape and every tensor
 of the file must be used (``num_batches_tracked`` aside); otherwise a ValueError names the first
-mismatching tensor. Convolution kernels are transposed from Torch's OIHW to Keras' HWIO.
+mismatching tensor. Convolution kernels are transposed from Torch's OIHW to Keras' HWIO, which
+Keras keeps for both of its layouts, and the classifier follows a global average pool (no
+flatten whose order would depend on the layout): every loader here fills a ``channels_first``
+model exactly as a ``channels_last`` one.
 
 ``.keras`` and ``.weights.h5`` files load with Keras' own ``load_weights``; preset folders
 (keras_preact's, or keras-hub's ResNetV2) with ``keras_preact.presets``. Every entry point also

@@ -170,6 +170,23 @@ def test_a_tf_distribute_config_runs_and_its_engine_settings_are_refused_one_lin
     assert not (tmp_path / "other").exists()
 
 
+def test_a_channels_first_network_trains_on_the_same_batches_transposed(folder, tmp_path):
+    """--data_format=channels_first: the batches are the NHWC ones transposed, so the run is the
+    channels_last run's up to float rounding (same weights at the start, same steps)."""
+    runs = {}
+    for layout in ("channels_last", "channels_first"):
+        # A small rate: the layouts sum gradients in another order, which a large one amplifies.
+        result = fit_command(*COMMON, f"--data_dir={folder}", "--train_steps=3", f"--data_format={layout}", "--lr=0.002",
+                             f"--model_dir={tmp_path / layout}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[layout] = last_checkpoint(tmp_path / layout)
+    for name, value in runs["channels_last"].items():
+        if name != "state":
+            np.testing.assert_allclose(runs["channels_first"][name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+    config = json.loads((tmp_path / "channels_first" / "config.json").read_text())
+    assert config["model"]["data_format"] == "channels_first"
+
+
 def parse_fit(*arguments):
     values = flags.FlagValues()
     fit_cli.define_flags(values)

@@ -84,7 +84,8 @@ def test_overrides_reach_the_recipe_and_the_model(tmp_path):
     assert settings.data.data_dir == str(tmp_path) and settings.recipe.name == "cifar"
     assert settings.model_name == "resnet110_1layer"  # the registry's name for Table 2's net
     architecture = {k: v for k, v in settings.model_kwargs.items() if k != "dtype_policy"}  # auto: per CPU
-    assert architecture == {"order": "original", "shortcut": "constant_scaling", "unit": "single"}
+    assert architecture == {"order": "original", "shortcut": "constant_scaling", "unit": "single",
+                            "data_format": "channels_last"}  # explicit: the trainers' images are NHWC
     assert settings.run.model_dir == os.path.join("runs", f"{tmp_path.name}_resnet110_1layer")
     recipe = settings.recipe
     assert (recipe.schedule, recipe.label_smoothing, recipe.decay_bn, recipe.nesterov) == ("cosine", 0.1, False, True)
@@ -900,9 +901,10 @@ def test_final_line_and_no_pending_checkpoints_after_a_clean_finish(cifar_folder
 def test_the_fit_trainers_settings_are_refused_one_line_each(capsys):
     flag_values = flags.FlagValues()
     train.define_flags("cifar", flag_values)
-    argv = ["cifar.py", "--keras_distribution=data_parallel", "--num_processes=2", "--coordinator_address=h:1"]
+    argv = ["cifar.py", "--keras_distribution=data_parallel", "--num_processes=2", "--coordinator_address=h:1",
+            "--data_format=channels_first"]
     assert train.console_main("cifar", argv, flag_values) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert [line.split(":")[1].strip() for line in lines] == [
-        "--keras_distribution", "--coordinator_address", "--num_processes"], lines
+        "--data_format", "--keras_distribution", "--coordinator_address", "--num_processes"], lines
     assert all("only the fit trainer honours it" in line for line in lines)

@@ -136,7 +136,7 @@ def test_every_user_of_the_unit_options_takes_the_defaults_from_one_value():
     assert set(unit) == set(UnitOptions.names()) | set(PLACEMENT) - {"filters"}
     assert {k: unit[k] for k in UnitOptions.names()} == UNIT_DEFAULTS.to_dict()
     stage = defaults(StackedStage)
-    assert set(stage) == set(STACKED_OPTIONS) | {"recompute"}
+    assert set(stage) == set(STACKED_OPTIONS) | {"recompute", "data_format"}
     assert {k: stage[k] for k in STACKED_OPTIONS} == {k: getattr(UNIT_DEFAULTS, k) for k in STACKED_OPTIONS}
     fields = {f.name: f.default for f in dataclasses.fields(ResNetConfig)}
     for name in UnitOptions.names():

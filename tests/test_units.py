@@ -335,7 +335,8 @@ def test_saved_unit_configs_keep_their_padding(config, padding):
     written = unit.get_config()
     assert {k: written[k] for k in config if k != "dtype"} == {
         k: v for k, v in config.items() if k != "dtype"}
-    assert set(written) == set(UNIT_CONFIG_WITH_PADDING)
+    assert set(written) == set(UNIT_CONFIG_WITH_PADDING) | {"data_format"}
+    assert written["data_format"] == "channels_last"  # saved before the option: built NHWC
     # The padding is the one computed: the strided conv of a 'same' unit is Keras' Conv2D,
     # and its outputs differ from a symmetric unit's with the same weights.
     x = RNG.randn(2, 8, 8, 4).astype("float32")

@@ -132,8 +132,11 @@ def run(config: RunConfig, stream=None, shard=(0, 1)) -> dict:
                              divergence_window=run_settings.divergence_window)
 
     keras.utils.set_random_seed(run_settings.seed)
-    model = registry.get_model(config.model_name, num_classes=train.num_classes, input_shape=(*train.images.shape[1:3], 3),
-                               **config.model_kwargs)
+    try:
+        model = registry.get_model(config.model_name, num_classes=train.num_classes,
+                                   input_shape=(*train.images.shape[1:3], 3), **config.model_kwargs)
+    except ValueError as error:  # a layout this backend cannot run (TensorFlow without oneDNN)
+        raise FlagError("data_format", _first_line(error)) from None
     if config.model.init_weights:  # a resumed run's checkpoint replaces these weights
         load_weights(model, config.model.init_weights,
                      skip_head=run_config.new_head(config.model.init_weights, train.num_classes))
@@ -148,7 +151,7 @@ def run(config: RunConfig, stream=None, shard=(0, 1)) -> dict:
                      seed=run_settings.seed, checkpoint_every=config.checkpointing.checkpoint_every,
                      keep_checkpoints=config.checkpointing.keep_checkpoints, log_every=run_settings.log_every,
                      eval_every=run_settings.eval_every, eval_name=data.eval_split, shard=shard, chief=chief,
-                     stream=stream)
+                     stream=stream, data_format=config.model.data_format)
     try:
         start = fit_run.restore()
     except ValueError as error:  # a checkpoint of another model or recipe

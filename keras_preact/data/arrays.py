@@ -61,6 +61,7 @@ import numpy as np
 from PIL import Image
 
 from keras_preact.data.bad_files import BadFileLog
+from keras_preact.common import DATA_FORMATS
 from keras_preact.data.constants import CIFAR_MEAN, CIFAR_STD
 from keras_preact.data.folders import FOLDER_PREFIX, SAMPLE_SOURCE, list_image_folder
 from keras_preact.data.sample import cifar10_sample_dir
@@ -111,6 +112,21 @@ def pad_crop_flip(images: np.ndarray, offsets: np.ndarray, flips: np.ndarray) ->
     # A mirrored crop reads its window's columns right to left.
     columns = offsets[:, 1:] + np.where(flips[:, None], np.arange(width)[::-1], np.arange(width))
     return padded[np.arange(count)[:, None, None], rows[:, :, None], columns[:, None, :]]
+
+
+def check_data_format(data_format: str) -> str:
+    """``data_format`` if it is one of Keras' two names (a ValueError naming them otherwise)."""
+    if data_format not in DATA_FORMATS:
+        raise ValueError(f"data_format must be one of {', '.join(DATA_FORMATS)}, got {data_format!r}.")
+    return data_format
+
+
+def in_layout(images: np.ndarray, data_format: str) -> np.ndarray:
+    """NHWC ``images`` as ``data_format`` says: themselves, or NCHW (contiguous) for a
+    channels_first network."""
+    if check_data_format(data_format) == "channels_first":
+        return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    return images
 
 
 def checked_pixels(images, labels) -> tuple:
@@ -272,11 +288,12 @@ class ArraySplit:
         return order
 
     def train_batch(self, step: int, batch_size: int, *, seed: int = 0, augment: bool = True,
-                    shard: tuple = (0, 1)):
+                    shard: tuple = (0, 1), data_format: str = "channels_last"):
         """The training batch of global ``step``: ``(images float32 [B/count, h, w, 3], labels int32
         [B/count])``, normalised and (``augment``) padded, cropped and flipped; this process's
         ``shard=(index, count)`` of the global batch of ``batch_size``. A function of
-        ``(seed, step)`` only (see the module docstring)."""
+        ``(seed, step)`` only (see the module docstring). ``data_format="channels_first"``:
+        the same images as NCHW ``[B/count, 3, h, w]``, for a channels_first network."""
         index, count = _check_shard(shard, batch_size)
         step = operator.index(step)
         if step < 0:
@@ -292,23 +309,23 @@ class ArraySplit:
         if augment:
             offsets, flips = augmentation_draws(seed, step, batch_size)
             images = pad_crop_flip(images, offsets[rows], flips[rows])
-        return images, self.labels[chosen]
+        return in_layout(images, data_format), self.labels[chosen]
 
     def train_sequence(self, batch_size: int, *, seed: int, first_step: int, steps: int, augment: bool = True,
-                       shard: tuple = (0, 1)) -> TrainSequence:
+                       shard: tuple = (0, 1), data_format: str = "channels_last") -> TrainSequence:
         """The training batches of steps ``first_step .. first_step + steps - 1`` as a PyDataset.
 
         Give it to ``model.fit(sequence, epochs=1, shuffle=False)``: without ``shuffle=False``
         Keras reorders the steps within each of its epochs.
         """
         return TrainSequence(self, batch_size, seed=seed, first_step=first_step, steps=steps, augment=augment,
-                             shard=shard)
+                             shard=shard, data_format=data_format)
 
-    def eval_batches(self, batch_size: int, *, flip: bool = False) -> EvalSequence:
+    def eval_batches(self, batch_size: int, *, flip: bool = False, data_format: str = "channels_last") -> EvalSequence:
         """One pass over the split in order, normalised, the last batch partial; ``flip`` mirrors
         every image horizontally (the test-time flip). An :class:`EvalSequence`: iterate it, or
         give it to ``model.evaluate``/``model.predict``."""
-        return EvalSequence(self, batch_size, flip=flip)
+        return EvalSequence(self, batch_size, flip=flip, data_format=data_format)
 
 
 class TrainSequence(keras.utils.PyDataset):
@@ -320,8 +337,9 @@ class TrainSequence(keras.utils.PyDataset):
     """
 
     def __init__(self, split: ArraySplit, batch_size: int, *, seed: int, first_step: int, steps: int,
-                 augment: bool = True, shard: tuple = (0, 1)):
+                 augment: bool = True, shard: tuple = (0, 1), data_format: str = "channels_last"):
         super().__init__()
+        self.data_format = check_data_format(data_format)
         self.split = split
         self.batch_size = operator.index(batch_size)
         self.seed = _check_seed(seed)
@@ -342,15 +360,17 @@ class TrainSequence(keras.utils.PyDataset):
         if not 0 <= index < self.steps:
             raise IndexError(f"TrainSequence index {index} out of range (length {self.steps}).")
         return self.split.train_batch(self.first_step + index, self.batch_size, seed=self.seed,
-                                      augment=self.augment, shard=self.shard)
+                                      augment=self.augment, shard=self.shard, data_format=self.data_format)
 
 
 class EvalSequence(keras.utils.PyDataset):
     """Batch ``i``: examples ``[i*B, (i+1)*B)`` of the split in order, normalised (``flip``:
     mirrored); the last batch holds the remainder."""
 
-    def __init__(self, split: ArraySplit, batch_size: int, *, flip: bool = False):
+    def __init__(self, split: ArraySplit, batch_size: int, *, flip: bool = False,
+                 data_format: str = "channels_last"):
         super().__init__()
+        self.data_format = check_data_format(data_format)
         self.split = split
         self.batch_size = operator.index(batch_size)
         if self.batch_size < 1:
@@ -368,4 +388,4 @@ class EvalSequence(keras.utils.PyDataset):
         pixels = self.split.images[rows]
         if self.flip:
             pixels = pixels[:, :, ::-1]
-        return np.ascontiguousarray(normalize_cifar(pixels)), self.split.labels[rows]
+        return in_layout(np.ascontiguousarray(normalize_cifar(pixels)), self.data_format), self.split.labels[rows]

@@ -49,10 +49,12 @@ def build_variant(model_name: str, order: str, shortcut: str, *, num_classes: in
                   image_shape: tuple, **unit_options) -> keras.Model:
     """The network ``model_name`` with every unit of the given order and shortcut.
 
-    CIFAR nets are built for ``image_shape``; ImageNet nets are fully convolutional.
+    CIFAR nets are built for ``image_shape``; ImageNet nets are fully convolutional. They take
+    NHWC batches, the data pipeline's, unless ``unit_options`` name another ``data_format``.
     ``unit_options`` go to ``keras_preact.ResNet`` (e.g. ``shortcut_scale``, ``gate_bias_init``).
     """
-    options = dict(order=order, shortcut=shortcut, num_classes=num_classes, **unit_options)
+    options = dict(order=order, shortcut=shortcut, num_classes=num_classes,
+                   **{"data_format": "channels_last", **unit_options})
     if resolve(model_name).family == "cifar":
         options["input_shape"] = image_shape
     return get_model(model_name, **options)

@@ -196,6 +196,9 @@ def build_architecture(name: str, kwargs: dict, num_classes: int, preprocessing:
     """
     kwargs = dict(kwargs)
     kwargs.setdefault("num_classes", num_classes)
+    # The export serves NHWC whatever the run trained in (checkpoint variables are layout-free),
+    # so the network is built NHWC, not in keras.config.image_data_format()'s layout.
+    kwargs.setdefault("data_format", "channels_last")
     if preprocessing == "cifar":
         size = eval_image_size(preprocessing)
         kwargs.setdefault("input_shape", (size, size, 3))

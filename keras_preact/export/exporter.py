@@ -53,7 +53,7 @@ from keras_preact.export import parity as parity_lib
 from keras_preact.export import tflite as tflite_lib
 from keras_preact.export.fold import fold_batch_norm
 from keras_preact.export.tta import apply_tta
-from keras_preact.model import ResNet, float32_model, unstack
+from keras_preact.model import ResNet, float32_model, unstack, with_data_format
 from keras_preact.tta import check_tta
 from keras_preact.export.saved_model import (
     DEFAULT_TOP_K,
@@ -230,17 +230,21 @@ def prepare_model(model, tta: str) -> tuple:
     """``(network, served)``: the classifier to export and what every artefact will compute.
 
     ``model`` is a Keras classifier that outputs logits, or the path of a ``.keras`` file. A
-    :class:`~keras_preact.model.ResNet` is converted to float32 (trained in mixed precision,
-    served in float32 all the same) and its stacked stages to residual units (one while loop
-    over stacked weights cannot be saved as a SavedModel; the units hold the same weights and
-    compute the same results). ``served`` is ``network`` itself for ``tta="none"``, else its
-    test-time augmentation wrapper (:func:`keras_preact.export.tta.tta_averaged`).
+    :class:`~keras_preact.model.ResNet` is converted to channels_last (a channels_first network
+    is rebuilt NHWC with the same weights: every artefact takes NHWC images, and TensorFlow's
+    CPU kernels, TFLite and the ONNX converter run NHWC natively, where an NCHW graph would
+    need a transpose around every convolution or a oneDNN build), to float32 (trained in mixed
+    precision, served in float32 all the same) and its stacked stages to residual units (one
+    while loop over stacked weights cannot be saved as a SavedModel; the units hold the same
+    weights and compute the same results). ``served`` is ``network`` itself for
+    ``tta="none"``, else its test-time augmentation wrapper
+    (:func:`keras_preact.export.tta.tta_averaged`).
     """
     check_tta(tta)
     if isinstance(model, (str, os.PathLike)):
         model = load_model_file(os.fspath(model))
     if isinstance(model, ResNet):
-        model = unstack(float32_model(model))
+        model = unstack(float32_model(with_data_format(model, "channels_last")))
     return model, apply_tta(model, tta)
 
 

@@ -18,6 +18,9 @@ and the shortcut formula is the :class:`~keras_preact.shortcuts.ShortcutCombine`
 nothing of the unit's math is written again here; the BN coefficients come from
 ``keras_preact.norm.inference_affine``.
 ``fold_report`` says how many BNs were folded and how many remain as multiply-adds.
+
+Either layout folds: a conv's kernel is HWIO in both (its output channels last), and the copy
+takes the same input layout as the network (the exporter hands it a channels_last one).
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_preact.common import PACKAGE
+from keras_preact.common import LEGACY_DATA_FORMAT, PACKAGE, channel_axis, resolve_data_format
 from keras_preact.model import as_resnet, unstack
 from keras_preact.norm import layer_affine
+from keras_preact.padding import ChannelsFirstConv2D
 from keras_preact.plan import UnitBackend, run_unit
 from keras_preact.shortcuts import ShortcutCombine
 from keras_preact.units import ResidualUnit
@@ -38,20 +42,35 @@ from keras_preact.units import ResidualUnit
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ChannelAffine(keras.layers.Layer):
-    """``y = x * scale + offset`` per channel (last axis): an eval-mode BN, precomputed."""
+    """``y = x * scale + offset`` per channel (the last axis, or the second for
+    ``data_format="channels_first"``): an eval-mode BN, precomputed."""
+
+    def __init__(self, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.data_format = resolve_data_format(data_format)
 
     def build(self, input_shape):
-        channels = input_shape[-1]
+        channels = input_shape[channel_axis(self.data_format)]
         if channels is None:
             raise ValueError("ChannelAffine needs a known number of input channels.")
         self.scale = self.add_weight(shape=(channels,), initializer="ones", name="scale")
         self.offset = self.add_weight(shape=(channels,), initializer="zeros", name="offset")
 
     def call(self, inputs):
-        return inputs * ops.cast(self.scale, inputs.dtype) + ops.cast(self.offset, inputs.dtype)
+        scale, offset = (ops.cast(v, inputs.dtype) for v in (self.scale, self.offset))
+        if self.data_format == "channels_first":
+            scale, offset = ops.reshape(scale, (-1, 1, 1)), ops.reshape(offset, (-1, 1, 1))
+        return inputs * scale + offset
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "data_format": self.data_format}
+
+    @classmethod
+    def from_config(cls, config):
+        return super().from_config({"data_format": LEGACY_DATA_FORMAT, **config})
 
 
 @dataclasses.dataclass
@@ -78,26 +97,39 @@ def _clone(layer, name: str):
 
 
 def _folded_conv(conv: keras.layers.Conv2D, bn: keras.layers.BatchNormalization, name: str):
-    """conv -> BN as one conv with bias: kernel * a (per output channel), bias * a + b."""
-    if conv.data_format != "channels_last" or conv.groups != 1:
-        raise ValueError(f"Cannot fold BN into {conv.name}: only channels-last, groups=1 convs.")
+    """conv -> BN as one conv with bias: kernel * a (per output channel, the kernel's last axis
+    in either layout), bias * a + b."""
+    if conv.groups != 1:
+        raise ValueError(f"Cannot fold BN into {conv.name}: only groups=1 convs.")
+    if channel_axis(conv.data_format) != _channel_axis(bn):
+        raise ValueError(f"Cannot fold {bn.name} into {conv.name}: it normalises another axis.")
     if conv.activation is not keras.activations.linear:
         raise ValueError(f"Cannot fold BN into {conv.name}: it has an activation before the BN.")
     scale, offset = layer_affine(bn)
     kernel = np.asarray(conv.kernel.numpy(), np.float64) * scale
     bias = np.asarray(conv.bias.numpy(), np.float64) if conv.use_bias else 0.0
     bias = bias * scale + offset
-    # Same class (e.g. SymmetricConv2D keeps its padding), now with a bias.
+    # Same class (e.g. SymmetricConv2D keeps its padding), now with a bias; Keras' own Conv2D
+    # would add an NCHW bias along the width on TensorFlow (keras_preact.padding).
     config = {**conv.get_config(), "use_bias": True, "name": name}
     config.pop("kernel_initializer", None)
     config.pop("bias_initializer", None)
-    folded = type(conv).from_config(config)
+    cls = type(conv)
+    if cls is keras.layers.Conv2D and conv.data_format == "channels_first":
+        cls = ChannelsFirstConv2D
+    folded = cls.from_config(config)
     return folded, [kernel.astype(np.float32), bias.astype(np.float32)]
 
 
+def _channel_axis(bn: keras.layers.BatchNormalization) -> int:
+    """``bn.axis`` as ``common.channel_axis`` writes it (-1 for NHWC, 1 for NCHW)."""
+    return 1 if bn.axis in (1, [1]) else -1
+
+
 def _affine_layer(bn: keras.layers.BatchNormalization, name: str):
-    scale, offset = layer_affine(bn)
-    return ChannelAffine(name=name), [
+    scale, offset = layer_affine(bn)  # refuses any axis but an image's channels
+    layout = "channels_first" if _channel_axis(bn) == 1 else "channels_last"
+    return ChannelAffine(layout, name=name), [
         scale.astype(np.float32),
         offset.astype(np.float32),
     ]
@@ -153,7 +185,8 @@ class _Folder:
 
     def unit(self, unit: ResidualUnit, x):
         """The eval-mode computation of ``unit``: its plan, run with folded sublayers."""
-        return run_unit(unit.plan(x.shape[-1]), x, _FoldBackend(self, unit))
+        return run_unit(unit.plan(x.shape[channel_axis(unit.data_format)]), x,
+                        _FoldBackend(self, unit))
 
 
 class _FoldBackend(UnitBackend):

@@ -7,6 +7,10 @@ exporter: ``tta_averaged(model, tta)`` stacks the views of :func:`keras_preact.t
 along the batch, calls the network once, and takes the mean over the views (:class:`ViewMean`);
 ``flip_averaged(model)`` is its ``"flip"`` case.
 
+The views move pixels along the spatial axes of the wrapped model's input layout
+(``data_format``: NHWC, or NCHW for a channels_first network). The exporter always wraps NHWC
+networks (it rebuilds a channels_first ResNet channels_last first), so its signatures take NHWC.
+
 The wrapper is built from serializable layers only (:class:`HorizontalFlip`, :class:`Translate`,
 ``keras.layers.Concatenate`` and :class:`ViewMean`, no ``Lambda``), so it round-trips through a
 ``.keras`` file with ``safe_mode=True``, and it converts to SavedModel, TFLite (builtin ops) and
@@ -18,56 +22,68 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from keras_preact.common import PACKAGE
-from keras_preact.tta import WIDTH_AXIS, check_tta, translate, tta_views
+from keras_preact.common import LEGACY_DATA_FORMAT, PACKAGE, resolve_data_format, spatial_axes
+from keras_preact.model import ResNet
+from keras_preact.tta import check_tta, translate, tta_views
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class HorizontalFlip(keras.layers.Layer):
-    """Mirror NHWC images left-right (reverse the width axis), deterministically.
+    """Mirror images left-right (reverse the width axis of ``data_format``: NHWC or NCHW; None
+    is ``keras.config.image_data_format()``), deterministically.
 
     Unlike ``keras.layers.RandomFlip`` it flips every image, in training and inference alike,
     and has no random state to export.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, data_format=None, **kwargs):
         super().__init__(**kwargs)
+        self.data_format = resolve_data_format(data_format)
         self.supports_masking = True
 
     def call(self, inputs):
         if len(inputs.shape) != 4:
-            raise ValueError(f"HorizontalFlip expects [batch, H, W, C] images, got shape {inputs.shape}.")
-        return ops.flip(inputs, axis=WIDTH_AXIS)
+            raise ValueError(f"HorizontalFlip expects 4-D image batches, got shape {inputs.shape}.")
+        return ops.flip(inputs, axis=spatial_axes(self.data_format)[1])
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self) -> dict:
-        return super().get_config()  # no arguments of its own: the axis is always the width
+        return {**super().get_config(), "data_format": self.data_format}
+
+    @classmethod
+    def from_config(cls, config):
+        return super().from_config({"data_format": LEGACY_DATA_FORMAT, **config})
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Translate(keras.layers.Layer):
-    """Move NHWC images ``dy`` rows down and ``dx`` columns right, filling with zeros
-    (:func:`translate`), deterministically, in training and inference alike."""
+    """Move images (NHWC or NCHW, ``data_format``) ``dy`` rows down and ``dx`` columns right,
+    filling with zeros (:func:`translate`), deterministically, in training and inference alike."""
 
-    def __init__(self, dy: int = 0, dx: int = 0, **kwargs):
+    def __init__(self, dy: int = 0, dx: int = 0, data_format=None, **kwargs):
         super().__init__(**kwargs)
         if int(dy) != dy or int(dx) != dx:
             raise ValueError(f"Translate shifts whole pixels, got dy={dy!r}, dx={dx!r}.")
         self.dy, self.dx = int(dy), int(dx)
+        self.data_format = resolve_data_format(data_format)
         self.supports_masking = True
 
     def call(self, inputs):
         if len(inputs.shape) != 4:
-            raise ValueError(f"Translate expects [batch, H, W, C] images, got shape {inputs.shape}.")
-        return translate(inputs, self.dy, self.dx)
+            raise ValueError(f"Translate expects 4-D image batches, got shape {inputs.shape}.")
+        return translate(inputs, self.dy, self.dx, self.data_format)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "dy": self.dy, "dx": self.dx}
+        return {**super().get_config(), "dy": self.dy, "dx": self.dx, "data_format": self.data_format}
+
+    @classmethod
+    def from_config(cls, config):
+        return super().from_config({"data_format": LEGACY_DATA_FORMAT, **config})
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -98,18 +114,22 @@ class ViewMean(keras.layers.Layer):
         return {**super().get_config(), "views": self.views}
 
 
-def tta_averaged(model: keras.Model, tta: str, name: str | None = None) -> keras.Model:
+def tta_averaged(model: keras.Model, tta: str, name: str | None = None,
+                 data_format: str | None = None) -> keras.Model:
     """A functional model computing the float32 mean of ``model``'s logits over the views of
     ``tta`` (:func:`tta_views`): for ``"flip"``, ``mean(model(x), model(mirror(x)))``.
 
     Args:
-      model: a single-input ``[batch, H, W, C]``, single-output ``[batch, classes]`` Keras
-        classifier that outputs logits (averaging probabilities would be another function).
-        It is shared, not copied: the wrapper's weights are ``model``'s.
+      model: a single-input image (``[batch, H, W, C]``, or ``[batch, C, H, W]``),
+        single-output ``[batch, classes]`` Keras classifier that outputs logits (averaging
+        probabilities would be another function). It is shared, not copied: the wrapper's
+        weights are ``model``'s.
       tta: ``"flip"``, ``"translate"`` or ``"flip_translate"`` (``"none"`` has nothing to
         wrap: use ``model``).
       name: the wrapper's name; default ``"<model.name>_<tta>_tta"`` (``model`` keeps its own
         name as the wrapper's inner layer).
+      data_format: the layout of ``model``'s input; None: a ResNet's own
+        (``model.architecture.data_format``), channels_last for any other model.
     """
     if check_tta(tta) == "none":
         raise ValueError('tta="none" has no views to average: use the model itself (apply_tta does).')
@@ -117,19 +137,23 @@ def tta_averaged(model: keras.Model, tta: str, name: str | None = None) -> keras
         raise ValueError(f"{tta} test-time augmentation wraps single-input, single-output classifiers only.")
     spec = model.inputs[0]
     if len(spec.shape) != 4:
-        raise ValueError(f"{tta} test-time augmentation needs [batch, H, W, C] images, the model takes "
+        raise ValueError(f"{tta} test-time augmentation needs 4-D image batches, the model takes "
                          f"{tuple(spec.shape)}.")
+    if data_format is None:
+        data_format = model.architecture.data_format if isinstance(model, ResNet) else "channels_last"
+    data_format = resolve_data_format(data_format)
     inputs = keras.Input(batch_shape=spec.shape, dtype=spec.dtype, name=spec.name or "image")
     views, moved = [], {}
     for dy, dx, mirrored in tta_views(tta):
         # The views only move values: they keep the input's dtype, whatever the global policy.
         suffix = "" if (dy, dx) == (0, 0) else f"_{dy}_{dx}".replace("-", "m")
         if (dy, dx) not in moved:  # one Translate per shift, shared by the view and its mirror
-            moved[dy, dx] = inputs if not suffix else Translate(dy, dx, name="translate" + suffix,
-                                                                 dtype=spec.dtype)(inputs)
+            moved[dy, dx] = inputs if not suffix else Translate(
+                dy, dx, data_format, name="translate" + suffix, dtype=spec.dtype)(inputs)
         view = moved[dy, dx]
         if mirrored:
-            view = HorizontalFlip(name="horizontal_flip" + suffix, dtype=spec.dtype)(view)
+            view = HorizontalFlip(data_format, name="horizontal_flip" + suffix,
+                                  dtype=spec.dtype)(view)
         views.append(view)
     # One call of the network on the views stacked along the batch, not one call per view: the
     # exported graphs then hold the network once (a per-view call repeats it in every SavedModel

@@ -32,8 +32,8 @@ import json
 import os
 
 from keras_preact import hardware, registry
-from keras_preact.common import (DEFAULT_WORKER_TIMEOUT, DTYPE_POLICIES, FAMILIES, KERAS_DISTRIBUTIONS, KINDS,
-                                 ORDERS, SHORTCUT_OPTIONS, SHORTCUTS, STRATEGIES, check_writable_dir)
+from keras_preact.common import (DATA_FORMATS, DEFAULT_WORKER_TIMEOUT, DTYPE_POLICIES, FAMILIES, KERAS_DISTRIBUTIONS,
+                                 KINDS, ORDERS, SHORTCUT_OPTIONS, SHORTCUTS, STRATEGIES, check_writable_dir)
 from keras_preact.config import ResNetConfig, resolve_order
 from keras_preact.data.arrays import DEFAULT_MAX_BYTES
 from keras_preact.padding import PADDINGS
@@ -106,6 +106,11 @@ class ModelSettings:
         "weights; mixed_float16 with dynamic loss scaling for GPUs, mixed_bfloat16 for TPUs and CPUs "
         "with bf16). auto: mixed_bfloat16 on TPUs and on CPUs with bf16 instructions (avx512_bf16, "
         "AMX) where no GPU is visible, else float32.")
+    data_format: str = settings.choice(
+        "channels_last", DATA_FORMATS, "Layout of the network's tensors: channels_last (NHWC) or "
+        "channels_first (NCHW, PyTorch's own; the fit trainer transposes its batches to it). The "
+        "weights are the same in both (keras_preact.model.with_data_format); exports take NHWC.",
+        engines=("fit",))
     dtype_auto: bool = settings.boolean(
         False, "Whether --dtype_policy=auto chose dtype_policy (the resolved configuration holds "
         "the chosen policy).", flag=None)
@@ -572,6 +577,7 @@ def model_arguments(model: ModelSettings) -> tuple:
         ("recompute", {"recompute": model.recompute}),
         ("dtype_policy", {"dtype_policy": dtype_policy}),
         ("padding", {"padding": model.padding}),
+        ("data_format", {"data_format": model.data_format}),
         *((option, {option: value}) for option, value in options.items()),
     ):
         arguments.update(added)
@@ -588,6 +594,8 @@ def model_arguments(model: ModelSettings) -> tuple:
         kwargs["dtype_policy"] = dtype_policy
     if model.padding != NETWORK_DEFAULTS["padding"]:
         kwargs["padding"] = model.padding
+    # Always explicit: the trainers' images are NHWC whatever keras.config.image_data_format() says.
+    kwargs["data_format"] = model.data_format
     return spec.name, kwargs
 
 
