@@ -255,7 +255,7 @@ def test_dry_run_commands_are_valid_trainer_settings(tmp_path):
         flag_values(["cifar.py", *command[2:]])
         settings = train_cli.config_from_flags("cifar", flag_values)
         architecture = {k: v for k, v in settings.model_kwargs.items() if k != "dtype_policy"}  # auto: per CPU
-        assert architecture == {"order": order, "shortcut": shortcut, **options}
+        assert architecture == {"order": order, "shortcut": shortcut, "data_format": "channels_last", **options}
         assert (settings.model_name, settings.run.seed, settings.data.data_dir) == ("resnet8", 3, data)
         slug = f"{order}__{shortcut}" + "".join(f"__{k}_{v:g}" for k, v in options.items())
         assert settings.run.model_dir == str(tmp_path / "out" / "runs" / slug / "seed3")
