@@ -19,6 +19,7 @@ Any variant takes suffixes (also through ``--also``, which adds them to every va
             fused kernel on bf16 inputs: the pair shows what the fused path buys)
     +fp16   dtype_policy="mixed_float16", with dynamic loss scaling (LossScaleOptimizer)
     +jit    the step compiled with XLA (tf.function(jit_compile=True))
+    +nchw   data_format="channels_first": the network NCHW, fed NCHW images (PyTorch's layout)
 
 ``--profile`` also runs 3 steps of every case under TensorFlow's profiler (after the timed
 steps, so the timing is unaffected) and prints where the op time goes: the share of convolution,
@@ -141,7 +142,7 @@ VARIANTS = {
     "folded": dict(fused_bn=True),
 }
 SUFFIXES = {"bf16": dict(dtype_policy="mixed_bfloat16"), "fp16": dict(dtype_policy="mixed_float16"),
-            "jit": {}}
+            "jit": {}, "nchw": dict(data_format="channels_first")}
 # (model, mode, batch, variants, timed steps)
 CASES = [
     ("resnet20", "train", 128, ("plain", "fused"), 10),
@@ -172,6 +173,13 @@ def split_variant(name: str) -> tuple:
     for suffix in suffixes:
         kwargs.update(SUFFIXES[suffix])
     return kwargs, base, "jit" in suffixes
+
+
+def in_layout(images: np.ndarray, kwargs: dict) -> np.ndarray:
+    """NHWC ``images`` in the layout of the variant's network (``+nchw``: channels_first)."""
+    if kwargs.get("data_format") == "channels_first":
+        return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    return images
 
 
 def step_optimizer(base: str, kwargs: dict):
@@ -265,7 +273,7 @@ def worker(spec: dict) -> dict:
         model = fold_batch_norm(model)
     batch = spec["batch"]
     rng = np.random.RandomState(0)
-    x = tf.constant(rng.rand(batch, 32, 32, 3).astype("float32"))
+    x = tf.constant(in_layout(rng.rand(batch, 32, 32, 3).astype("float32"), kwargs))
     y = tf.constant(rng.randint(0, 10, batch).astype("int32"))
     optimizer = step_optimizer(base, kwargs)
 
@@ -347,7 +355,7 @@ def fit_worker(spec: dict) -> dict:
     model = get_model(spec["model"], **kwargs)
     batch, steps = spec["batch"], spec["steps"]
     rng = np.random.RandomState(0)
-    x = rng.rand(batch, 32, 32, 3).astype("float32")
+    x = in_layout(rng.rand(batch, 32, 32, 3).astype("float32"), kwargs)
     y = rng.randint(0, 10, batch).astype("int32")
     # XLA is how JAX runs a step; PyTorch and TensorFlow compile (torch.compile, XLA) on +jit.
     jit_compile = True if backend == "jax" else jit
