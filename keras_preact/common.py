@@ -80,6 +80,23 @@ def check_choice(name: str, value, choices) -> None:
         )
 
 
+def lazy_exports(module_name: str, exports: dict) -> tuple:
+    """``(__getattr__, __dir__)`` for a package whose public names (``exports``: name -> submodule)
+    are imported on first use (PEP 562), so that its TensorFlow-free parts import without
+    TensorFlow (``keras_preact.data``, ``keras_preact.training``)."""
+    import importlib
+
+    def getattr_(name):
+        if name not in exports:
+            raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{module_name}.{exports[name]}"), name)
+
+    def dir_():
+        return sorted(set(vars(importlib.import_module(module_name))) | set(exports))
+
+    return getattr_, dir_
+
+
 def resolve_data_format(data_format) -> str:
     """``data_format`` itself, or Keras' ``keras.config.image_data_format()`` for None (read
     now: a layer resolves it once, when it is made, and saves the result); a ValueError naming

@@ -135,7 +135,7 @@ class FitRun:
         if self.average is not None and self.average.averages is not None:
             floats = self._float_variables()
             for index, value in enumerate(self.average.averages):
-                arrays[f"average/{index}"] = _numpy(value)
+                arrays[f"average/{index}"] = host_array(value)
             state["average"] = [[v.path, list(v.shape)] for v in floats]
         if not self.chief:
             bad = non_finite(arrays.items())
@@ -183,7 +183,7 @@ class FitRun:
                     images, labels = images[index * per:(index + 1) * per], labels[index * per:(index + 1) * per]
                 else:
                     valid = np.ones(rows, bool)
-                logits = _numpy(tta_logits(self.model.predict_on_batch, images, tta,
+                logits = host_array(tta_logits(self.model.predict_on_batch, images, tta,
                                            data_format=self.data_format)).astype(np.float64)
                 shifted = logits - logits.max(-1, keepdims=True)
                 log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
@@ -387,8 +387,5 @@ def _learning_rate(optimizer, step: int) -> float:
     rate = optimizer._learning_rate
     if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
         rate = rate(step)
-    return float(_numpy(ops.convert_to_tensor(rate)))
+    return float(host_array(ops.convert_to_tensor(rate)))
 
-
-def _numpy(value) -> np.ndarray:
-    return host_array(value)

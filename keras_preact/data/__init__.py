@@ -17,7 +17,7 @@ Two pipelines share the sources, the class numbering and the normalisation const
     >>> images, labels = train.train_batch(0, 128, seed=0)   # float32 [128, 32, 32, 3], int32 [128]
 """
 
-import importlib
+from keras_preact.common import lazy_exports
 
 # Where each public name lives. They are imported on first use (PEP 562), so that importing
 # the TensorFlow-free modules (arrays, folders, constants, sample, labels) never loads TensorFlow.
@@ -40,14 +40,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [

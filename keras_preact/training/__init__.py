@@ -13,7 +13,7 @@ over ``keras_preact.cli.train``, which turns their flags into a ``RunConfig`` (`
 every setting of a run, with its default and check, once) and runs it.
 """
 
-import importlib
+from keras_preact.common import lazy_exports
 
 # Where each public name lives. They are imported on first use (PEP 562), so that the
 # TensorFlow-free parts (the recipes as data, schedules, divergence checks) import without
@@ -38,14 +38,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [
