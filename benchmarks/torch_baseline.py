@@ -37,6 +37,8 @@ Variants (``VARIANTS``), how a PyTorch user would speed a CPU run up:
     torch           float32, NCHW (PyTorch's default layout)
     torch+cl        float32, channels_last memory format (oneDNN's preferred layout)
     torch+bf16      torch.autocast("cpu", dtype=torch.bfloat16), channels_last
+    torch+bf16w     inference only: the network cast to bfloat16 (``model.to(torch.bfloat16)``),
+                    bf16 images, no autocast (which recasts every float32 weight at every call)
     torch+compile   torch.compile(model), float32, channels_last; a compilation failure is
                     reported as the variant's one-line error, not a crash
 
@@ -48,7 +50,7 @@ Run as a script, it times one case in this (fresh) process and prints one JSON l
 The first step is timed from process start (imports included) to the end of the first step,
 as the Keras workers do. ``torch.set_num_threads`` is ``--threads`` (default: the CPUs this
 process may run on, the count TensorFlow's thread pools use). Needs ``torch`` (the ``[bench]``
-extra pins the CPU wheel, ``torch==2.13.0``).
+extra asks for the current release, ``torch>=2.15.0``). Runs on PyTorch's GPU where it sees one.
 """
 
 from __future__ import annotations
@@ -220,12 +222,14 @@ class Variant:
     channels_last: bool = False
     bfloat16: bool = False
     compile: bool = False
+    bf16_weights: bool = False  # inference only: the network itself in bfloat16, no autocast
 
 
 VARIANTS = {
     "torch": Variant(),
     "torch+cl": Variant(channels_last=True),
     "torch+bf16": Variant(channels_last=True, bfloat16=True),
+    "torch+bf16w": Variant(channels_last=True, bf16_weights=True),
     "torch+compile": Variant(channels_last=True, compile=True),
 }
 
@@ -234,9 +238,16 @@ def memory_format(variant: Variant):
     return torch.channels_last if variant.channels_last else torch.contiguous_format
 
 
+def device() -> torch.device:
+    """Where the baseline runs: the GPU where PyTorch sees one (tools/gpu_check.sh), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def autocast(bfloat16: bool):
-    """bfloat16 autocast on the CPU (convs and matmuls in bf16, BN and the loss in float32)."""
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bfloat16 else contextlib.nullcontext()
+    """bfloat16 autocast (convs and matmuls in bf16, the loss in float32) on the baseline's device."""
+    if not bfloat16:
+        return contextlib.nullcontext()
+    return torch.autocast(device().type, dtype=torch.bfloat16)
 
 
 def make_optimizer(model: nn.Module, lr: float = LEARNING_RATE, momentum: float = MOMENTUM,
@@ -275,15 +286,20 @@ def nhwc_predictor(model: nn.Module, variant: Variant):
     fmt = memory_format(variant)
 
     def predict(images):
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
+        dtype = torch.bfloat16 if variant.bf16_weights else torch.float32
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).to(device(), dtype)
+        x = x.contiguous(memory_format=fmt)
         return evaluate(model, x, variant.bfloat16)
 
     return predict
 
 
 def prepare(name: str, variant: Variant, num_classes: int = 10) -> nn.Module:
-    """``build(name)`` in the variant's memory format, compiled for ``torch+compile``."""
-    model = build(name, num_classes).to(memory_format=memory_format(variant))
+    """``build(name)`` on the baseline's device in the variant's memory format (and dtype, for
+    ``torch+bf16w``), compiled for ``torch+compile``."""
+    model = build(name, num_classes).to(device(), memory_format=memory_format(variant))
+    if variant.bf16_weights:
+        model = model.to(torch.bfloat16)
     return torch.compile(model) if variant.compile else model
 
 
@@ -314,8 +330,12 @@ def time_case(spec: dict) -> dict:
     torch.manual_seed(0)
     batch = spec["batch"]
     fmt = memory_format(variant)
-    images = torch.rand(batch, 3, 32, 32).contiguous(memory_format=fmt)
-    labels = torch.randint(0, 10, (batch,))
+    dtype = torch.bfloat16 if variant.bf16_weights else torch.float32
+    images = torch.rand(batch, 3, 32, 32).to(device(), dtype).contiguous(memory_format=fmt)
+    labels = torch.randint(0, 10, (batch,)).to(device())
+    if variant.bf16_weights and spec["mode"] == "train":
+        raise ValueError(f"{spec['variant']} is an inference variant (a bfloat16 network has no "
+                         "float32 master weights to train); use torch+bf16 to train")
     model = prepare(spec["model"], variant)
     if spec["mode"] == "train":
         optimizer = make_optimizer(model, **spec.get("optimizer", {}))
@@ -344,6 +364,9 @@ def time_case(spec: dict) -> dict:
         **spec,
         "threads": threads,
         "torch_version": torch.__version__,
+        "device": str(device()),
+        **({"peak_device_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+           if device().type == "cuda" else {}),
         "params": count_parameters(model)["trainable"],
         "first_step_s": round(first, 2),
         "step_s_median": round(median, 4),

@@ -24,19 +24,23 @@ Any variant takes suffixes (also through ``--also``, which adds them to every va
 ``--profile`` also runs 3 steps of every case under TensorFlow's profiler (after the timed
 steps, so the timing is unaffected) and prints where the op time goes: the share of convolution,
 BatchNorm (fused kernels and Keras' unfused ops alike), ReLU, shortcut and other ops, and the
-top op types (``benchmarks/op_profile.py``).
+top op types (``benchmarks/op_profile.py``). On the torch backend (``--engine=fit`` or
+``batch``) it runs one more step under PyTorch's profiler and prints the top op types by self
+CPU time, with their share and call count.
 
 Backends (``--backend``, default ``$KERAS_BACKEND`` or tensorflow): every case runs in a worker
 process under that Keras backend, on whatever device the backend sees (a GPU if there is one),
-and the device's name is printed first. Two engines time a step:
+and the device's name is printed first. Three engines time a step:
 
     step   the package's own ``tf.function`` training step (TensorFlow only; the default there)
     fit    Keras' ``model.fit`` / ``model.predict`` with the ``fit`` defaults of each backend:
            XLA-compiled on JAX, eager on PyTorch (``+jit``: ``torch.compile``), ``tf.function``
            on TensorFlow (``+jit``: XLA). The default on JAX and PyTorch; ``--engine=fit`` on
            TensorFlow gives the like-for-like row of a three-backend table.
+    batch  Keras' ``model.train_on_batch`` / ``model.predict_on_batch``, one call per step (the
+           same compiled step as ``fit``, without its loop and callbacks).
 
-With ``fit``, each step ends with a read of its loss (or outputs), so steps are timed one by
+With ``fit`` and ``batch``, each step ends with a read of its loss (or outputs), so steps are timed one by
 one, as the ``step`` engine does with ``float(step(...))``.
 
 PyTorch baseline (``benchmarks/torch_baseline.py``: the same networks in plain ``torch.nn``, equal
@@ -53,8 +57,8 @@ CPU with bf16 instructions, else ``fused``); every case with both reports it as 
 PyTorch's best variant, named (``vs_pytorch`` in the JSON; > 1: the package is faster). ``--also``
 applies to the package's variants only. Without PyTorch installed (``pip install
 "keras_preact[bench]"``) the torch rows are skipped with a one-line note. The torch rows run on
-the CPU whatever ``--backend`` computes on. PyTorch's OpenMP threads spin at every barrier: on
-cores busy with other work they collapse (a 2-thread ResNet-20 step ran over 10x slower on 2
+PyTorch's GPU where it sees one, else the CPU, whatever ``--backend`` computes on. PyTorch's
+OpenMP threads spin at every barrier: on cores busy with other work they collapse (a 2-thread ResNet-20 step ran over 10x slower on 2
 cores shared with another job, 1 thread did not), so quote PyTorch rows from an idle machine
 only; ``--torch_threads`` sets their thread count.
 
@@ -101,7 +105,7 @@ import keras_preact_commands  # noqa: E402
 
 
 BACKENDS = ("tensorflow", "jax", "torch")
-ENGINES = ("step", "fit")
+ENGINES = ("step", "fit", "batch")
 
 
 def _backend_from_argv(argv) -> str:
@@ -259,7 +263,7 @@ def pytorch_comparison(rows: list, default_variant: str) -> dict | None:
 
 def worker(spec: dict) -> dict:
     """Build, trace and time one case in this (fresh) process."""
-    if spec.get("engine", "step") == "fit":
+    if spec.get("engine", "step") != "step":
         return fit_worker(spec)
     import tensorflow as tf  # the step engine is TensorFlow's
     import op_profile
@@ -342,7 +346,8 @@ class _StepTimer(keras.callbacks.Callback):
 
 
 def fit_worker(spec: dict) -> dict:
-    """One case timed through Keras' own ``fit`` / ``predict``, on any backend.
+    """One case timed through Keras' own ``fit`` / ``predict`` (``engine="batch"``:
+    ``train_on_batch`` / ``predict_on_batch``), on any backend.
 
     ``spec["mode"]`` is ``train``, ``infer``, or ``train+infer`` (one build timed both ways;
     the result then holds a row per mode under ``"rows"``).
@@ -362,18 +367,26 @@ def fit_worker(spec: dict) -> dict:
     optimizer = step_optimizer(base, kwargs)
     model.compile(optimizer=optimizer, jit_compile=jit_compile,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    # As keras_preact.recipes' compile does: without it, TensorFlow's fit creates the slots inside
+    # its first traced step and traces the step twice (docs/performance.md, "First training step").
+    optimizer.build(model.trainable_variables)
     # The same batch every step: 2 untimed steps (trace/compile + one warm step), then `steps`.
     xs, ys = np.concatenate([x] * (steps + 2)), np.concatenate([y] * (steps + 2))
     params = int(sum(np.prod(w.shape) for w in model.trainable_weights))
     rows = []
     for mode in spec["mode"].split("+"):
         timer = _StepTimer()
-        if mode == "train":
+        if spec.get("engine") == "batch":
+            run_on_batches(model, mode, x, y, steps + 2, timer)
+        elif mode == "train":
             model.fit(xs, ys, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
         else:
             model.predict(xs, batch_size=batch, verbose=0, callbacks=[timer])
         median = statistics.median(timer.times[2:])
+        profile = (torch_op_profile(lambda: run_on_batches(model, mode, x, y, 1, _StepTimer()))
+                   if spec.get("profile") and backend == "torch" else None)
         rows.append({
+            **({"torch_profile": profile} if profile else {}),
             **spec, "mode": mode, "params": params,
             # From process start (imports, build, compile, one step) for a process's first mode;
             # the first batch alone (its compilation and one step) for a later one.
@@ -384,6 +397,32 @@ def fit_worker(spec: dict) -> dict:
             **device_memory(),
         })
     return rows[0] if len(rows) == 1 else {**spec, "rows": rows}
+
+
+def run_on_batches(model, mode: str, x, y, count: int, timer: _StepTimer) -> None:
+    """``count`` calls of ``model.train_on_batch`` (or ``predict_on_batch``), timed by ``timer``
+    as ``fit``'s batches are: each ends with a read of its loss (or outputs)."""
+    for batch in range(count):
+        timer._begin(batch)
+        if mode == "train":
+            logs = {"loss": model.train_on_batch(x, y)}
+        else:
+            logs = {"outputs": model.predict_on_batch(x)}
+        timer._end(batch, logs)
+
+
+def torch_op_profile(run_step, top: int = 12) -> dict:
+    """One more step under PyTorch's profiler (the torch backend): the share of the step's
+    summed op time (self CPU time) of its ``top`` op types, and their call counts."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run_step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    return {"self_cpu_ms": round(total / 1000, 1),
+            "top_ops": [[e.key, round(100 * e.self_cpu_time_total / total, 1), e.count]
+                        for e in events[:top]]}
 
 
 def device_memory() -> dict:
@@ -437,6 +476,15 @@ def _median_run(results: list) -> dict:
 
 def print_profiles(rows) -> None:
     """Op time by category (% of summed op time) for every profiled row, then its top op types."""
+    for r in rows:
+        if "torch_profile" in r:
+            profile = r["torch_profile"]
+            top = ", ".join(f"{name} {share:.1f}% ({count}x)" for name, share, count in profile["top_ops"])
+            print(f"\n{r['model']} {r['mode']} {r['variant']} (PyTorch profiler, one step, "
+                  f"{profile['self_cpu_ms']:.0f} ms of op time): {top}")
+    tensorflow_rows = [r for r in rows if isinstance(r.get("profile"), dict)]
+    if not tensorflow_rows:
+        return
     import op_profile  # TensorFlow's profiler: only with --profile (the step engine)
 
     categories = op_profile.CATEGORIES
@@ -444,16 +492,13 @@ def print_profiles(rows) -> None:
     print("\nop time by category (% of summed op time; ops run in parallel, so not wall time)")
     print(header)
     print("-" * len(header))
-    for r in rows:
-        if "profile" not in r:
-            continue
+    for r in tensorflow_rows:
         shares = r["profile"]["category_share"]
         print(f"{r['model']:<11}{r['mode']:<6}{r['variant']:<24}"
               + "".join(f"{shares[c]:>11.1f}" for c in categories))
-    for r in rows:
-        if "profile" in r:
-            top = ", ".join(f"{t} {share:.1f}%" for t, share in r["profile"]["top_op_types"])
-            print(f"  {r['model']} {r['mode']} {r['variant']}: {top}")
+    for r in tensorflow_rows:
+        top = ", ".join(f"{t} {share:.1f}%" for t, share in r["profile"]["top_op_types"])
+        print(f"  {r['model']} {r['mode']} {r['variant']}: {top}")
 
 
 def main(argv=None):
@@ -484,7 +529,8 @@ def main(argv=None):
                         "or tensorflow)")
     parser.add_argument("--engine", choices=ENGINES, default=None,
                         help="step: the package's tf.function step (TensorFlow only, its default); "
-                             "fit: Keras' model.fit/predict (any backend, the default elsewhere)")
+                             "fit: Keras' model.fit/predict (any backend, the default elsewhere); "
+                             "batch: Keras' train_on_batch/predict_on_batch")
     parser.add_argument("--output", default=os.path.join(HERE, "results", "training_speed.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -546,8 +592,9 @@ def main(argv=None):
     if engine == "step" and args.backend != "tensorflow":
         parser.error(f"argument --engine: the step engine is TensorFlow's; use --engine=fit "
                      f"with --backend={args.backend}")
-    if args.profile and engine != "step":
-        parser.error("argument --profile: TensorFlow's profiler needs --engine=step")
+    if args.profile and engine == "fit" and args.backend != "torch":
+        parser.error("argument --profile: TensorFlow's profiler needs --engine=step "
+                     "(PyTorch's profiles the torch backend's fit and batch engines)")
     cpu = cpu_description()
     device = device_description(args.backend)
     print(f"CPU: {cpu['model']}; {os.cpu_count()} logical CPUs; flags: "

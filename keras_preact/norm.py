@@ -3,8 +3,8 @@
 * ``batch_norm_forward`` is the BatchNorm normalisation, training and inference mode, used by
   :class:`FusedBatchNormalization` and by the stacked-stage executor alike. It is one function
   with one backend switch: on TensorFlow it calls TensorFlow's fused kernel (the fast path on
-  CPU), on every other Keras backend (JAX, PyTorch) it computes the same normalisation with
-  ``keras.ops``, which those backends' compilers fuse themselves.
+  CPU), on PyTorch PyTorch's own (eager PyTorch fuses nothing itself), on JAX it computes the
+  same normalisation with ``keras.ops``, which XLA fuses.
   ``update_moving_average`` is the running-statistics update both apply; ``inference_affine``
   is the eval-mode BN written as a per-channel ``scale * x + offset`` (what BN folding needs).
 * Every function and layer here takes NHWC or NCHW tensors (``data_format``, Keras' names; see
@@ -28,6 +28,7 @@ import numpy as np
 from keras import ops
 
 from keras_preact.common import PACKAGE, channel_axis, check_choice, resolve_data_format
+from keras_preact.convolution import Conv2D
 from keras_preact.padding import PADDINGS, ChannelsFirstConv2D, SymmetricConv2D
 
 BN_MOMENTUM = 0.9
@@ -90,7 +91,8 @@ def runnable_data_format(data_format) -> str:
 def batch_norm_forward(x, gamma, beta, moving_mean, moving_variance, epsilon, training,
                        data_format: str = "channels_last"):
     """BatchNorm of an NHWC (or, with ``data_format="channels_first"``, NCHW) tensor:
-    TensorFlow's fused kernel on TensorFlow, ``keras.ops`` elsewhere.
+    TensorFlow's fused kernel on TensorFlow, PyTorch's native kernel on PyTorch, ``keras.ops``
+    elsewhere (JAX, whose compiler fuses the element-wise chain itself).
 
     ``x`` may be float32, float16 or bfloat16 (mixed precision); the parameters and statistics
     are float32 whatever ``x`` is. The statistics are computed in float32 and ``y`` is returned
@@ -100,8 +102,12 @@ def batch_norm_forward(x, gamma, beta, moving_mean, moving_variance, epsilon, tr
     batch's (variance *biased*, as Keras and this package keep it in the moving average), in
     inference mode the moving ones are used and the two statistics returned are ``None``.
     """
-    if uses_tensorflow_kernels():
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
         return _fused_batch_norm(x, gamma, beta, moving_mean, moving_variance, epsilon, training,
+                                 data_format)
+    if backend == "torch":
+        return _torch_batch_norm(x, gamma, beta, moving_mean, moving_variance, epsilon, training,
                                  data_format)
     channels_first = data_format == "channels_first"
     axes = (0, 2, 3) if channels_first else (0, 1, 2)  # every axis but the channels'
@@ -155,6 +161,47 @@ def _fused_batch_norm(x, gamma, beta, moving_mean, moving_variance, epsilon, tra
     return y, mean, variance * (n - 1.0) / tf.maximum(n, 2.0)
 
 
+def _torch_batch_norm(x, gamma, beta, moving_mean, moving_variance, epsilon, training,
+                      data_format):
+    """``batch_norm_forward`` by PyTorch's own BatchNorm kernel (PyTorch backend only).
+
+    Keras' generic path is a chain of about 15 element-wise ops per BN under PyTorch's eager
+    autograd, each keeping its own activation-sized buffer for the backward pass; PyTorch's
+    kernel is one pass for the statistics, one for the output and one fused backward. On a
+    ResNet-164 step that chain was half the CPU time and most of the peak memory
+    (benchmarks/training_speed.py --backend=torch, docs/performance.md).
+
+    The kernel wants the channels on axis 1. An NHWC tensor is handed over as its NCHW
+    *view* (a permutation, no copy): PyTorch sees a channels_last tensor, which its CPU kernel
+    normalises in place order, and the result permutes back to a contiguous NHWC tensor.
+    Under a mixed policy ``x`` is bfloat16 or float16 with float32 parameters, which the kernel
+    takes as they are (statistics accumulated in float32, ``y`` in ``x``'s dtype).
+
+    The moving statistics are updated by the caller, from the batch statistics returned here:
+    mean, and the *biased* variance recovered from the kernel's ``1 / sqrt(var + eps)``
+    (PyTorch's own running update would use the unbiased variance, the TensorFlow and JAX
+    paths the biased one, so the three backends keep the same moving averages).
+    """
+    import torch  # only on the PyTorch backend: the package never needs it elsewhere
+
+    x = ops.convert_to_tensor(x)
+    channels_last = data_format != "channels_first"
+    nchw = x.permute(0, 3, 1, 2) if channels_last else x
+    params = [ops.convert_to_tensor(v) for v in (gamma, beta)]
+    if not training:
+        stats = [ops.convert_to_tensor(v) for v in (moving_mean, moving_variance)]
+        y = torch.nn.functional.batch_norm(nchw, *stats, *params, training=False, eps=epsilon)
+        mean = variance = None
+    else:
+        y, mean, inverse_std = torch.native_batch_norm(nchw, *params, None, None, True, 0.0,
+                                                       epsilon)
+        variance = torch.reciprocal(torch.square(inverse_std.detach())) - epsilon
+        mean = mean.detach()
+    if channels_last:
+        y = y.permute(0, 2, 3, 1)
+    return y, mean, variance
+
+
 def update_moving_average(variable, value, momentum: float) -> None:
     """``variable <- momentum * variable + (1 - momentum) * value`` (Keras' convention).
 
@@ -192,9 +239,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     Keras 3 normalises with generic ops (moments, then a chain of element-wise ops); on CPU
     TensorFlow's fused kernel (one pass for the statistics, one for the output, and a fused
     gradient) is much faster: on the 2-core benchmark machine it is the largest single speed-up
-    of ResNet training (see benchmarks/training_speed.py). On JAX and PyTorch the layer runs
-    the same normalisation in ``keras.ops`` (their compilers fuse it), so a model saved under
-    one backend loads and computes the same numbers under another. The result is the same
+    of ResNet training (see benchmarks/training_speed.py). On PyTorch it is PyTorch's own
+    kernel, for the same reason; on JAX the same normalisation in ``keras.ops`` (XLA fuses
+    it). A model saved under one backend loads and computes the same numbers under another. The result is the same
     layer as Keras': same variables, same config, same normalisation, and the moving
     statistics are updated exactly as Keras does (biased batch variance). Under a
     mixed-precision policy (``mixed_float16``, ``mixed_bfloat16``) the inputs arrive in half
@@ -242,7 +289,7 @@ def batch_norm(
     ``keras.config.image_data_format()``); ``fused=False`` gives Keras' own layer.
 
     ``fused=True`` (:class:`FusedBatchNormalization`) is TensorFlow's fused kernel on the
-    TensorFlow backend and the same math in ``keras.ops`` on the others.
+    TensorFlow backend, PyTorch's on PyTorch and the same math in ``keras.ops`` on JAX.
     """
     cls = FusedBatchNormalization if fused else keras.layers.BatchNormalization
     axis = channel_axis(resolve_data_format(data_format))
@@ -281,9 +328,11 @@ def conv(filters: int, kernel_size: int, strides: int = 1, name=None, use_bias=F
     :func:`runnable_data_format`'s (None: ``keras.config.image_data_format()``). A
     channels_first conv with a bias (the gate's) is a
     :class:`~keras_preact.padding.ChannelsFirstConv2D`, which adds it along the channels on
-    TensorFlow too; a bias-free one stays Keras' own in both layouts, because ``.keras`` and
-    ``.weights.h5`` files name the weights of listed layers by class, and a file must load
-    into either layout.
+    TensorFlow too; a bias-free one is the package's :class:`~keras_preact.convolution.Conv2D`
+    in both layouts, because ``.keras`` and ``.weights.h5`` files name the weights of listed
+    layers by class, and a file must load into either layout. All three compute the
+    convolution with :func:`keras_preact.convolution.convolution` (PyTorch's kernel in its
+    fast layout on the PyTorch backend).
     """
     check_choice("padding", padding, PADDINGS)
     data_format = runnable_data_format(data_format)
@@ -292,5 +341,5 @@ def conv(filters: int, kernel_size: int, strides: int = 1, name=None, use_bias=F
     if padding == "symmetric" and strides > 1 and kernel_size > 1:
         return SymmetricConv2D(filters, kernel_size, **options)
     biased_nchw = use_bias and data_format == "channels_first"
-    cls = ChannelsFirstConv2D if biased_nchw else keras.layers.Conv2D
+    cls = ChannelsFirstConv2D if biased_nchw else Conv2D
     return cls(filters, kernel_size, padding="same", **options)

@@ -17,6 +17,8 @@ axis by the backend's own broadcasting. Keras' Conv2D adds it with ``keras.ops.a
 Keras 3.15's TensorFlow backend turns into ``tf.nn.bias_add`` with the layout guessed from the
 shapes, NHWC whenever the last axis has the bias' length: an NCHW output whose width equals its
 channel count gets the bias added along its width (``tests/test_data_format.py`` has the case).
+Both compute their convolution with ``keras_preact.convolution.convolution``, as the package's
+plain ``Conv2D`` does.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import keras
 from keras import ops
 
 from keras_preact.common import PACKAGE, resolve_data_format, spatial_axes
+from keras_preact.convolution import BackendConvolution
 
 PADDINGS = ("symmetric", "same")
 # The padding of files written before the option existed (keras_preact 0.1 built "same" nets):
@@ -66,13 +69,13 @@ class ChannelAxisBias:
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class ChannelsFirstConv2D(ChannelAxisBias, keras.layers.Conv2D):
+class ChannelsFirstConv2D(ChannelAxisBias, BackendConvolution, keras.layers.Conv2D):
     """``keras.layers.Conv2D`` with the bias added along the channels of NCHW outputs: what
     ``keras_preact.norm.conv`` makes for a channels_first conv with a bias."""
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class SymmetricConv2D(ChannelAxisBias, keras.layers.Conv2D):
+class SymmetricConv2D(ChannelAxisBias, BackendConvolution, keras.layers.Conv2D):
     """``Conv2D`` with Torch's padding: ``(k - 1) // 2`` zeros on every side, then ``valid``.
 
     Same variables and config as ``Conv2D`` (its ``padding`` is always ``"valid"``); the

@@ -70,7 +70,7 @@ class UnitOptions:
     padding: str = "symmetric"  # of strided convs: Torch's, as the paper's code (padding.py)
     bn_momentum: float = BN_MOMENTUM
     bn_epsilon: float = BN_EPSILON
-    fused_bn: bool = True  # TensorFlow's fused BN kernel: same numbers, faster
+    fused_bn: bool = True  # the backend's fused BN kernel (norm.batch_norm_forward): same numbers, faster
 
     def __post_init__(self):
         check_choice("unit kind", self.kind, KINDS)

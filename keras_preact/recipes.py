@@ -247,8 +247,17 @@ class FitRecipe:
     callbacks: list
 
     def compile(self, model, **kwargs) -> None:
-        """``model.compile`` with the recipe's optimizer, loss and accuracy metric."""
+        """``model.compile`` with the recipe's optimizer, loss and accuracy metric, and the
+        optimizer's variables created now.
+
+        Keras' TensorFlow ``fit`` without a distribution strategy creates them inside the first
+        traced step, and a ``tf.function`` that creates variables is traced a second time: for
+        ResNet-164 that was 38 s to the end of the first ``fit`` step instead of 17.5 s
+        (docs/performance.md, "First training step").
+        """
         model.compile(optimizer=self.optimizer, loss=self.loss, metrics=self.metrics, **kwargs)
+        if model.built and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
 
 
 def get(name: str, *, steps: int | None = None, batch_size: int | None = None,

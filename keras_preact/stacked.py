@@ -45,6 +45,7 @@ from keras import ops
 
 from keras_preact import norm
 from keras_preact.common import LEGACY_DATA_FORMAT, PACKAGE, channel_axis
+from keras_preact.convolution import convolution
 from keras_preact.plan import UNIT_DEFAULTS, UnitBackend, UnitOptions, run_unit
 from keras_preact.units import ResidualUnit
 
@@ -74,8 +75,8 @@ class _StackedBackend(UnitBackend):
 
     def _conv(self, x, kernel):
         # float32 weights, cast to the activations' dtype (mixed precision)
-        return ops.conv(x, ops.cast(kernel, x.dtype), strides=1, padding="same",
-                        data_format=self.data_format)
+        return convolution(x, ops.cast(kernel, x.dtype), strides=1, padding="same",
+                           data_format=self.data_format)
 
     def op(self, op, x):
         kind, name, *_ = op

@@ -134,7 +134,7 @@ class ResidualUnit(keras.layers.Layer):
       gate_bias_init: initial gate bias b_g of the gating shortcuts.
       dropout_rate: rate of the ``dropout`` shortcut.
       bn_momentum, bn_epsilon: BatchNorm settings (paper code: 0.9 / 1e-5 in Keras terms).
-      fused_bn: compute BatchNorm with TensorFlow's fused kernel (same results, faster; see
+      fused_bn: compute BatchNorm with the backend's fused kernel (same results, faster; see
         ``keras_preact.norm.FusedBatchNormalization``). ``False`` uses Keras' own layer.
       padding: of the strided 3x3 conv: ``"symmetric"`` (the default, as ``ResNet``'s) pads as
         Torch (the paper's code) does, ``"same"`` as TensorFlow does (see

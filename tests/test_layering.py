@@ -17,6 +17,7 @@ PACKAGE_DIR = os.path.join(ROOT, "keras_preact")
 # docs/architecture.md's import order, low to high; names on one line share a rank.
 LAYER_ORDER = """
 common hardware
+convolution
 padding
 norm
 plan

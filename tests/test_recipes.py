@@ -159,6 +159,24 @@ def test_fast_recipe_fit_of_resnet8_for_20_steps_lowers_the_loss():
     assert stop.stopped_at is None
 
 
+def test_compile_builds_the_optimizer_so_tensorflow_traces_the_fit_step_once():
+    """Slots made before fit: TensorFlow's fit would create them inside its first traced step
+    and then trace the step a second time."""
+    fit = recipes.fast(steps=2, batch_size=4)
+    model = keras_preact.get_model("resnet8")
+    fit.compile(model)
+    assert model.optimizer.built
+    slots = [v for v in model.optimizer.variables if "momentum" in v.path]
+    assert len(slots) == len(model.trainable_variables)
+    if keras.backend.backend() == "tensorflow":  # there train_step runs once per trace
+        traces = []
+        train_step = model.train_step
+        model.train_step = lambda data: traces.append(1) or train_step(data)
+        x, y = learnable_data(12)
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+        assert len(traces) == 1
+
+
 def test_weight_average_follows_the_trainers_formula_and_is_in_the_model_after_fit():
     x, y = learnable_data(6 * 16, seed=1)
     model = keras_preact.get_model("resnet8")

@@ -171,6 +171,27 @@ def test_time_case_reports_a_row(mode, torch_threads):
     assert row["images_per_s"] > 0 and row["first_step_s"] > 0 and row["peak_rss_gb"] > 0
 
 
+def test_bf16_weights_variant_infers_in_bfloat16_and_refuses_to_train(torch_threads):
+    """torch+bf16w: the network itself in bfloat16 (no autocast), inference only; its logits
+    are the float32 network's to bfloat16 rounding."""
+    torch.manual_seed(0)
+    net = torch_baseline.prepare("resnet20", torch_baseline.VARIANTS["torch+bf16w"])
+    assert {p.dtype for p in net.parameters()} == {torch.bfloat16}
+    reference = torch_baseline.build("resnet20")
+    reference.load_state_dict({k: v.float() for k, v in net.state_dict().items()})
+    images = np.random.RandomState(0).rand(4, 32, 32, 3).astype("float32")
+    got = torch_baseline.nhwc_predictor(net, torch_baseline.VARIANTS["torch+bf16w"])(images)
+    expected = torch_baseline.nhwc_predictor(reference, torch_baseline.VARIANTS["torch"])(images)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=0.15)
+    row = torch_baseline.time_case(dict(model="resnet20", variant="torch+bf16w", mode="infer",
+                                        batch=2, steps=1, threads=1))
+    assert row["images_per_s"] > 0 and row["device"] == "cpu"
+    with pytest.raises(ValueError, match="inference variant"):
+        torch_baseline.time_case(dict(model="resnet20", variant="torch+bf16w", mode="train",
+                                      batch=2, steps=1, threads=1))
+
+
 def test_a_compile_failure_is_the_variants_one_line_error(monkeypatch, torch_threads):
     class Broken(torch.nn.Module):
         """What torch.compile returns; it fails where inductor would, at the first call."""

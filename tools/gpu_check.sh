@@ -9,9 +9,11 @@
 # Keras that a JAX image lacks (namex, optree; optree for CPython 3.10-3.13), about 4 MB. Carry
 # runs/gpu_wheels with the working tree. The run installs them with no network (--no-index)
 # into a folder of its own on PYTHONPATH (the image's JAX, NumPy, h5py, ml-dtypes, rich and
-# absl-py are used as they are), then runs tools/gpu_check.py under a time limit of 8 minutes:
+# absl-py are used as they are), then runs tools/gpu_check.py under a time limit of 9 minutes:
 # ResNet-164 (batch 128) and ResNet-1001 (batch 64) in float32 and bfloat16, training and
-# inference, and a short fit of ResNet-20; it writes gpu_check.json and gpu_check.md to --out
+# inference, a short fit of ResNet-20, and, where the image has PyTorch, Keras' PyTorch backend
+# and native PyTorch on ResNet-164 (benchmarks/backends_table.py's cells); it writes
+# gpu_check.json and gpu_check.md to --out
 # (default runs/gpu_check). The same command runs on a CPU with JAX installed (--smoke: tiny
 # cases, for tests).
 set -euo pipefail
@@ -63,4 +65,4 @@ site="$(mktemp -d)/site"
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 export KERAS_BACKEND=jax
 echo "gpu_check: Keras and keras_preact installed from $wheels into $site"
-timeout 480 "$python" tools/gpu_check.py --out "$out" "${args[@]+"${args[@]}"}"
+timeout 540 "$python" tools/gpu_check.py --out "$out" "${args[@]+"${args[@]}"}"

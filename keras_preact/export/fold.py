@@ -34,7 +34,7 @@ from keras import ops
 from keras_preact.common import LEGACY_DATA_FORMAT, PACKAGE, channel_axis, resolve_data_format
 from keras_preact.model import as_resnet, unstack
 from keras_preact.norm import layer_affine
-from keras_preact.padding import ChannelsFirstConv2D
+from keras_preact.padding import ChannelAxisBias, ChannelsFirstConv2D
 from keras_preact.plan import UnitBackend, run_unit
 from keras_preact.shortcuts import ShortcutCombine
 from keras_preact.units import ResidualUnit
@@ -115,7 +115,7 @@ def _folded_conv(conv: keras.layers.Conv2D, bn: keras.layers.BatchNormalization,
     config.pop("kernel_initializer", None)
     config.pop("bias_initializer", None)
     cls = type(conv)
-    if cls is keras.layers.Conv2D and conv.data_format == "channels_first":
+    if conv.data_format == "channels_first" and not issubclass(cls, ChannelAxisBias):
         cls = ChannelsFirstConv2D
     folded = cls.from_config(config)
     return folded, [kernel.astype(np.float32), bias.astype(np.float32)]
