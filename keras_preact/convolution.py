@@ -15,7 +15,8 @@ CPU time (benchmarks/training_speed.py --backend=torch, docs/performance.md). He
   ``model.to(memory_format=torch.channels_last)`` does.
 
 The arithmetic is the same convolution (``tests/test_convolution.py`` compares it with a
-NumPy convolution, and the layers with Keras' own, on every backend), and the weights are Keras' ``[k, k, in, out]`` kernel.
+NumPy convolution, and the layers with Keras' own, on every backend), and the weights are
+Keras' ``[k, k, in, out]`` kernel.
 
 :class:`Conv2D` is ``keras.layers.Conv2D`` computing its convolution with :func:`convolution`;
 :class:`BackendConvolution` is that override as a mixin, for the package's other Conv2D

@@ -168,12 +168,12 @@ def _torch_batch_norm(x, gamma, beta, moving_mean, moving_variance, epsilon, tra
     Keras' generic path is a chain of about 15 element-wise ops per BN under PyTorch's eager
     autograd, each keeping its own activation-sized buffer for the backward pass; PyTorch's
     kernel is one pass for the statistics, one for the output and one fused backward. On a
-    ResNet-164 step that chain was half the CPU time and most of the peak memory
-    (benchmarks/training_speed.py --backend=torch, docs/performance.md).
+    ResNet-164 step that chain was half the op time (benchmarks/training_speed.py
+    --backend=torch --profile, docs/performance.md).
 
     The kernel wants the channels on axis 1. An NHWC tensor is handed over as its NCHW
     *view* (a permutation, no copy): PyTorch sees a channels_last tensor, which its CPU kernel
-    normalises in place order, and the result permutes back to a contiguous NHWC tensor.
+    normalises in that memory order, and the result permutes back to a contiguous NHWC tensor.
     Under a mixed policy ``x`` is bfloat16 or float16 with float32 parameters, which the kernel
     takes as they are (statistics accumulated in float32, ``y`` in ``x``'s dtype).
 
@@ -241,7 +241,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     gradient) is much faster: on the 2-core benchmark machine it is the largest single speed-up
     of ResNet training (see benchmarks/training_speed.py). On PyTorch it is PyTorch's own
     kernel, for the same reason; on JAX the same normalisation in ``keras.ops`` (XLA fuses
-    it). A model saved under one backend loads and computes the same numbers under another. The result is the same
+    it). A model saved under one backend loads and computes the same numbers under another.
+    The result is the same
     layer as Keras': same variables, same config, same normalisation, and the moving
     statistics are updated exactly as Keras does (biased batch variance). Under a
     mixed-precision policy (``mixed_float16``, ``mixed_bfloat16``) the inputs arrive in half

@@ -272,3 +272,9 @@ def test_gpu_check_installs_from_carried_wheels_and_writes_its_table(tmp_path):
         assert all(r["images_per_s"] > 0 for r in row["rows"])
     assert report["fit"]["loss_last"] < report["fit"]["loss_first"]
     assert report["device"] in (out / "gpu_check.md").read_text()
+    if importlib.util.find_spec("torch") is None:  # CI's JAX-only environment
+        assert report["torch"] == []
+    else:  # the PyTorch cells of backends_table.py, as on the lent GPU machines
+        assert {r["column"] for r in report["torch"]} == {"torch_fit_nchw", "pytorch", "pytorch_bf16w"}
+        assert all(r["images_per_s"] > 0 for r in report["torch"]), report["torch"]
+        assert report["torch_version"] and "PyTorch" in (out / "gpu_check.md").read_text()

@@ -110,12 +110,6 @@ def torch_cells(args) -> list:
     return rows
 
 
-def _torch_version() -> str:
-    from importlib.metadata import version
-
-    return version("torch")
-
-
 def table(report: dict) -> str:
     """The markdown table of a report."""
     out = [f"Device: **{report['device']}** (JAX {report['jax']}, Keras {report['keras']}, "
@@ -202,7 +196,7 @@ def main(argv=None) -> int:
         "cpu": cpu_description()["model"], "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "smoke": args.smoke,
         "benchmarks": rows, "fit": fit, "torch": torch_rows,
-        "torch_version": _torch_version() if torch_rows else None,
+        "torch_version": next((r["torch_version"] for r in torch_rows if "torch_version" in r), None),
         "seconds": round(time.monotonic() - START, 1),
     }
     os.makedirs(args.out, exist_ok=True)
